@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from relax import Relaxer, RelaxResult, check_structure, get_relaxer, settings_hash
+from relax.registry import available_relaxers
+
+
+def diamond(a: float = 3.57) -> Structure:
+    return Structure(Lattice.cubic(a), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+class EchoRelaxer(Relaxer):
+    """Returns the input unchanged; raises for ids starting with 'boom' to test isolation."""
+
+    name = "echo"
+
+    def settings(self) -> dict:
+        return {"kind": "echo", **self.check_settings()}
+
+    def supported_elements(self) -> frozenset[str]:
+        return frozenset({"C", "Si"})
+
+    def _relax_valid(self, items):
+        out = []
+        for sid, s in items:
+            if sid.startswith("boom"):
+                raise RuntimeError("exploded")
+            out.append(
+                RelaxResult(
+                    structure_id=sid,
+                    relaxer=self.name,
+                    settings=self.settings(),
+                    settings_hash=self.settings_hash,
+                    final_structure=s.as_dict(),
+                    final_energy_eV=-1.0 * len(s),
+                    converged=True,
+                )
+            )
+        return out
+
+
+def test_check_structure_reasons() -> None:
+    assert check_structure(diamond()) is None
+    assert "no structure" in check_structure(None)
+    nan = diamond()
+    nan.lattice = Lattice(np.full((3, 3), np.nan))
+    assert "NaN" in check_structure(nan)
+    overlap = Structure(Lattice.cubic(4), ["C", "C"], [[0, 0, 0], [0.02, 0, 0]])
+    assert "overlap" in check_structure(overlap)
+    tiny = Structure(Lattice.cubic(0.4), ["C"], [[0, 0, 0]])
+    assert "overlap" in check_structure(tiny)  # an atom against its own periodic image
+    flat = Structure(Lattice([[1, 0, 0], [0, 1, 0], [1, 1, 0]]), ["C"], [[0, 0, 0]])
+    assert "volume" in check_structure(flat)
+    assert "more than the limit" in check_structure(diamond(), max_atoms=1)
+    assert "not supported" in check_structure(diamond(), supported_elements=frozenset({"Si"}))
+
+
+def test_settings_hash_is_canonical() -> None:
+    assert settings_hash({"a": 1, "b": [1, 2]}) == settings_hash({"b": [1, 2], "a": 1})
+    assert settings_hash({"a": 1}) != settings_hash({"a": 2})
+    assert len(settings_hash({})) == 64
+
+
+def test_relax_reports_bad_items_and_continues() -> None:
+    relaxer = EchoRelaxer()
+    nan = diamond()
+    nan.replace(0, "C", coords=[math.nan, 0, 0])
+    items = [
+        ("good-1", diamond()),
+        ("nan", nan),
+        ("silicon-free", Structure(Lattice.cubic(3), ["Fe"], [[0, 0, 0]])),
+        ("boom", diamond()),
+        ("none", None),
+        ("good-2", diamond(3.6)),
+    ]
+    results = relaxer.relax(items)
+    assert [r.structure_id for r in results] == [sid for sid, _ in items]
+    by_id = {r.structure_id: r for r in results}
+    assert by_id["good-1"].ok and by_id["good-2"].ok
+    assert by_id["nan"].status == "invalid_input" and "NaN" in by_id["nan"].error
+    assert by_id["nan"].error.startswith("nan:")
+    assert "Fe" in by_id["silicon-free"].error
+    assert by_id["boom"].status == "failed" and "exploded" in by_id["boom"].error
+    assert by_id["none"].status == "invalid_input"
+    # JSON round trip
+    for r in results:
+        again = RelaxResult.model_validate(json.loads(r.model_dump_json()))
+        assert again == r
+    assert by_id["good-1"].settings_hash == relaxer.settings_hash
+
+
+def test_registry_names_and_errors() -> None:
+    assert set(available_relaxers()) >= {
+        "chgnet",
+        "espresso",
+        "vasp",
+        "chgnet+espresso",
+        "chgnet+vasp",
+    }
+    with pytest.raises(ValueError, match="unknown relaxer"):
+        get_relaxer("gaussian")

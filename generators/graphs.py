@@ -1,0 +1,190 @@
+"""Periodic graphs of crystal batches in plain torch (no torch_cluster / torch_sparse).
+
+Two kinds of graph serve the four generators:
+
+* :func:`fully_connected_edges` — every ordered pair of distinct atoms of a crystal (DiffCSP's
+  CSPNet works on fractional differences, so it needs no periodic images);
+* :func:`radius_graph_pbc` — all pairs (i, j, image) with |x_j + n·L − x_i| ≤ cutoff, optionally
+  capped to the nearest ``max_neighbors`` per centre atom (CDVAE family: 7 Å, 20 neighbours;
+  ContinuouSP: a per-crystal radius 3·(V/N)^(1/3) and no cap).
+
+Edge convention (PyG's source → target): ``edge_index[0]`` is the neighbour j, ``edge_index[1]``
+the centre i; ``edge_vectors = x_j + offsets·L − x_i``. Indices are chosen without gradient, the
+vectors are then computed differentiably from the coordinates and the lattice, so forces and
+stresses (ContinuouSP's MALA, invariance tests) flow through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from generators.crystal import cart_to_frac
+
+_MAX_CANDIDATES = 1 << 22
+"""Pair-image candidates evaluated at once; bounds the memory of the image enumeration."""
+
+
+@dataclass
+class PeriodicGraph:
+    """Edges of a periodic radius graph.
+
+    Attributes
+    ----------
+    edge_index
+        [2, E] (neighbour j, centre i), global atom indices of the batch.
+    cell_offsets
+        [E, 3] integer lattice translations n (float dtype) applied to atom j.
+    edge_vectors
+        [E, 3] x_j + n·L − x_i in Å, differentiable w.r.t. coordinates and lattice.
+    distances
+        [E] |edge_vectors|.
+    """
+
+    edge_index: Tensor
+    cell_offsets: Tensor
+    edge_vectors: Tensor
+    distances: Tensor
+
+
+def crystal_offsets(num_atoms: Tensor) -> Tensor:
+    """Index of the first atom of each crystal in the flat atom arrays, [B]."""
+    return torch.cumsum(num_atoms, 0) - num_atoms
+
+
+def fully_connected_edges(num_atoms: Tensor, self_loops: bool = False) -> Tensor:
+    """All ordered atom pairs within each crystal.
+
+    Parameters
+    ----------
+    num_atoms
+        [B] atoms per crystal.
+    self_loops
+        Keep i == j pairs.
+
+    Returns
+    -------
+    Tensor
+        [2, E] edge index (j, i) with E = Σ n(n−1) (or Σ n² with self loops).
+    """
+    i, j, _ = _pairs_within_crystals(num_atoms, include_self=self_loops)
+    return torch.stack([j, i])
+
+
+def _pairs_within_crystals(num_atoms: Tensor, include_self: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Global (i, j, crystal) index triples of all ordered pairs within each crystal."""
+    device = num_atoms.device
+    squares = num_atoms * num_atoms
+    crystal = torch.repeat_interleave(torch.arange(len(num_atoms), device=device), squares)
+    first_pair = torch.cumsum(squares, 0) - squares
+    local = torch.arange(int(squares.sum()), device=device) - first_pair[crystal]
+    n = num_atoms[crystal]
+    base = crystal_offsets(num_atoms)[crystal]
+    i = base + torch.div(local, n, rounding_mode="floor")
+    j = base + local % n
+    if not include_self:
+        keep = i != j
+        i, j, crystal = i[keep], j[keep], crystal[keep]
+    return i, j, crystal
+
+
+def _image_ranges(lattice: Tensor, cutoff: Tensor) -> Tensor:
+    """Per-crystal number of images needed along each lattice vector, [B, 3] (long).
+
+    |k_d| ≤ cutoff·|b_d| + |Δf_d| with b the reciprocal vectors (without 2π) and |Δf_d| < 1 for
+    wrapped coordinates, so ceil(cutoff·|b_d|) + 1 images each way are always enough.
+    """
+    reciprocal_norms = torch.linalg.inv(lattice).norm(dim=-2)  # columns of L^-1 are b_d
+    return torch.ceil(cutoff.unsqueeze(-1) * reciprocal_norms).long() + 1
+
+
+def radius_graph_pbc(
+    cart_coords: Tensor,
+    lattice: Tensor,
+    num_atoms: Tensor,
+    cutoff: float | Tensor,
+    max_neighbors: int | None = None,
+    min_distance: float = 1e-8,
+) -> PeriodicGraph:
+    """Periodic radius graph of a crystal batch.
+
+    Parameters
+    ----------
+    cart_coords
+        [N, 3] Cartesian positions (Å); need not be wrapped into the cell.
+    lattice
+        [B, 3, 3] lattice matrices (rows are vectors).
+    num_atoms
+        [B] atoms per crystal.
+    cutoff
+        Radius in Å, a float or a [B] tensor (one radius per crystal).
+    max_neighbors
+        Keep only the nearest ``max_neighbors`` neighbours of each centre atom (``None``: all).
+    min_distance
+        Pairs closer than this are dropped (an atom and itself in the home cell).
+
+    Returns
+    -------
+    PeriodicGraph
+        Edges sorted by centre atom, then by distance.
+    """
+    device, dtype = cart_coords.device, cart_coords.dtype
+    radius = torch.as_tensor(cutoff, dtype=dtype, device=device).detach()
+    if radius.dim() == 0:
+        radius = radius.expand(len(num_atoms))
+    with torch.no_grad():
+        frac = cart_to_frac(cart_coords.detach(), lattice.detach(), num_atoms)
+        wrap = torch.floor(frac)  # x = (f - wrap)·L + wrap·L
+        home = torch.einsum(
+            "ni,nij->nj", frac - wrap, lattice.detach().repeat_interleave(num_atoms, 0)
+        )
+        ranges = _image_ranges(lattice.detach(), radius)
+        span = ranges.max(dim=0).values
+        grids = [torch.arange(-int(s), int(s) + 1, device=device) for s in span]
+        images = torch.cartesian_prod(*grids).to(dtype)  # [M, 3]
+        i_all, j_all, crystal_all = _pairs_within_crystals(num_atoms, include_self=True)
+        chunk = max(1, _MAX_CANDIDATES // len(images))
+        kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        for start in range(0, len(i_all), chunk):
+            i = i_all[start : start + chunk]
+            j = j_all[start : start + chunk]
+            crystal = crystal_all[start : start + chunk]
+            shifts = torch.einsum("mk,pkl->pml", images, lattice.detach()[crystal])  # [P, M, 3]
+            vec = home[j].unsqueeze(1) + shifts - home[i].unsqueeze(1)
+            dist = vec.norm(dim=-1)
+            in_range = (images.abs().unsqueeze(0) <= ranges[crystal].unsqueeze(1)).all(-1)
+            mask = in_range & (dist <= radius[crystal].unsqueeze(1)) & (dist > min_distance)
+            pair_idx, image_idx = mask.nonzero(as_tuple=True)
+            kept.append((i[pair_idx], j[pair_idx], images[image_idx], dist[pair_idx, image_idx]))
+        centre = torch.cat([k[0] for k in kept])
+        neighbour = torch.cat([k[1] for k in kept])
+        offsets = torch.cat([k[2] for k in kept])
+        dist = torch.cat([k[3] for k in kept])
+        order = torch.argsort(dist, stable=True)
+        order = order[torch.argsort(centre[order], stable=True)]
+        centre, neighbour, offsets = centre[order], neighbour[order], offsets[order]
+        if max_neighbors is not None and len(centre) > 0:
+            counts = torch.bincount(centre, minlength=len(cart_coords))
+            first = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(len(centre), device=device) - first[centre]
+            keep = rank < max_neighbors
+            centre, neighbour, offsets = centre[keep], neighbour[keep], offsets[keep]
+        # offsets relative to the unwrapped input positions
+        offsets = offsets - wrap[neighbour] + wrap[centre]
+    edge_lattice = lattice.repeat_interleave(num_atoms, 0)[centre]
+    edge_vectors = (
+        cart_coords[neighbour]
+        + torch.einsum("ek,ekl->el", offsets, edge_lattice)
+        - cart_coords[centre]
+    )
+    return PeriodicGraph(
+        edge_index=torch.stack([neighbour, centre]),
+        cell_offsets=offsets,
+        edge_vectors=edge_vectors,
+        distances=edge_vectors.norm(dim=-1),
+    )
+
+
+__all__ = ["PeriodicGraph", "crystal_offsets", "fully_connected_edges", "radius_graph_pbc"]

@@ -1,0 +1,333 @@
+"""CSP / reconstruction match rate and RMSE (metrics.md §5.5), in four named protocols.
+
+Every protocol uses ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` and the first value of
+``get_rms_dist``: the RMS displacement normalised by (V/N)^(1/3). A pair for which the matcher
+returns ``None`` or raises is unmatched. Match rate = #matched targets / #targets (all targets,
+also those with an invalid ground truth or without prediction); RMSE = mean over matched targets.
+
+================  ====  =====================  ========================================
+protocol          k     validity gate          source
+================  ====  =====================  ========================================
+``diffcsp``       1     pred.valid AND gt.valid DiffCSP ``RecEval``
+``cdvae``         1     pred.valid             CDVAE reconstruction
+``diffcsp_multi`` N     pred.valid (per cand.) DiffCSP ``RecEvalBatch`` (min RMSE)
+``continuousp``   N     none                   ContinuouSP ``get_rms_dist(gt, gen)``
+================  ====  =====================  ========================================
+
+``valid`` is structural AND compositional validity (:mod:`analysis.validity`). Deviation: CDVAE
+and DiffCSP also mark a crystal invalid when its CrystalNN fingerprint throws (they compute
+fingerprints for every crystal, also in CSP); that gate is off here by default because it costs
+~0.03-0.2 s per site. Pass ``fingerprint_gate=True`` to apply it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+
+from analysis.construction import CheckedStructure, check_structures
+from analysis.parallel import parallel_map
+from analysis.results import MetricResult
+from analysis.validity import (
+    DEFAULT_OXIDATION_STATE_SET,
+    assess_validity,
+    oxidation_state_set_description,
+)
+
+MATCHER_TOLERANCES = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
+"""StructureMatcher tolerances used by CDVAE, DiffCSP and ContinuouSP."""
+
+
+@dataclass(frozen=True)
+class MatchProtocol:
+    """How candidates are gated and combined.
+
+    Parameters
+    ----------
+    name
+        Protocol key.
+    multi
+        ``True``: all k candidates count (any match, min RMSE); ``False``: only candidate 0.
+    gate
+        ``"pred_and_gt"``, ``"pred"`` or ``"none"``.
+    gt_first
+        Call ``get_rms_dist(gt, pred)`` instead of ``(pred, gt)``.
+    reference
+        Where the protocol comes from.
+    """
+
+    name: str
+    multi: bool
+    gate: str
+    gt_first: bool
+    reference: str
+
+
+PROTOCOLS: dict[str, MatchProtocol] = {
+    "diffcsp": MatchProtocol(
+        "diffcsp", False, "pred_and_gt", False, "DiffCSP scripts/compute_metrics.py RecEval"
+    ),
+    "cdvae": MatchProtocol("cdvae", False, "pred", False, "CDVAE reconstruction (RecEval)"),
+    "diffcsp_multi": MatchProtocol(
+        "diffcsp_multi", True, "pred", False, "DiffCSP RecEvalBatch (--multi_eval)"
+    ),
+    "continuousp": MatchProtocol(
+        "continuousp", True, "none", True, "ContinuouSP exec/eval.py, tester.get_rms_dists"
+    ),
+}
+
+
+def _rms_pair(
+    args: tuple[Structure, Structure, dict[str, float]],
+) -> tuple[float | None, str | None]:
+    first, second, tolerances = args
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = StructureMatcher(**tolerances).get_rms_dist(first, second)
+    except Exception as exc:
+        return None, f"matcher raised {type(exc).__name__}: {exc}"
+    return (None, None) if out is None else (float(out[0]), None)
+
+
+def rms_dist(
+    pred: Structure, gt: Structure, tolerances: dict[str, float] | None = None
+) -> float | None:
+    """Normalised RMS distance of a matched pair, or ``None`` if they do not match.
+
+    Parameters
+    ----------
+    pred, gt
+        The two structures.
+    tolerances
+        StructureMatcher keyword arguments (default :data:`MATCHER_TOLERANCES`).
+
+    Returns
+    -------
+    float or None
+        ``StructureMatcher(...).get_rms_dist(pred, gt)[0]``.
+    """
+    return _rms_pair((pred, gt, dict(tolerances or MATCHER_TOLERANCES)))[0]
+
+
+def csp_match(
+    preds: Sequence[Sequence[Any]],
+    gts: Sequence[Any],
+    protocol: str = "diffcsp",
+    *,
+    ids: Sequence[str] | None = None,
+    pred_valid: Sequence[Sequence[bool]] | None = None,
+    gt_valid: Sequence[bool] | None = None,
+    tolerances: dict[str, float] | None = None,
+    oxidation_states_set: str = DEFAULT_OXIDATION_STATE_SET,
+    fingerprint_gate: bool = False,
+    n_jobs: int | None = 1,
+    progress: bool = False,
+    dataset: str | None = None,
+) -> dict[str, MetricResult]:
+    """Match rate and RMSE of predicted candidates against their ground-truth structures.
+
+    Parameters
+    ----------
+    preds
+        ``preds[i]`` holds the k candidates (Structure, dict, CIF, or ``None``) for target ``i``.
+    gts
+        Ground-truth structure per target.
+    protocol
+        A key of :data:`PROTOCOLS`.
+    ids
+        Target ids (material ids), for the error lists.
+    pred_valid, gt_valid
+        Precomputed validity flags; computed here when the protocol needs them and they are
+        not given.
+    tolerances
+        StructureMatcher tolerances (default stol 0.5, angle_tol 10, ltol 0.3).
+    oxidation_states_set
+        SMACT set for the validity gate (default SMACT-14).
+    fingerprint_gate
+        Also count a crystal invalid when its CrystalNN fingerprint throws (slow; see module).
+    n_jobs
+        Worker processes (``None`` = all cores).
+    progress
+        Show progress bars.
+    dataset
+        Dataset name, recorded in the definition.
+
+    Returns
+    -------
+    dict[str, MetricResult]
+        ``match_rate`` and ``rmse``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown match protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
+    proto = PROTOCOLS[protocol]
+    tolerances = dict(tolerances or MATCHER_TOLERANCES)
+    n = len(gts)
+    if len(preds) != n:
+        raise ValueError(f"{len(preds)} prediction lists for {n} ground-truth structures")
+    ids = [str(i) for i in (ids if ids is not None else range(n))]
+    cand_lists = [list(c) if proto.multi else list(c)[:1] for c in preds]
+    flat_ids = [f"{ids[i]}#{j}" for i, c in enumerate(cand_lists) for j in range(len(c))]
+    flat = check_structures([s for c in cand_lists for s in c], flat_ids)
+    gt_checked = check_structures(list(gts), ids)
+
+    flat_valid = _flat_validity(
+        proto,
+        flat,
+        pred_valid,
+        cand_lists,
+        oxidation_states_set,
+        fingerprint_gate,
+        n_jobs,
+        progress,
+    )
+    gt_ok = _gt_validity(
+        proto, gt_checked, gt_valid, oxidation_states_set, fingerprint_gate, n_jobs, progress
+    )
+
+    jobs: list[tuple[Structure, Structure, dict[str, float]]] = []
+    owners: list[int] = []
+    errors: list[dict[str, str]] = []
+    pos = 0
+    n_pred_total = n_pred_missing = n_pred_gated = 0
+    for i, cands in enumerate(cand_lists):
+        gt = gt_checked[i]
+        if not gt.constructed:
+            errors.append({"id": ids[i], "reason": f"ground truth: {gt.error}"})
+        elif not gt_ok[i]:
+            errors.append({"id": ids[i], "reason": "ground truth invalid (gated by protocol)"})
+        for _ in cands:
+            item, ok = flat[pos], flat_valid[pos]
+            pos += 1
+            n_pred_total += 1
+            if not item.constructed:
+                n_pred_missing += 1
+                errors.append({"id": item.id, "reason": str(item.error)})
+                continue
+            if not ok:
+                n_pred_gated += 1
+                continue
+            if gt.constructed and gt_ok[i] and item.structure is not None:
+                assert gt.structure is not None
+                pair = (
+                    (gt.structure, item.structure)
+                    if proto.gt_first
+                    else (item.structure, gt.structure)
+                )
+                jobs.append((*pair, tolerances))
+                owners.append(i)
+        if not cands:
+            errors.append({"id": ids[i], "reason": "no candidate"})
+    results = parallel_map(
+        _rms_pair, jobs, n_jobs=n_jobs, desc=f"match ({protocol})", progress=progress
+    )
+    best: dict[int, float] = {}
+    for owner, (rms, err) in zip(owners, results, strict=True):
+        if err:
+            errors.append({"id": ids[owner], "reason": err})
+        if rms is not None:
+            best[owner] = min(rms, best.get(owner, np.inf))
+    n_matched = len(best)
+    counts = {
+        "n_targets": n,
+        "n_matched": n_matched,
+        "n_candidates": n_pred_total,
+        "n_candidates_not_constructed": n_pred_missing,
+        "n_candidates_gated_invalid": n_pred_gated,
+        "n_gt_invalid": sum(1 for ok in gt_ok if not ok),
+        "n_pairs_compared": len(jobs),
+    }
+    k_max = max((len(c) for c in preds), default=0)
+    definition = {
+        "protocol": protocol,
+        "reference": proto.reference,
+        "k": "all candidates (any match, min RMSE)" if proto.multi else 1,
+        "k_available_max": k_max,
+        "validity_gate": proto.gate,
+        "fingerprint_gate": fingerprint_gate,
+        "matcher": "pymatgen StructureMatcher("
+        + ", ".join(f"{k}={v}" for k, v in tolerances.items())
+        + ")",
+        "rms": ("get_rms_dist(gt, pred)[0]" if proto.gt_first else "get_rms_dist(pred, gt)[0]")
+        + ", RMS displacement normalised by (V/N)^(1/3)",
+        "match_rate_denominator": "all targets",
+        "smact_oxidation_states": oxidation_state_set_description(oxidation_states_set)
+        if proto.gate != "none"
+        else None,
+        "dataset": dataset,
+    }
+    rmse = float(np.mean(list(best.values()))) if best else None
+    return {
+        "match_rate": MetricResult(
+            "match_rate",
+            n_matched / n if n else None,
+            definition,
+            counts,
+            "Fraction of targets whose (best) candidate matches the ground truth.",
+            errors,
+        ),
+        "rmse": MetricResult(
+            "rmse",
+            rmse,
+            definition,
+            counts,
+            "Mean over matched targets of the normalised RMS distance (min over candidates).",
+            [],
+        ),
+    }
+
+
+def _validity_flags(
+    items: Sequence[CheckedStructure],
+    ox_set: str,
+    fingerprint_gate: bool,
+    n_jobs: int | None,
+    progress: bool,
+) -> list[bool]:
+    records = assess_validity(items, oxidation_states_set=ox_set, n_jobs=n_jobs, progress=progress)
+    flags = [r.valid for r in records]
+    if fingerprint_gate:
+        from analysis.fingerprints import compute_fingerprints
+
+        fps = compute_fingerprints(items, n_jobs=n_jobs, progress=progress)
+        flags = [f and fp.ok for f, fp in zip(flags, fps, strict=True)]
+    return flags
+
+
+def _flat_validity(
+    proto: MatchProtocol,
+    flat: list[CheckedStructure],
+    pred_valid: Sequence[Sequence[bool]] | None,
+    cand_lists: list[list[Any]],
+    ox_set: str,
+    fingerprint_gate: bool,
+    n_jobs: int | None,
+    progress: bool,
+) -> list[bool]:
+    if proto.gate == "none":
+        return [True] * len(flat)
+    if pred_valid is not None:
+        return [bool(pred_valid[i][j]) for i, c in enumerate(cand_lists) for j in range(len(c))]
+    return _validity_flags(flat, ox_set, fingerprint_gate, n_jobs, progress)
+
+
+def _gt_validity(
+    proto: MatchProtocol,
+    gts: list[CheckedStructure],
+    gt_valid: Sequence[bool] | None,
+    ox_set: str,
+    fingerprint_gate: bool,
+    n_jobs: int | None,
+    progress: bool,
+) -> list[bool]:
+    if proto.gate != "pred_and_gt":
+        return [True] * len(gts)
+    if gt_valid is not None:
+        return [bool(v) for v in gt_valid]
+    return _validity_flags(gts, ox_set, fingerprint_gate, n_jobs, progress)

@@ -218,6 +218,91 @@ def load_split(
     if limit is not None:
         notes.append(f"limited to the first {limit} rows")
 
+    return _load(
+        path,
+        source.format,
+        dataset,
+        split,
+        columns,
+        info.property_name if source.has_properties else None,
+        missing_props,
+        notes,
+        limit=limit,
+        use_cache=use_cache,
+        workers=workers,
+        progress=progress,
+        options=options,
+    )
+
+
+def load_file(
+    path: str | os.PathLike[str],
+    *,
+    like: str = "mp_20",
+    split: str = "train",
+    limit: int | None = None,
+    use_cache: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+    options: PreprocessOptions | None = None,
+) -> CrystalDataset:
+    """Load a CSV or JARVIS ``.json.zip`` outside the registry (e.g. ``fetch-mp`` output).
+
+    Parameters
+    ----------
+    path
+        The file.
+    like
+        Registry dataset whose schema (property columns, main property) the file follows.
+    split
+        Split name (selects the key of a JARVIS file; a label for a CSV).
+    limit, use_cache, workers, progress, options
+        As in :func:`load_split`.
+
+    Returns
+    -------
+    CrystalDataset
+        The loaded file (``dataset`` is ``like``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: no such file")
+    info = get_dataset_info(like)
+    fmt = "jarvis_json_zip" if path.name.endswith(".json.zip") else "csv"
+    has_props = fmt == "csv"
+    return _load(
+        path,
+        fmt,
+        like,
+        split,
+        info.property_columns if has_props else (),
+        info.property_name if has_props else None,
+        () if has_props else info.property_columns,
+        [f"limited to the first {limit} rows"] if limit is not None else [],
+        limit=limit,
+        use_cache=use_cache,
+        workers=workers,
+        progress=progress,
+        options=options or PreprocessOptions(),
+    )
+
+
+def _load(
+    path: Path,
+    fmt: str,
+    dataset: str,
+    split: str,
+    columns: tuple[str, ...],
+    property_name: str | None,
+    missing_props: tuple[str, ...],
+    notes: list[str],
+    *,
+    limit: int | None,
+    use_cache: bool,
+    workers: int | None,
+    progress: bool,
+    options: PreprocessOptions,
+) -> CrystalDataset:
     t0 = time.perf_counter()
     cached_rows: list[CachedRow] | None = None
     entry: Path | None = None
@@ -231,10 +316,10 @@ def load_split(
     if cached_rows is not None:
         rows = cached_rows if limit is None else [r for r in cached_rows if r.row < limit]
     else:
-        raw = _read_rows(path, source.format, split, columns, limit)
+        raw = _read_rows(path, fmt, split, columns, limit)
         rows = process_rows(
             raw,
-            info.property_name if source.has_properties else None,
+            property_name,
             options,
             workers,
             progress,
@@ -276,7 +361,7 @@ def load_split(
         records=records,
         errors=errors,
         source_path=str(path),
-        source_format=source.format,
+        source_format=fmt,
         notes=notes,
         limit=limit,
         from_cache=from_cache,

@@ -1,0 +1,296 @@
+"""atomate2 Makers for a CHGNet pre-relax followed by a VASP double relaxation.
+
+The chain is built from atomate2's own Makers, composed the atomate2 way (a Maker is a
+serialisable dataclass whose ``make`` returns a jobflow Job or Flow):
+
+``CHGNetVaspRelaxMaker``
+    ``chgnet_maker`` (:class:`atomate2.forcefields.jobs.ForceFieldRelaxMaker` with
+    ``force_field_name="CHGNet"``) -> ``vasp_maker`` (a VASP double relaxation, by default
+    :class:`atomate2.vasp.flows.mp.MPGGADoubleRelaxMaker`, i.e. two MPRelaxSet relaxations).
+
+VASP itself is launched in one place only, atomate2's ``run_vasp`` (custodian's ``VaspJob`` with
+the error handlers named here). The machine profile -- the VASP command, custodian's scratch
+directory -- is kept apart from the calculation parameters (:class:`VaspProfile`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from custodian.vasp import handlers as custodian_handlers
+from jobflow import Flow, Maker
+
+InputSetName = Literal["mp-gga", "atomate2"]
+"""VASP input-set families: ``"mp-gga"`` (MPRelaxSet, MP-compatible energies) or ``"atomate2"``
+(atomate2's own ``RelaxSetGenerator``: PBE_54 POTCARs, ENCUT 680, ISPIN 2)."""
+
+DEFAULT_HANDLERS: tuple[str, ...] = (
+    "VaspErrorHandler",
+    "MeshSymmetryErrorHandler",
+    "UnconvergedErrorHandler",
+    "NonConvergingErrorHandler",
+    "PotimErrorHandler",
+    "PositiveEnergyErrorHandler",
+    "FrozenJobErrorHandler",
+    "StdErrHandler",
+    "LargeSigmaHandler",
+    "IncorrectSmearingHandler",
+    "KspacingMetalHandler",
+)
+"""custodian VASP error handlers, by class name (the same set atomate2 uses by default)."""
+
+
+def build_handlers(names: Sequence[str]) -> tuple[custodian_handlers.ErrorHandler, ...]:
+    """Instantiate custodian VASP error handlers from their class names.
+
+    Parameters
+    ----------
+    names
+        Class names in :mod:`custodian.vasp.handlers` (e.g. ``"VaspErrorHandler"``).
+
+    Returns
+    -------
+    tuple of ErrorHandler
+        One default-constructed handler per name, in the given order.
+
+    Raises
+    ------
+    ValueError
+        If a name is not a custodian VASP error handler.
+    """
+    out = []
+    for name in names:
+        cls = getattr(custodian_handlers, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, custodian_handlers.ErrorHandler)):
+            raise ValueError(f"{name!r} is not an error handler in custodian.vasp.handlers")
+        out.append(cls())
+    return tuple(out)
+
+
+@dataclass
+class VaspProfile:
+    """Where and how VASP runs on this machine (not part of the calculation settings).
+
+    Parameters
+    ----------
+    vasp_cmd
+        Command for the standard VASP binary, e.g. ``"srun vasp_std"``. ``None`` takes atomate2's
+        ``VASP_CMD`` setting (``ATOMATE2_VASP_CMD`` or ``~/.atomate2.yaml``; default ``vasp_std``).
+    vasp_gamma_cmd
+        Command for the Gamma-only binary (``None``: atomate2's ``VASP_GAMMA_CMD``).
+    scratch_dir
+        custodian's scratch directory (``None``: run in the job directory).
+    custodian_kwargs
+        Further keyword arguments of :class:`custodian.Custodian` (e.g. ``polling_time_step``).
+    """
+
+    vasp_cmd: str | None = None
+    vasp_gamma_cmd: str | None = None
+    scratch_dir: str | None = None
+    custodian_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def run_vasp_kwargs(self, handlers: Sequence[str], max_errors: int) -> dict[str, Any]:
+        """Return the keyword arguments for atomate2's ``run_vasp``.
+
+        Parameters
+        ----------
+        handlers
+            custodian error-handler class names.
+        max_errors
+            Corrections custodian may apply before it gives up.
+
+        Returns
+        -------
+        dict
+            ``vasp_cmd``, ``vasp_gamma_cmd``, ``handlers``, ``max_errors``, ``scratch_dir``,
+            ``custodian_kwargs``, explicitly set (the import-time defaults of ``run_vasp``
+            are never relied on).
+        """
+        from atomate2 import SETTINGS
+
+        return {
+            "vasp_cmd": self.vasp_cmd or SETTINGS.VASP_CMD,
+            "vasp_gamma_cmd": self.vasp_gamma_cmd or SETTINGS.VASP_GAMMA_CMD,
+            "handlers": build_handlers(handlers),
+            "max_errors": int(max_errors),
+            "scratch_dir": self.scratch_dir,
+            "custodian_kwargs": dict(self.custodian_kwargs),
+        }
+
+
+def double_relax_maker(
+    input_set: InputSetName = "mp-gga",
+    *,
+    run_vasp_kwargs: dict[str, Any] | None = None,
+    user_incar_settings: dict[str, Any] | None = None,
+    handle_unsuccessful: bool | str = False,
+) -> Maker:
+    """Build atomate2's VASP double-relaxation Maker for an input-set family.
+
+    Parameters
+    ----------
+    input_set
+        ``"mp-gga"``: :class:`~atomate2.vasp.flows.mp.MPGGADoubleRelaxMaker` (MPRelaxSet, job
+        names ``"MP GGA relax 1"``/``"MP GGA relax 2"``); ``"atomate2"``:
+        :class:`~atomate2.vasp.flows.core.DoubleRelaxMaker` of two ``RelaxMaker`` (job names
+        ``"relax 1"``/``"relax 2"``).
+    run_vasp_kwargs
+        Keyword arguments for ``run_vasp`` (see :meth:`VaspProfile.run_vasp_kwargs`).
+    user_incar_settings
+        INCAR overrides applied to both relaxations.
+    handle_unsuccessful
+        atomate2's toggle for a run that finished but did not converge: ``False`` goes on (the
+        result is then reported as not converged), ``True`` stops later jobs, ``"error"`` raises.
+
+    Returns
+    -------
+    Maker
+        The configured double-relaxation Maker.
+    """
+    if input_set == "mp-gga":
+        from atomate2.vasp.flows.mp import MPGGADoubleRelaxMaker
+
+        maker: Maker = MPGGADoubleRelaxMaker()
+    elif input_set == "atomate2":
+        from atomate2.vasp.flows.core import DoubleRelaxMaker
+
+        maker = DoubleRelaxMaker()
+    else:
+        raise ValueError(f"unknown VASP input set {input_set!r}; use 'mp-gga' or 'atomate2'")
+    return configure_vasp_makers(
+        maker,
+        run_vasp_kwargs=run_vasp_kwargs,
+        user_incar_settings=user_incar_settings,
+        handle_unsuccessful=handle_unsuccessful,
+    )
+
+
+def configure_vasp_makers(
+    maker: Maker,
+    *,
+    run_vasp_kwargs: dict[str, Any] | None = None,
+    user_incar_settings: dict[str, Any] | None = None,
+    handle_unsuccessful: bool | str = False,
+) -> Maker:
+    """Return a copy of ``maker`` with every nested VASP job Maker configured.
+
+    Parameters
+    ----------
+    maker
+        A VASP job Maker or a flow Maker holding VASP Makers as fields.
+    run_vasp_kwargs
+        Merged into each VASP Maker's ``run_vasp_kwargs``.
+    user_incar_settings
+        Merged into each input-set generator's ``user_incar_settings``.
+    handle_unsuccessful
+        Set as ``stop_children_kwargs["handle_unsuccessful"]``.
+
+    Returns
+    -------
+    Maker
+        The configured copy (the input is not modified).
+    """
+    from atomate2.vasp.jobs.base import BaseVaspMaker
+
+    if isinstance(maker, BaseVaspMaker):
+        generator = maker.input_set_generator
+        if user_incar_settings:
+            generator = copy.deepcopy(generator)
+            generator.user_incar_settings = {
+                **(generator.user_incar_settings or {}),
+                **user_incar_settings,
+            }
+        return dataclasses.replace(
+            maker,
+            input_set_generator=generator,
+            run_vasp_kwargs={**maker.run_vasp_kwargs, **(run_vasp_kwargs or {})},
+            stop_children_kwargs={
+                **maker.stop_children_kwargs,
+                "handle_unsuccessful": handle_unsuccessful,
+            },
+        )
+    updates = {}
+    for f in dataclasses.fields(maker):
+        value = getattr(maker, f.name)
+        if isinstance(value, Maker):
+            updates[f.name] = configure_vasp_makers(
+                value,
+                run_vasp_kwargs=run_vasp_kwargs,
+                user_incar_settings=user_incar_settings,
+                handle_unsuccessful=handle_unsuccessful,
+            )
+    return dataclasses.replace(maker, **updates) if updates else maker
+
+
+def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
+    """Build atomate2's CHGNet relaxation Maker (cell and positions relaxed).
+
+    Parameters
+    ----------
+    fmax
+        Force criterion of the ASE optimiser, eV/Å.
+    steps
+        Maximum number of optimiser steps.
+
+    Returns
+    -------
+    Maker
+        ``ForceFieldRelaxMaker(force_field_name="CHGNet")`` named ``"CHGNet pre-relax"``.
+    """
+    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
+
+    return ForceFieldRelaxMaker(
+        name="CHGNet pre-relax",
+        force_field_name="CHGNet",
+        relax_cell=True,
+        steps=int(steps),
+        relax_kwargs={"fmax": float(fmax)},
+    )
+
+
+@dataclass
+class CHGNetVaspRelaxMaker(Maker):
+    """CHGNet pre-relaxation followed by a VASP double relaxation.
+
+    Parameters
+    ----------
+    name
+        Name of the flows produced by this Maker.
+    chgnet_maker
+        The force-field pre-relax Maker; ``None`` skips the pre-relax.
+    vasp_maker
+        The VASP (double-)relaxation flow Maker, run on the pre-relaxed structure.
+    """
+
+    name: str = "CHGNet + VASP relax"
+    chgnet_maker: Maker | None = field(default_factory=chgnet_relax_maker)
+    vasp_maker: Maker = field(default_factory=double_relax_maker)
+
+    def make(self, structure: Any, prev_dir: str | Path | None = None) -> Flow:
+        """Create the pre-relax -> VASP relaxation flow.
+
+        Parameters
+        ----------
+        structure
+            A pymatgen ``Structure``.
+        prev_dir
+            A previous VASP directory to copy outputs from (passed to the VASP Maker).
+
+        Returns
+        -------
+        Flow
+            The flow; its output is the task document of the last VASP relaxation.
+        """
+        jobs: list = []
+        if self.chgnet_maker is not None:
+            pre = self.chgnet_maker.make(structure)
+            jobs.append(pre)
+            structure = pre.output.structure
+        vasp = self.vasp_maker.make(structure, prev_dir=prev_dir)
+        jobs.append(vasp)
+        return Flow(jobs, output=vasp.output, name=self.name)

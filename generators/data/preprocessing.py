@@ -122,12 +122,18 @@ def parse_structure_text(text: str, fmt: TextFormat) -> Structure:
     """
     if not isinstance(text, str) or not text.strip():
         raise RowParseError(f"empty {fmt} text")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             structure = Structure.from_str(text, fmt=fmt)
-    except Exception as exc:  # pymatgen raises many types for malformed input
-        raise RowParseError(f"malformed {fmt}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # pymatgen raises many types for malformed input
+            causes = [
+                " ".join(str(w.message).split())
+                for w in caught
+                if "No structure parsed" in str(w.message)
+            ]
+            detail = f" ({causes[0]})" if causes else ""
+            raise RowParseError(f"malformed {fmt}: {exc}{detail}") from None
     if len(structure) == 0:
         raise RowParseError(f"{fmt} has no atoms")
     return structure

@@ -38,6 +38,7 @@ from relax.vasp_makers import (
     build_handlers,
     chgnet_relax_maker,
     double_relax_maker,
+    static_maker,
 )
 from relax.vasp_results import (
     forcefield_stage_result,
@@ -66,6 +67,9 @@ class VaspRelaxer(Relaxer):
         ``get_relaxer("chgnet+vasp")`` for the batched CHGNet pre-relax of :mod:`relax`.
     prerelax_fmax, prerelax_steps
         Force criterion (eV/Å) and step limit of the in-flow CHGNet pre-relax.
+    final_static
+        Run a static calculation on the relaxed structure (MP practice: the reported final
+        energy, forces and stress then come from the static).
     handlers
         custodian error handlers (class names in :mod:`custodian.vasp.handlers`).
     max_errors
@@ -102,6 +106,7 @@ class VaspRelaxer(Relaxer):
         prerelax: Literal["chgnet"] | None = None,
         prerelax_fmax: float = 0.05,
         prerelax_steps: int = 500,
+        final_static: bool = False,
         handlers: Sequence[str] = DEFAULT_HANDLERS,
         max_errors: int = 5,
         user_incar_settings: dict[str, Any] | None = None,
@@ -127,6 +132,7 @@ class VaspRelaxer(Relaxer):
         self.prerelax = prerelax
         self.prerelax_fmax = float(prerelax_fmax)
         self.prerelax_steps = int(prerelax_steps)
+        self.final_static = bool(final_static)
         self.handlers = tuple(handlers)
         self.max_errors = int(max_errors)
         self.user_incar_settings = dict(user_incar_settings or {})
@@ -158,6 +164,7 @@ class VaspRelaxer(Relaxer):
             "prerelax": self.prerelax,
             "prerelax_fmax": self.prerelax_fmax if self.prerelax else None,
             "prerelax_steps": self.prerelax_steps if self.prerelax else None,
+            "final_static": self.final_static,
             "handlers": list(self.handlers),
             "max_errors": self.max_errors,
             "user_incar_settings": dict(sorted(self.user_incar_settings.items())),
@@ -201,19 +208,19 @@ class VaspRelaxer(Relaxer):
         CHGNetVaspRelaxMaker
             Pre-relax Maker (or ``None``) and the configured VASP double-relaxation Maker.
         """
-        run_kwargs = self.profile.run_vasp_kwargs(self.handlers, self.max_errors)
-        vasp_maker = double_relax_maker(
-            self.input_set,
-            run_vasp_kwargs=run_kwargs,
-            user_incar_settings=self.user_incar_settings,
-            handle_unsuccessful=self.handle_unsuccessful,
-        )
+        vasp_options = {
+            "run_vasp_kwargs": self.profile.run_vasp_kwargs(self.handlers, self.max_errors),
+            "user_incar_settings": self.user_incar_settings,
+            "handle_unsuccessful": self.handle_unsuccessful,
+        }
+        vasp_maker = double_relax_maker(self.input_set, **vasp_options)
+        static = static_maker(self.input_set, **vasp_options) if self.final_static else None
         pre = (
             chgnet_relax_maker(self.prerelax_fmax, self.prerelax_steps)
             if self.prerelax == "chgnet"
             else None
         )
-        return CHGNetVaspRelaxMaker(chgnet_maker=pre, vasp_maker=vasp_maker)
+        return CHGNetVaspRelaxMaker(chgnet_maker=pre, vasp_maker=vasp_maker, static_maker=static)
 
     def vasp_command_problem(self) -> str | None:
         """Return why the VASP command cannot run here, or ``None`` if its program exists."""
@@ -288,6 +295,7 @@ class VaspRelaxer(Relaxer):
             else:
                 stages.append(vasp_stage_result(sid, doc))
         vasp_stages = [s for s in stages if s.dft_available]
+        relax_stages = [s for s in vasp_stages if s.extra.get("incar", {}).get("NSW")]
         wall = time.perf_counter() - start
         common = {
             "structure": structure,
@@ -296,7 +304,7 @@ class VaspRelaxer(Relaxer):
             "dft_available": True,
         }
 
-        if failure is not None or failed_job is not None or not vasp_stages:
+        if failure is not None or not vasp_stages:
             job_dir = _newest_job_dir(root)
             corrections = read_custodian_log(job_dir) if job_dir is not None else []
             where = f"job {failed_job.name!r}" if failed_job is not None else "flow"
@@ -316,7 +324,14 @@ class VaspRelaxer(Relaxer):
                 **common,
             )
 
-        final = vasp_stages[-1]
+        final = vasp_stages[-1]  # the static, if one was run
+        converged = all(s.converged for s in (relax_stages[-1:] or vasp_stages) + [final])
+        warnings = [w for s in stages for w in s.warnings]
+        if failed_job is not None:  # handle_unsuccessful=True stopped the flow early
+            converged = False
+            warnings.append(
+                f"stopped before job {failed_job.name!r}: an earlier run did not converge"
+            )
         first = vasp_stages[0]
         given_as_is = self.prerelax is None
         return RelaxResult(
@@ -333,13 +348,13 @@ class VaspRelaxer(Relaxer):
             final_energy_per_atom_eV=final.final_energy_per_atom_eV,
             forces=final.forces,
             stress=final.stress,
-            n_ionic_steps=sum(s.n_ionic_steps for s in vasp_stages),
-            converged=final.converged,
-            status=final.status,
+            n_ionic_steps=sum(s.n_ionic_steps for s in relax_stages),
+            converged=converged,
+            status="ok" if converged else "not_converged",
             wall_time_s=wall,
             dft_available=True,
             stages=stages,
-            warnings=[w for s in stages for w in s.warnings],
+            warnings=warnings,
             extra={
                 "work_dir": str(root),
                 "input_set": self.input_set,

@@ -227,6 +227,47 @@ def configure_vasp_makers(
     return dataclasses.replace(maker, **updates) if updates else maker
 
 
+def static_maker(
+    input_set: InputSetName = "mp-gga",
+    *,
+    run_vasp_kwargs: dict[str, Any] | None = None,
+    user_incar_settings: dict[str, Any] | None = None,
+    handle_unsuccessful: bool | str = False,
+) -> Maker:
+    """Build atomate2's VASP static Maker that follows a relaxation (reusing its WAVECAR/CHGCAR).
+
+    Parameters
+    ----------
+    input_set
+        ``"mp-gga"``: :class:`~atomate2.vasp.jobs.mp.MPGGAStaticMaker` (``"MP GGA static"``);
+        ``"atomate2"``: :class:`~atomate2.vasp.jobs.core.StaticMaker` (``"static"``).
+    run_vasp_kwargs, user_incar_settings, handle_unsuccessful
+        As in :func:`double_relax_maker`.
+
+    Returns
+    -------
+    Maker
+        The configured static Maker.
+    """
+    reuse = {"additional_vasp_files": ("WAVECAR", "CHGCAR")}
+    if input_set == "mp-gga":
+        from atomate2.vasp.jobs.mp import MPGGAStaticMaker
+
+        maker: Maker = MPGGAStaticMaker(copy_vasp_kwargs=reuse)
+    elif input_set == "atomate2":
+        from atomate2.vasp.jobs.core import StaticMaker
+
+        maker = StaticMaker(copy_vasp_kwargs=reuse)
+    else:
+        raise ValueError(f"unknown VASP input set {input_set!r}; use 'mp-gga' or 'atomate2'")
+    return configure_vasp_makers(
+        maker,
+        run_vasp_kwargs=run_vasp_kwargs,
+        user_incar_settings=user_incar_settings,
+        handle_unsuccessful=handle_unsuccessful,
+    )
+
+
 def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
     """Build atomate2's CHGNet relaxation Maker (cell and positions relaxed).
 
@@ -255,7 +296,7 @@ def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
 
 @dataclass
 class CHGNetVaspRelaxMaker(Maker):
-    """CHGNet pre-relaxation followed by a VASP double relaxation.
+    """CHGNet pre-relaxation followed by a VASP double relaxation (and an optional static).
 
     Parameters
     ----------
@@ -265,11 +306,14 @@ class CHGNetVaspRelaxMaker(Maker):
         The force-field pre-relax Maker; ``None`` skips the pre-relax.
     vasp_maker
         The VASP (double-)relaxation flow Maker, run on the pre-relaxed structure.
+    static_maker
+        An optional VASP static Maker run on the relaxed structure (``None``: no static).
     """
 
     name: str = "CHGNet + VASP relax"
     chgnet_maker: Maker | None = field(default_factory=chgnet_relax_maker)
     vasp_maker: Maker = field(default_factory=double_relax_maker)
+    static_maker: Maker | None = None
 
     def make(self, structure: Any, prev_dir: str | Path | None = None) -> Flow:
         """Create the pre-relax -> VASP relaxation flow.
@@ -284,7 +328,7 @@ class CHGNetVaspRelaxMaker(Maker):
         Returns
         -------
         Flow
-            The flow; its output is the task document of the last VASP relaxation.
+            The flow; its output is the task document of the last VASP job.
         """
         jobs: list = []
         if self.chgnet_maker is not None:
@@ -293,4 +337,9 @@ class CHGNetVaspRelaxMaker(Maker):
             structure = pre.output.structure
         vasp = self.vasp_maker.make(structure, prev_dir=prev_dir)
         jobs.append(vasp)
-        return Flow(jobs, output=vasp.output, name=self.name)
+        output = vasp.output
+        if self.static_maker is not None:
+            static = self.static_maker.make(output.structure, prev_dir=output.dir_name)
+            jobs.append(static)
+            output = static.output
+        return Flow(jobs, output=output, name=self.name)

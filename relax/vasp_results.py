@@ -106,7 +106,9 @@ def vasp_stage_result(structure_id: str, doc: dict[str, Any]) -> RelaxResult:
             "calc_type": str(calc.get("calc_type", "")),
             "state": state,
             "custodian_corrections": custodian,
-            "incar": {k: incar.get(k) for k in ("ENCUT", "ISMEAR", "SIGMA", "ISPIN", "EDIFFG")},
+            "incar": {
+                k: incar.get(k) for k in ("ENCUT", "ISMEAR", "SIGMA", "ISPIN", "EDIFFG", "NSW")
+            },
         },
     )
 

@@ -37,7 +37,7 @@ from relax.vasp_makers import (
     VaspProfile,
     build_handlers,
 )
-from relax.vasp_results import stress_kbar_to_gpa
+from relax.vasp_results import stress_kbar_to_gpa, vasp_stage_result
 
 SI_DOUBLE = {"relax 1": "Si_double_relax/relax_1", "relax 2": "Si_double_relax/relax_2"}
 SI_MP_GGA = {
@@ -58,9 +58,12 @@ INCAR_DRIFT: dict[str, frozenset[str]] = {
     "Si_double_relax": frozenset({"ENAUG", "GGA", "LELF", "LREAL"}),
     "Si_mp_gga_relax": frozenset({"LCHARG"}),
 }
-# Likewise the k-point grid of atomate2's own set: 7x7x7 generated vs 4x4x4 recorded for
-# Si_double_relax. There only the KPOINTS style is compared (as atomate2's own mock does).
-KPOINTS_GRID_DRIFT = frozenset({"Si_double_relax"})
+# Likewise the k-point grids (measured the same way): atomate2's own set gives 7x7x7 where
+# Si_double_relax recorded 4x4x4, and MPStaticSet gives 8x8x8 where GGA_Static recorded 7x7x7.
+# For those only the KPOINTS style is compared (as atomate2's own mock does everywhere).
+KPOINTS_GRID_DRIFT = frozenset(
+    {"Si_double_relax/relax_1", "Si_double_relax/relax_2", "Si_mp_gga_relax/GGA_Static"}
+)
 
 
 FAKE_VASP_SCRIPT = """\
@@ -138,7 +141,7 @@ class FakeVasp:
         user = Kpoints.from_file("KPOINTS")
         expected = Kpoints.from_file(_zp(ref / "inputs" / "KPOINTS"))
         same_grid = list(map(tuple, user.kpts)) == list(map(tuple, expected.kpts))
-        if ref.parent.name in KPOINTS_GRID_DRIFT:
+        if f"{ref.parent.name}/{ref.name}" in KPOINTS_GRID_DRIFT:
             same_grid = True
         if user.style != expected.style or not same_grid:
             raise ValueError(
@@ -341,6 +344,43 @@ def test_double_relax_maps_task_documents(
     assert store.count({"name": {"$in": ["relax 1", "relax 2"]}}) == 2
     job_dirs = res.extra["job_dirs"]
     assert all(str(tmp_path) in d for d in job_dirs)
+
+    # an unconverged run (state "failed" in the task document) maps to "not_converged"
+    (relax2_job,) = [d for d in store.query({"name": "relax 2"})]
+    doc = store.get_output(relax2_job["uuid"], load=True)
+    doc["state"] = "failed"
+    unconverged = vasp_stage_result("si-double", doc)
+    assert unconverged.status == "not_converged" and not unconverged.converged
+    assert unconverged.final_energy_eV == pytest.approx(-10.84177648, abs=1e-8)
+
+
+def test_mp_gga_double_relax_with_final_static(
+    fake_vasp: FakeVasp, store: JobStore, vasp_reference_dir: Path, tmp_path: Path
+) -> None:
+    """MP GGA relax 1 -> relax 2 -> static (reference Si_mp_gga_relax, all three steps)."""
+    fake_vasp.refs.update({**SI_MP_GGA, "MP GGA static": "Si_mp_gga_relax/GGA_Static"})
+    si = _ref_structure(vasp_reference_dir, "Si_mp_gga_relax/GGA_Relax_1")
+    relaxer = VaspRelaxer(
+        final_static=True,
+        store=store,
+        work_dir=tmp_path,
+        vasp_cmd=f"{sys.executable} -c pass",
+        progress=False,
+    )
+    (res,) = relaxer.relax([("si-static", si)])
+    assert res.error is None, res.error
+    assert [c["job"] for c in fake_vasp.calls] == [
+        "MP GGA relax 1",
+        "MP GGA relax 2",
+        "MP GGA static",
+    ]
+    relax1, relax2, static = res.stages
+    assert (relax1.n_ionic_steps, relax2.n_ionic_steps, static.n_ionic_steps) == (3, 1, 1)
+    assert static.extra["incar"]["NSW"] == 0
+    assert res.final_energy_eV == pytest.approx(-10.84060922, abs=1e-8)  # from the static
+    assert res.initial_energy_eV == pytest.approx(relax1.initial_energy_eV)
+    assert res.n_ionic_steps == 4  # relaxation steps only
+    assert res.converged
 
 
 def test_chgnet_prerelax_then_mp_gga_double_relax(

@@ -18,6 +18,7 @@ app = typer.Typer(
 
 # --- command registration: one line per command module -------------------------------
 # (modules add themselves here; keep the list sorted by the order a user meets them)
+__import__("flows.commands.data", fromlist=["register"]).register(app)
 __import__("flows.commands.evaluate", fromlist=["register"]).register(app)
 # --------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from generators.data.materials_project import (
     MP20_COLUMNS,
     MPAPIKeyMissingError,
     MPAuthError,
+    MPConnectionError,
     MPQueryCriteria,
     MPRateLimitError,
     MPServerError,
@@ -150,3 +151,8 @@ def test_criteria_validation():
     kwargs = MPQueryCriteria(chemsys="Li-O", elements=["Li"]).search_kwargs()
     assert kwargs["num_sites"] == (1, 20)
     assert kwargs["chemsys"] == "Li-O" and kwargs["elements"] == ["Li"]
+
+
+def test_unreachable_service_is_a_connection_error(tmp_path):
+    with pytest.raises(MPConnectionError, match="failed"):
+        fetch_mp_dataset(tmp_path / "o", api_key=TEST_KEY, endpoint="http://127.0.0.1:1/", **FAST)

@@ -266,10 +266,16 @@ def evaluate_samples(
     gt_errors: list[dict[str, str]] = []
     t0 = time.perf_counter()
     if gt is None:
-        gt_limit = limit if mode == "generate" else None
-        gt_ids, gt_list, gt_errors = load_ground_truth(
-            dataset, gt_split, data_dir, gt_limit, progress
-        )
+        # generation: the first `limit` rows are the ground truth. CSP: the targets are usually
+        # the first rows of the split (the sampler walks it in order), so try the first
+        # `limit` rows and read the whole split only if a target is not among them.
+        gt_ids, gt_list, gt_errors = load_ground_truth(dataset, gt_split, data_dir, limit, progress)
+        if mode != "generate" and limit is not None:
+            wanted = list(dict.fromkeys(i.target_id for i in items if i.target_id))[:limit]
+            if not set(wanted) <= set(gt_ids):
+                gt_ids, gt_list, gt_errors = load_ground_truth(
+                    dataset, gt_split, data_dir, None, progress
+                )
     else:
         gt_list = list(gt)
         gt_ids = [str(i) for i in (gt_ids if gt_ids is not None else range(len(gt_list)))]

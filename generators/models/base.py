@@ -34,6 +34,16 @@ class CrystalGenerator(torch.nn.Module):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.config = dict(config)
+        self.sampling_options: dict[str, Any] = {}
+
+    def configure_sampling(self, **options: Any) -> None:
+        """Set sampling options before ``sample_*`` calls (e.g. ``steps``, ``candidates``).
+
+        The sampler passes what the user asked for (number of steps, candidates per
+        composition); a model reads the options it knows from ``self.sampling_options`` and
+        ignores the rest. ``None`` values mean "the model's default" and are dropped.
+        """
+        self.sampling_options = {k: v for k, v in options.items() if v is not None}
 
     def fit_statistics(self, train: Batch) -> None:
         """Fit dataset statistics (scalers, atom-count distribution) on the training split.

@@ -1,0 +1,212 @@
+"""Trainer: config validation, checkpoints, exact resume, NaN guard, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from generators.models.base import CrystalGenerator
+from generators.models.diffcsp import DiffCSP
+from generators.trainer import (
+    CHECKPOINT_FORMAT,
+    TrainingDivergedError,
+    fit,
+    load_checkpoint,
+    read_checkpoint,
+    validate_train_config,
+)
+
+from .conftest import tiny_config
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": -1e-3}, "lr must be a positive number"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"scheduler": {"name": "cosine_warmup"}}, "unknown scheduler"),
+        ({"scheduler": {"name": "plateau", "factor": 1.5}}, "scheduler.factor"),
+        ({"max_epochs": 2.5}, "max_epochs"),
+        ({"learning_rate": 1e-3}, "unknown train config keys"),
+        ({"grad_clip_value": 0}, "grad_clip_value"),
+    ],
+)
+def test_invalid_train_config_is_rejected(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_train_config(change)
+
+
+def test_invalid_config_rejected_before_training(tmp_path: Path, perov_val_data) -> None:
+    config = tiny_config(lr=0.0)
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        fit(DiffCSP(config["model"]), config, perov_val_data, [], tmp_path, dataset="perov_5")
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_empty_training_set(tmp_path: Path) -> None:
+    config = tiny_config()
+    with pytest.raises(ValueError, match="training set is empty"):
+        fit(DiffCSP(config["model"]), config, [], [], tmp_path, dataset="perov_5")
+
+
+def test_train_writes_checkpoints_and_log(tmp_path: Path, perov_val_data) -> None:
+    config = tiny_config(max_epochs=3)
+    torch.manual_seed(0)
+    model = DiffCSP(config["model"])
+    result = fit(
+        model, config, perov_val_data[:8], perov_val_data[8:12], tmp_path, dataset="perov_5"
+    )
+    assert result.epochs == 3 and result.stop_reason == "max_epochs"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert all(x["train"]["loss"] > 0 and "loss_coord" in x["val"] for x in lines)
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert best["format"] == CHECKPOINT_FORMAT and best["model"] == "diffcsp"
+    assert best["best_val"] == pytest.approx(min(x["val"]["loss"] for x in lines))
+    assert set(best) >= {"optimizer", "scheduler", "epoch", "rng", "code_version", "config"}
+    # the statistics travel with the checkpoint
+    loaded, meta = load_checkpoint(tmp_path / "last.pt", expect_model="diffcsp")
+    assert meta["epoch"] == 3 and meta["dataset"] == "perov_5"
+    assert loaded.num_atoms_distribution[5] == pytest.approx(1.0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value.cpu(), loaded.state_dict()[key])
+    with pytest.raises(ValueError, match="model 'diffcsp', not 'cdvae'"):
+        load_checkpoint(tmp_path / "last.pt", expect_model="cdvae")
+    with pytest.raises(ValueError, match="dataset 'perov_5', not 'carbon_24'"):
+        load_checkpoint(tmp_path / "last.pt", expect_dataset="carbon_24")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a dftloop checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a dftloop checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None:
+    config = tiny_config(max_epochs=4, scheduler={"name": "plateau", "patience": 0})
+    train, val = perov_val_data[:8], perov_val_data[8:12]
+    torch.manual_seed(1)
+    full = fit(DiffCSP(config["model"]), config, train, val, tmp_path / "a", dataset="perov_5")
+
+    def stop_after_two(epoch: int, _: dict[str, Any]) -> None:
+        if epoch == 2:
+            raise _Stop
+
+    torch.manual_seed(1)
+    with pytest.raises(_Stop):
+        fit(
+            DiffCSP(config["model"]),
+            config,
+            train,
+            val,
+            tmp_path / "b",
+            dataset="perov_5",
+            on_epoch_end=stop_after_two,
+        )
+    state = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert state["epoch"] == 2
+    resumed = fit(
+        DiffCSP(config["model"]),
+        state["config"],
+        train,
+        val,
+        tmp_path / "b",
+        dataset="perov_5",
+        resume_state=state,
+    )
+    assert resumed.epochs == 4
+    assert [h["epoch"] for h in resumed.history] == [3, 4]
+    assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
+    assert resumed.best_val == pytest.approx(full.best_val, rel=1e-6)
+    for key, value in full.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+
+
+class NaNAfterTwoEpochs(CrystalGenerator):
+    """A tiny linear model whose loss turns NaN at epoch 3."""
+
+    name: ClassVar[str] = "nan-test"
+    supports: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.weight = torch.nn.Parameter(torch.ones(3))
+
+    def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        coord = ((batch.frac_coords * self.weight).sum(-1) ** 2).mean()
+        if epoch >= 3:
+            coord = coord * torch.tensor(float("nan"))
+        return {"loss": coord, "loss_coord": coord}
+
+
+def test_nan_loss_stops_and_keeps_good_checkpoint(tmp_path: Path, perov_val_data) -> None:
+    config = tiny_config(max_epochs=5)
+    model = NaNAfterTwoEpochs({})
+    with pytest.raises(TrainingDivergedError, match=r"epoch 3, batch 0.*loss_coord"):
+        fit(model, config, perov_val_data[:8], perov_val_data[8:12], tmp_path, dataset="perov_5")
+    for name in ("best.pt", "last.pt"):
+        state = read_checkpoint(tmp_path / name)
+        assert state["epoch"] <= 2
+        assert torch.isfinite(state["state_dict"]["weight"]).all()
+    loaded, _ = load_checkpoint(tmp_path / "best.pt", model_cls=NaNAfterTwoEpochs)
+    assert torch.isfinite(loaded.weight).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path: Path, data_dir: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            str(Path(__file__).with_name("ddp_worker.py")),
+            str(tmp_path),
+            str(data_dir),
+        ],
+        env=env,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    a = torch.load(tmp_path / "rank0.pt")
+    b = torch.load(tmp_path / "rank1.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # rank 0 alone wrote the run, and training moved the weights away from rank 0's start
+    assert (tmp_path / "run" / "last.pt").is_file()
+    torch.manual_seed(100)
+    start = DiffCSP(tiny_config()["model"]).state_dict()
+    assert not torch.equal(start["denoiser.coord_head.weight"], a["denoiser.coord_head.weight"])
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # one writer

@@ -1,0 +1,347 @@
+"""Prefect flows of the pipeline (thin: orchestration only, the work is in the library).
+
+Flows: ``fetch-dataset``, ``train-generator``, ``sample-structures``, ``relax-structures``,
+``analyze`` and ``generate-and-relax`` (``nightly-benchmark`` is in :mod:`flows.nightly`).
+Every flow takes JSON-friendly parameters so that it can be deployed (``deploy/prefect.yaml``)
+and run with ``prefect deployment run <flow>/<deployment> -p key=value``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.hashing import dict_hash
+from flows.relax_stage import run_relax_stage, samples_provenance
+from flows.store import Provenance, ResultStore, dftloop_home
+from flows.tasks import (
+    analyze_task,
+    describe_relaxer,
+    load_sample_items,
+    relaxed_inputs,
+    sample_structures_task,
+    store_samples_task,
+    train_generator_task,
+)
+
+Dft = Literal["none", "espresso", "vasp"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the sha256 of a file (checkpoint provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run_id() -> str | None:
+    value = flow_run.get_id()
+    return str(value) if value else None
+
+
+def default_sample_dir(
+    home: str | None, model: str, dataset: str, n: int, seed: int, checkpoint: str | None
+) -> Path:
+    """Return a deterministic sample directory, so that a rerun reuses finished samples."""
+    ckpt = file_sha256(checkpoint) if checkpoint else None
+    key = dict_hash({"model": model, "dataset": dataset, "n": n, "seed": seed, "ckpt": ckpt})
+    return dftloop_home(home) / "samples" / f"{model}-{dataset}-{key[:12]}"
+
+
+@flow(name="fetch-dataset")
+def fetch_dataset(
+    dataset: str = "perov_5",
+    splits: list[str] | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Load (downloading if needed) the splits of a dataset and report rows and errors.
+
+    Parameters
+    ----------
+    dataset
+        Dataset name (``generators.data.DATASETS``).
+    splits
+        Splits to load (default train, val, test).
+    data_dir
+        Data directory override.
+    limit
+        Load only the first rows (a quick check).
+
+    Returns
+    -------
+    dict
+        ``{split: {"records": n, "errors": n, "first_errors": [...]}}`` (a split that cannot be
+        loaded has ``"unavailable"`` with the reason; the others go on).
+    """
+    from prefect.artifacts import create_table_artifact
+
+    from generators.data import load_split  # type: ignore[attr-defined]
+
+    logger = get_run_logger()
+    report: dict[str, Any] = {}
+    for split in splits or ["train", "val", "test"]:
+        try:
+            ds = load_split(dataset, split, data_dir=data_dir, limit=limit)
+        except Exception as exc:  # one missing split is reported, the others go on
+            logger.warning("%s/%s unavailable: %s", dataset, split, exc)
+            report[split] = {"unavailable": f"{type(exc).__name__}: {exc}"}
+            continue
+        report[split] = {
+            "records": len(ds.records),
+            "errors": len(ds.errors),
+            "first_errors": [f"{e.material_id}: {e.reason}" for e in ds.errors[:5]],
+        }
+    rows = [{"split": s, **{k: str(v) for k, v in r.items()}} for s, r in report.items()]
+    create_table_artifact(rows, key=f"dataset-{dataset}".replace("_", "-"))
+    return report
+
+
+@flow(name="train-generator")
+def train_generator(
+    model: str = "diffcsp",
+    dataset: str = "perov_5",
+    config_name: str = "cpu-small",
+    out_dir: str | None = None,
+    home: str | None = None,
+) -> str:
+    """Train a generator (``generators.trainer.train``) and return the checkpoint path."""
+    out = out_dir or str(dftloop_home(home) / "checkpoints" / model / dataset / config_name)
+    return train_generator_task(model, dataset, config_name, out)
+
+
+@flow(name="sample-structures")
+def sample_structures(
+    model: str = "dataset",
+    dataset: str = "perov_5",
+    n: int = 8,
+    checkpoint: str | None = None,
+    seed: int = 0,
+    out_dir: str | None = None,
+    home: str | None = None,
+    mode: str = "generate",
+) -> str:
+    """Sample structures, store them as ``sample`` documents and return the sample directory.
+
+    ``model="dataset"`` is the smoke-test pseudo-model (rattled dataset structures,
+    :mod:`flows.smoke_model`), not a generator.
+    """
+    out = out_dir or str(default_sample_dir(home, model, dataset, n, seed, checkpoint))
+    sample_dir = sample_structures_task(
+        model, n, out, dataset=dataset, checkpoint=checkpoint, seed=seed, mode=mode
+    )
+    prov = samples_provenance(sample_dir, {"n": n, "seed": seed})
+    prov.flow_run_id = _run_id()
+    stored = store_samples_task(sample_dir, prov.__dict__, home)
+    get_run_logger().info("%d samples in %s, stored in the result store", stored, sample_dir)
+    return sample_dir
+
+
+@flow(name="relax-structures")
+def relax_structures(
+    sample_dir: str,
+    relaxer: str = "chgnet",
+    relaxer_settings: dict[str, Any] | None = None,
+    chunk_size: int = 4,
+    cluster: str = "local",
+    cluster_kwargs: dict[str, Any] | None = None,
+    home: str | None = None,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Relax every structure of a sample directory that the store has not relaxed yet.
+
+    Returns
+    -------
+    dict
+        The :class:`~flows.relax_stage.StageSummary` as a dict.
+    """
+    items, _ = load_sample_items(sample_dir)
+    from flows.hashing import structure_hash
+
+    prov = samples_provenance(sample_dir, {})
+    prov.flow_run_id = _run_id()
+    summary = run_relax_stage(
+        [(sid, s, structure_hash(s)) for sid, s in items],
+        relaxer,
+        relaxer_settings,
+        prov,
+        home=home,
+        chunk_size=chunk_size,
+        cluster=cluster,
+        cluster_kwargs=cluster_kwargs,
+        retry_failed=retry_failed,
+    )
+    return summary.as_dict()
+
+
+@flow(name="analyze")
+def analyze(
+    sample_dir: str,
+    relaxer: str = "chgnet",
+    relaxer_settings: dict[str, Any] | None = None,
+    dft: Dft = "none",
+    dft_settings: dict[str, Any] | None = None,
+    home: str | None = None,
+    evaluate_metrics: bool = False,
+) -> dict[str, Any]:
+    """Compare samples with their relaxed ground states; publish tables and a histogram.
+
+    Parameters
+    ----------
+    sample_dir
+        The sample directory.
+    relaxer, relaxer_settings
+        The force-field stage whose relaxations are compared against.
+    dft, dft_settings
+        The DFT stage, if one ran.
+    home
+        Project directory.
+    evaluate_metrics
+        Also compute the generation metrics (``analysis.evaluate.evaluate_samples``).
+
+    Returns
+    -------
+    dict
+        ``metrics`` (list of MetricResult dicts), ``rows`` (per structure), ``artifacts``.
+    """
+    from analysis.stability import summarize_stability
+    from flows.artifacts import artifact_key, publish_run_artifacts
+
+    prov = samples_provenance(sample_dir, {})
+    prov.flow_run_id = _run_id()
+    info = describe_relaxer(relaxer, relaxer_settings)
+    prov.relaxer, prov.relaxer_settings = relaxer, info["settings"]
+    dft_hash = None
+    if dft != "none":
+        dft_hash = describe_relaxer(dft, dft_settings)["settings_hash"]
+    rows = analyze_task(sample_dir, info["settings_hash"], home, prov.__dict__, dft_hash)
+    metrics = [m.to_dict() for m in summarize_stability(rows)]
+    if evaluate_metrics:
+        try:
+            from analysis.evaluate import evaluate_samples  # type: ignore[import-not-found]
+
+            metrics += [m.to_dict() for m in evaluate_samples(sample_dir, prov.dataset).values()]
+        except Exception as exc:  # the stability part stands on its own
+            get_run_logger().warning("generation metrics unavailable: %s", exc)
+    with ResultStore(home=home) as store:
+        store_info = store.describe()
+    prefix = artifact_key(str(prov.model), str(prov.dataset), relaxer)
+    report_dir = dftloop_home(home) / "reports" / (prov.flow_run_id or "local")
+    artifacts = publish_run_artifacts(prefix, metrics, rows, store_info, report_dir)
+    return {"metrics": metrics, "rows": rows, "artifacts": artifacts, "store": store_info}
+
+
+@flow(name="generate-and-relax")
+def generate_and_relax(
+    model: str = "dataset",
+    dataset: str = "perov_5",
+    n: int = 8,
+    checkpoint: str | None = None,
+    train_config: str | None = None,
+    seed: int = 0,
+    relaxer: str = "chgnet",
+    relaxer_settings: dict[str, Any] | None = None,
+    dft: Dft = "none",
+    dft_settings: dict[str, Any] | None = None,
+    dft_max_structures: int = 2,
+    chunk_size: int = 4,
+    cluster: str = "local",
+    cluster_kwargs: dict[str, Any] | None = None,
+    home: str | None = None,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Sample → relax (force field, then optional DFT) → analyse each against its ground state.
+
+    Parameters
+    ----------
+    model
+        Generator name, or ``"dataset"`` (smoke-test pseudo-model, not a generator).
+    dataset
+        Dataset name.
+    n
+        Number of samples.
+    checkpoint
+        Checkpoint of the generator.
+    train_config
+        Without a checkpoint: train first with this config (e.g. ``"cpu-small"``).
+    seed
+        Sampling seed.
+    relaxer, relaxer_settings
+        First (force-field) stage, default CHGNet.
+    dft, dft_settings
+        ``"none"``, ``"espresso"`` or ``"vasp"`` and its settings.
+    dft_max_structures
+        DFT-relax at most this many force-field-relaxed structures (lowest energy first).
+    chunk_size
+        Structures per relaxation task.
+    cluster, cluster_kwargs
+        Dask cluster of the relaxation fan-out (``"local"`` or ``"slurm"``).
+    home
+        Project directory (default ``$DFTLOOP_HOME`` or ``./dftloop-runs``).
+    retry_failed
+        Relax again structures whose stored relaxation failed.
+
+    Returns
+    -------
+    dict
+        ``sample_dir``, ``stages`` (one summary per relaxation stage), ``metrics``,
+        ``artifacts``, ``store``.
+    """
+    logger = get_run_logger()
+    if model not in ("dataset",) and checkpoint is None:
+        if train_config is None:
+            raise ValueError(f"model {model!r}: give a checkpoint, or train_config to train first")
+        checkpoint = train_generator(model, dataset, train_config, home=home)
+    sample_dir = sample_structures(model, dataset, n, checkpoint, seed, home=home)
+    items, errors = load_sample_items(sample_dir)
+    if errors:
+        logger.warning("%d samples have no structure: %s", len(errors), errors[:3])
+    from flows.hashing import structure_hash
+
+    prov = samples_provenance(sample_dir, {"n": n, "seed": seed})
+    prov.flow_run_id = _run_id()
+    hashes = {sid: structure_hash(s) for sid, s in items}
+    stages = [
+        run_relax_stage(
+            [(sid, s, hashes[sid]) for sid, s in items],
+            relaxer,
+            relaxer_settings,
+            prov,
+            home=home,
+            chunk_size=chunk_size,
+            cluster=cluster,
+            cluster_kwargs=cluster_kwargs,
+            retry_failed=retry_failed,
+        )
+    ]
+    if dft != "none":
+        first = stages[0].settings_hash
+        dft_items = relaxed_inputs(items, first, home, max_structures=dft_max_structures)
+        stages.append(
+            run_relax_stage(
+                dft_items,
+                dft,
+                dft_settings,
+                prov,
+                home=home,
+                chunk_size=1,
+                cluster=cluster,
+                cluster_kwargs=cluster_kwargs,
+                retry_failed=retry_failed,
+            )
+        )
+    result = analyze(sample_dir, relaxer, relaxer_settings, dft, dft_settings, home=home)
+    return {
+        "sample_dir": sample_dir,
+        "stages": [s.as_dict() for s in stages],
+        "metrics": result["metrics"],
+        "artifacts": result["artifacts"],
+        "store": result["store"],
+        "provenance": Provenance(**prov.__dict__).as_dict(),
+    }

@@ -1,0 +1,176 @@
+"""One relaxation stage inside a flow: skip what the store has, fan the rest out over Dask.
+
+The store is the resume mechanism: before anything is submitted, the structures whose
+relaxation with these exact relaxer settings is already stored are dropped
+(:meth:`flows.store.ResultStore.pending_relaxations`). Each chunk's results are written to the
+store as soon as that chunk finishes, so a run killed half-way loses at most the chunks in
+flight. A chunk that crashes (after its Prefect retry) is not written, so a rerun tries it again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.futures import as_completed
+from pymatgen.core import Structure
+
+from flows.hashing import structure_hash
+from flows.runners import build_task_runner
+from flows.store import Provenance, ResultStore, dftloop_home
+from flows.tasks import describe_relaxer, relax_chunk
+
+
+@dataclass
+class StageSummary:
+    """What one relaxation stage did (counts are structures unless said otherwise)."""
+
+    relaxer: str
+    settings_hash: str
+    settings: dict[str, Any]
+    n_input: int = 0
+    n_skipped: int = 0
+    n_submitted: int = 0
+    n_stored: int = 0
+    n_ok: int = 0
+    n_errors: int = 0
+    n_crashed_chunks: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the summary as a dict."""
+        return asdict(self)
+
+
+def ledger_path(home: str | None) -> str:
+    """Return the relaxation ledger file of the project directory."""
+    return str(dftloop_home(home) / "ledger" / "relaxations.jsonl")
+
+
+def run_relax_stage(
+    items: list[tuple[str, Structure, str]],
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    provenance: Provenance,
+    *,
+    home: str | None = None,
+    chunk_size: int = 4,
+    cluster: str = "local",
+    cluster_kwargs: dict[str, Any] | None = None,
+    retry_failed: bool = False,
+) -> StageSummary:
+    """Relax ``items`` that the store does not have yet; store results chunk by chunk.
+
+    Must be called inside a flow run.
+
+    Parameters
+    ----------
+    items
+        ``(structure_id, structure to relax, source hash)``; the source hash (of the generated
+        sample) is recorded in each relaxation document as ``source_structure_hash``.
+    relaxer, relaxer_settings
+        For ``relax.get_relaxer``.
+    provenance
+        Model, dataset, config of the samples (relaxer fields are filled in here).
+    home
+        Project directory.
+    chunk_size
+        Structures per Dask task (CHGNet relaxes a chunk as one batch).
+    cluster, cluster_kwargs
+        See :func:`flows.runners.build_task_runner`.
+    retry_failed
+        Relax again structures whose stored relaxation has status ``failed``.
+
+    Returns
+    -------
+    StageSummary
+        Counts of skipped, submitted, stored and failed relaxations.
+    """
+    logger = get_run_logger()
+    info = describe_relaxer(relaxer, relaxer_settings)
+    prov = Provenance(**{**asdict(provenance), "relaxer": relaxer})
+    prov.relaxer_settings = info["settings"]
+    summary = StageSummary(relaxer, info["settings_hash"], info["settings"], n_input=len(items))
+    source = {sid: src for sid, _, src in items}
+    with ResultStore(home=home) as store:
+        pending = store.pending_relaxations(
+            [(sid, s) for sid, s, _ in items], info["settings_hash"], retry_failed=retry_failed
+        )
+    summary.n_skipped = len(items) - len(pending)
+    summary.n_submitted = len(pending)
+    logger.info(
+        "%s: %d structures, %d already in the store, %d to relax",
+        relaxer,
+        len(items),
+        summary.n_skipped,
+        len(pending),
+    )
+    if not pending:
+        return summary
+    chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
+    width = max(1, int(math.log10(len(chunks))) + 1)
+    ledger = ledger_path(home)
+    with build_task_runner(cluster, cluster_kwargs) as runner:
+        futures = {}
+        for number, chunk in enumerate(chunks):
+            payload = [(sid, s.as_dict()) for sid, s in chunk]
+            future = runner.submit(
+                relax_chunk,
+                parameters={
+                    "relaxer_name": relaxer,
+                    "relaxer_settings": relaxer_settings,
+                    "items": payload,
+                    "label": f"{number:0{width}d}of{len(chunks)}",
+                    "ledger": ledger,
+                },
+            )
+            futures[future] = chunk
+        done = 0
+        for future in as_completed(list(futures)):
+            chunk = futures[future]
+            done += 1
+            try:
+                results = future.result()
+            except Exception as exc:  # a crashed chunk is retried by the next run
+                summary.n_crashed_chunks += 1
+                ids = ", ".join(sid for sid, _ in chunk)
+                summary.errors.append(f"chunk [{ids}] crashed: {type(exc).__name__}: {exc}")
+                logger.error("%s: chunk [%s] crashed: %s", relaxer, ids, exc)
+                continue
+            entries = []
+            for (sid, structure), result in zip(chunk, results, strict=True):
+                result["source_structure_hash"] = source.get(sid)
+                entries.append((structure_hash(structure), result))
+                if result.get("error"):
+                    summary.n_errors += 1
+                    summary.errors.append(str(result["error"]))
+                else:
+                    summary.n_ok += 1
+            with ResultStore(home=home) as store:
+                store.put_relaxations(entries, prov)
+            summary.n_stored += len(entries)
+            logger.info(
+                "%s: chunk %d/%d stored (%d/%d structures)",
+                relaxer,
+                done,
+                len(chunks),
+                summary.n_stored,
+                len(pending),
+            )
+    return summary
+
+
+def samples_provenance(sample_dir: str | Path, config: dict[str, Any]) -> Provenance:
+    """Build the provenance of a sample directory from its ``index.json`` and the run config."""
+    from generators.sample_io import read_index
+
+    index = read_index(sample_dir)
+    return Provenance(
+        model=index.get("model"),
+        checkpoint_sha256=index.get("checkpoint_sha256"),
+        dataset=index.get("dataset"),
+        config={**config, "sample_dir": str(sample_dir), "mode": index.get("mode")},
+    )

@@ -1,0 +1,390 @@
+"""Prefect tasks: thin wrappers that call the library (generators, relax, analysis) and the store.
+
+The library modules are imported inside the tasks, so this module imports even while a
+colleague's package is incomplete. Only :func:`relax_chunk` runs on Dask workers; every store
+write happens in the flow process (one writer per store, no SQLite lock contention).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from pymatgen.core import Structure
+
+from flows.hashing import structure_hash
+from flows.store import DONE_STATUSES, Provenance, ResultStore
+
+RELAX_CACHE_POLICY = INPUTS + TASK_SOURCE
+"""A relax chunk with the same inputs and the same task code is taken from Prefect's cache."""
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_relaxer(name: str, settings_json: str) -> Any:
+    from relax import get_relaxer
+
+    return get_relaxer(name, **json.loads(settings_json))
+
+
+def get_relaxer_cached(name: str, settings: dict[str, Any] | None) -> Any:
+    """Build a relaxer once per process (CHGNet's weights load once per Dask worker).
+
+    Parameters
+    ----------
+    name
+        Relaxer name for ``relax.get_relaxer``.
+    settings
+        Its keyword settings.
+
+    Returns
+    -------
+    relax.Relaxer
+        The relaxer.
+    """
+    return _cached_relaxer(name, json.dumps(settings or {}, sort_keys=True))
+
+
+def describe_relaxer(name: str, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Return ``{"name", "settings", "settings_hash"}`` of a relaxer (its full, resolved settings).
+
+    Parameters
+    ----------
+    name
+        Relaxer name.
+    settings
+        Keyword settings given by the user.
+
+    Returns
+    -------
+    dict
+        ``settings`` is the relaxer's own ``settings()`` (defaults included); its hash keys the
+        relaxation documents.
+    """
+    relaxer = get_relaxer_cached(name, settings)
+    return {"name": name, "settings": relaxer.settings(), "settings_hash": relaxer.settings_hash}
+
+
+@task(
+    retries=1,
+    retry_delay_seconds=5,
+    cache_policy=RELAX_CACHE_POLICY,
+    persist_result=True,
+    task_run_name="relax-{relaxer_name}-{label}",
+)
+def relax_chunk(
+    relaxer_name: str,
+    relaxer_settings: dict[str, Any] | None,
+    items: list[tuple[str, dict[str, Any]]],
+    label: str = "chunk",
+    ledger: str | None = None,
+) -> list[dict[str, Any]]:
+    """Relax one chunk of structures (runs on a Dask worker).
+
+    Parameters
+    ----------
+    relaxer_name, relaxer_settings
+        Passed to ``relax.get_relaxer``.
+    items
+        ``(structure_id, Structure.as_dict())`` pairs.
+    label
+        Name of the chunk in the Prefect UI.
+    ledger
+        A JSON-lines file to which one line per computed relaxation is appended (an audit of
+        what was really computed; a result served from Prefect's cache adds nothing).
+
+    Returns
+    -------
+    list of dict
+        ``RelaxResult.model_dump(mode="json")`` per item, in order; a bad structure gives an
+        error result and the rest goes on.
+    """
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("DFTLOOP_TORCH_THREADS", "1")))
+    relaxer = get_relaxer_cached(relaxer_name, relaxer_settings)
+    pairs = [(sid, Structure.from_dict(d)) for sid, d in items]
+    results = [r.model_dump(mode="json") for r in relaxer.relax(pairs)]
+    if ledger:
+        append_ledger(ledger, relaxer_name, pairs, results)
+    return results
+
+
+def append_ledger(
+    ledger: str,
+    relaxer_name: str,
+    pairs: list[tuple[str, Structure]],
+    results: list[dict[str, Any]],
+) -> None:
+    """Append one JSON line per computed relaxation to ``ledger`` (``O_APPEND`` writes)."""
+    path = Path(ledger)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(
+        json.dumps(
+            {
+                "structure_id": sid,
+                "structure_hash": structure_hash(structure),
+                "relaxer": relaxer_name,
+                "settings_hash": res.get("settings_hash"),
+                "status": res.get("status"),
+                "pid": os.getpid(),
+            }
+        )
+        + "\n"
+        for (sid, structure), res in zip(pairs, results, strict=True)
+    )
+    with open(path, "a") as stream:
+        stream.write(lines)
+
+
+@task
+def sample_structures_task(
+    model: str,
+    n: int,
+    out_dir: str,
+    *,
+    dataset: str,
+    checkpoint: str | None = None,
+    seed: int = 0,
+    mode: str = "generate",
+    smoke_split: str = "val",
+    smoke_rattle: float = 0.05,
+) -> str:
+    """Write a sample directory (or reuse a finished one) and return its path.
+
+    Parameters
+    ----------
+    model
+        A generator name, or ``"dataset"`` for the smoke-test pseudo-model
+        (:mod:`flows.smoke_model`).
+    n
+        Number of samples.
+    out_dir
+        Sample directory.
+    dataset
+        Dataset name.
+    checkpoint
+        Checkpoint path (required for real generators).
+    seed
+        Random seed.
+    mode
+        Sampling mode for real generators (``"generate"`` or ``"csp"``).
+    smoke_split, smoke_rattle
+        Only for the pseudo-model.
+
+    Returns
+    -------
+    str
+        The sample directory.
+    """
+    from flows.smoke_model import SMOKE_MODEL, sample_from_dataset
+
+    out = Path(out_dir)
+    if (out / "index.json").is_file():
+        from generators.sample_io import read_index
+
+        index = read_index(out)
+        if index.get("total") == n and len(index.get("chunks", [])) > 0:
+            return str(out)
+    if model == SMOKE_MODEL:
+        return str(
+            sample_from_dataset(dataset, n, out, split=smoke_split, rattle=smoke_rattle, seed=seed)
+        )
+    if checkpoint is None:
+        raise ValueError(f"model {model!r}: a checkpoint is needed to sample (or train first)")
+    from generators import sampler  # type: ignore[attr-defined]
+
+    result = sampler.sample(checkpoint=checkpoint, n=n, out_dir=out, seed=seed, mode=mode)
+    return str(result or out)
+
+
+@task
+def train_generator_task(
+    model: str, dataset: str, config_name: str, out_dir: str, **kwargs: Any
+) -> str:
+    """Train a generator with ``generators.trainer.train`` and return the checkpoint path."""
+    from generators import trainer  # type: ignore[attr-defined]
+
+    result = trainer.train(model, dataset, config_name, out_dir, **kwargs)
+    return str(result)
+
+
+def load_sample_items(sample_dir: str) -> tuple[list[tuple[str, Structure]], list[dict[str, str]]]:
+    """Read a sample directory into ``(sample_id, Structure)`` pairs and per-item errors.
+
+    Parameters
+    ----------
+    sample_dir
+        A directory written by ``generators.sampler`` or the pseudo-model.
+
+    Returns
+    -------
+    tuple
+        ``(items, errors)``; samples without a structure are listed in ``errors``.
+    """
+    from generators.sample_io import load_samples
+
+    items, errors = [], []
+    for rec in load_samples(sample_dir):
+        if rec.structure is None:
+            errors.append({"id": rec.sample_id, "reason": rec.error or "no structure"})
+        else:
+            items.append((rec.sample_id, rec.structure))
+    return items, errors
+
+
+@task
+def store_samples_task(sample_dir: str, provenance: dict[str, Any], home: str | None) -> int:
+    """Put every sample of a sample directory in the store; return how many."""
+    from generators.sample_io import load_samples
+
+    with ResultStore(home=home) as store:
+        return len(store.put_samples(load_samples(sample_dir), Provenance(**provenance)))
+
+
+def relaxed_inputs(
+    items: list[tuple[str, Structure]],
+    settings_hash: str,
+    home: str | None,
+    max_structures: int | None = None,
+) -> list[tuple[str, Structure, str]]:
+    """Return the structures relaxed by a previous stage, lowest energy first.
+
+    Parameters
+    ----------
+    items
+        The original ``(sample_id, Structure)`` pairs.
+    settings_hash
+        Settings hash of the previous stage.
+    home
+        Project directory.
+    max_structures
+        Keep at most this many (the lowest final energy per atom first).
+
+    Returns
+    -------
+    list of (str, Structure, str)
+        ``(sample_id, relaxed structure, hash of the original structure)`` of those whose
+        previous relaxation produced a structure.
+    """
+    hashes = {sid: structure_hash(s) for sid, s in items}
+    with ResultStore(home=home) as store:
+        docs = store.get_relaxations(list(hashes.values()), settings_hash)
+    rows = []
+    for sid, _ in items:
+        doc = docs.get(hashes[sid])
+        if doc and doc.get("final_structure") and doc.get("status") in ("ok", "not_converged"):
+            energy = doc.get("final_energy_per_atom_eV")
+            rows.append((energy if energy is not None else float("inf"), sid, doc, hashes[sid]))
+    rows.sort(key=lambda r: r[0])
+    if max_structures is not None:
+        rows = rows[:max_structures]
+    return [(sid, Structure.from_dict(doc["final_structure"]), h) for _, sid, doc, h in rows]
+
+
+def is_done(doc: dict[str, Any] | None) -> bool:
+    """Whether a relaxation document counts as finished (see ``flows.store.DONE_STATUSES``)."""
+    return bool(doc) and doc.get("status", "ok") in DONE_STATUSES
+
+
+@task
+def analyze_task(
+    sample_dir: str,
+    settings_hash: str,
+    home: str | None,
+    provenance: dict[str, Any],
+    dft_settings_hash: str | None = None,
+) -> list[dict[str, Any]]:
+    """Compare each sample with its relaxed ground state and store one ``analysis`` document each.
+
+    The comparison is against the force-field relaxation (``settings_hash``); when a DFT stage ran
+    (``dft_settings_hash``), its energy drop and the RMSD to the DFT structure are added.
+
+    Parameters
+    ----------
+    sample_dir
+        The sample directory.
+    settings_hash
+        Settings hash of the (first-stage) relaxation.
+    home
+        Project directory.
+    provenance
+        :class:`~flows.store.Provenance` fields.
+    dft_settings_hash
+        Settings hash of the DFT stage, if any.
+
+    Returns
+    -------
+    list of dict
+        One row per sample: ``structure_id``, ``formula``, ``delta_e_mev_per_atom``, ``rmsd``,
+        ``matched``, ``delta_volume_frac``, ``status``, ``error`` and, with DFT, ``dft_*``.
+    """
+    from analysis.stability import compare_to_relaxed
+
+    items, errors = load_sample_items(sample_dir)
+    hashes = {sid: structure_hash(s) for sid, s in items}
+    with ResultStore(home=home) as store:
+        relaxations = store.get_relaxations(list(hashes.values()), settings_hash)
+        rows: list[dict[str, Any]] = [
+            {"structure_id": e["id"], "status": "no_structure", "error": e["reason"]}
+            for e in errors
+        ]
+        dft_docs: dict[str, dict[str, Any]] = {}
+        if dft_settings_hash:
+            relaxed_hash = {
+                h: structure_hash(Structure.from_dict(d["final_structure"]))
+                for h, d in relaxations.items()
+                if d.get("final_structure")
+            }
+            found = store.get_relaxations(list(relaxed_hash.values()), dft_settings_hash)
+            dft_docs = {h: found[rh] for h, rh in relaxed_hash.items() if rh in found}
+        for sid, structure in items:
+            h = hashes[sid]
+            doc = relaxations.get(h)
+            row: dict[str, Any] = {
+                "structure_id": sid,
+                "structure_hash": h,
+                "settings_hash": settings_hash,
+                "formula": structure.composition.reduced_formula,
+            }
+            if doc is None:
+                row.update(status="not_relaxed", error=f"{sid}: no relaxation in the store")
+            elif doc.get("error") or not doc.get("final_structure"):
+                row.update(status=doc.get("status"), error=doc.get("error") or "no structure")
+            else:
+                try:
+                    row.update(
+                        compare_to_relaxed(
+                            structure,
+                            Structure.from_dict(doc["final_structure"]),
+                            doc.get("initial_energy_per_atom_eV"),
+                            doc.get("final_energy_per_atom_eV"),
+                        )
+                    )
+                    row.update(status=doc.get("status"), error=None)
+                except Exception as exc:  # one bad comparison is reported, the rest goes on
+                    row.update(status="analysis_failed", error=f"{sid}: {exc}")
+            dft = dft_docs.get(h)
+            if dft is not None and dft.get("final_structure") and not dft.get("error"):
+                cmp = compare_to_relaxed(
+                    structure,
+                    Structure.from_dict(dft["final_structure"]),
+                    None,
+                    None,
+                )
+                row["dft_rmsd"] = cmp["rmsd"]
+                row["dft_status"] = dft.get("status")
+                e0, e1 = dft.get("initial_energy_per_atom_eV"), dft.get("final_energy_per_atom_eV")
+                row["dft_delta_e_mev_per_atom"] = (
+                    None if e0 is None or e1 is None else 1000.0 * (e0 - e1)
+                )
+            elif dft is not None:
+                row["dft_status"] = dft.get("status")
+                row["dft_error"] = dft.get("error")
+            rows.append(row)
+        store.put_analyses([r for r in rows if r.get("structure_hash")], Provenance(**provenance))
+    return rows

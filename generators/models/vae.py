@@ -1,0 +1,373 @@
+"""The variational auto-encoder shared by CDVAE and DP-CDVAE.
+
+Both models encode a crystal with a periodic DimeNet++ (:mod:`generators.models.dimenet_pbc`)
+into a latent z (``fc_mu``/``fc_var``, KL weight β = 0.01), and decode from z with MLP heads
+(hidden 256, one hidden layer):
+
+* the number of atoms (``max_atoms + 1`` classes, cross-entropy);
+* the lattice: lengths / N^(1/3) and the three angles, standardised with a scaler fitted on the
+  training split (:meth:`CrystalVAE.fit_statistics`, stored as buffers), MSE;
+* the composition: a 100-way distribution per atom (cross-entropy per atom, mean per crystal).
+
+They differ only in how coordinates and types are denoised from z; a subclass implements
+:meth:`CrystalVAE.denoising_loss` and :meth:`CrystalVAE.sample_structure`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import scatter
+
+from generators.crystal import (
+    MAX_ATOMIC_NUMBER,
+    data_list_to_batch,
+    lattice_from_scaled_features,
+    scaled_lattice_features,
+)
+from generators.models.base import CrystalGenerator
+from generators.models.dimenet_pbc import PeriodicDimeNetPP
+
+ENCODER_DEFAULTS: dict[str, Any] = {
+    "hidden_channels": 128,
+    "num_blocks": 4,
+    "int_emb_size": 64,
+    "basis_emb_size": 8,
+    "out_emb_channels": 256,
+    "num_spherical": 7,
+    "num_radial": 6,
+    "cutoff": 7.0,
+    "max_neighbors": 20,
+    "envelope_exponent": 5,
+    "num_before_skip": 1,
+    "num_after_skip": 2,
+    "num_output_layers": 3,
+    "readout": "mean",
+}
+"""CDVAE's ``conf/model/encoder/dimenet.yaml``."""
+
+VAE_DEFAULTS: dict[str, Any] = {
+    "latent_dim": 256,
+    "hidden_dim": 256,
+    "fc_num_layers": 1,
+    "max_atoms": 20,
+    "beta": 0.01,
+    "cost_natom": 1.0,
+    "cost_lattice": 10.0,
+    "cost_composition": 1.0,
+    "teacher_forcing_max_epoch": 1500,
+    "reconstruct_from": "mu",
+    "progress": True,
+    "encoder": ENCODER_DEFAULTS,
+}
+
+
+def build_mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    """MLP head: Linear(in, hidden), ReLU, (Linear, ReLU) × (layers − 1), Linear(hidden, out)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(hidden_dim, hidden_dim), nn.ReLU()]
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def merge_config(defaults: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``config`` over ``defaults`` (nested dicts merged key by key)."""
+    merged = copy.deepcopy(defaults)
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def per_crystal_mean(values: Tensor, batch: Tensor, num_crystals: int) -> Tensor:
+    """Mean of per-atom values within each crystal, then over the crystals (a scalar)."""
+    return scatter(values, batch, dim=0, dim_size=num_crystals, reduce="mean").mean()
+
+
+def recenter(frac: Tensor, batch: Tensor, num_crystals: int) -> Tensor:
+    """Subtract each crystal's mean from its per-atom rows (DP-CDVAE's re-centring)."""
+    mean = scatter(frac, batch, dim=0, dim_size=num_crystals, reduce="mean")
+    return frac - mean[batch]
+
+
+def sample_composition(
+    probabilities: Tensor, num_atoms: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """Atom types from predicted composition distributions, as CDVAE samples them.
+
+    For each crystal, round p·N to counts per element; if they fall short of N, draw the rest
+    multinomially from the positive part of p − counts/N; shuffle and keep N atoms.
+
+    Parameters
+    ----------
+    probabilities
+        [B, 100] composition distributions (index k is Z = k + 1).
+    num_atoms
+        [B] atoms per crystal (≥ 1).
+
+    Returns
+    -------
+    Tensor
+        [Σ N] atomic numbers, crystal after crystal.
+    """
+    out: list[Tensor] = []
+    for prob, n_tensor in zip(probabilities, num_atoms, strict=True):
+        n = int(n_tensor)
+        counts = torch.round(prob * n).long()
+        types = torch.repeat_interleave(torch.arange(1, len(prob) + 1, device=prob.device), counts)
+        missing = n - len(types)
+        if missing > 0:
+            rest = (prob - counts.to(prob.dtype) / n).clamp(min=0.0)
+            if float(rest.sum()) <= 0.0:
+                rest = prob
+            extra = torch.multinomial(rest, missing, replacement=True, generator=generator) + 1
+            types = torch.cat([types, extra])
+        order = torch.randperm(len(types), generator=generator, device=prob.device)
+        out.append(types[order][:n])
+    return torch.cat(out)
+
+
+class CrystalVAE(CrystalGenerator):
+    """Encoder, latent, MLP heads and the shared training/sampling logic of the CDVAE family.
+
+    Parameters
+    ----------
+    config
+        The ``model`` section: see ``VAE_DEFAULTS`` and the subclasses' defaults.
+    """
+
+    supports: ClassVar[frozenset[str]] = frozenset({"generate", "reconstruct"})
+    defaults: ClassVar[dict[str, Any]] = VAE_DEFAULTS
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        cfg = merge_config(self.defaults, config)
+        super().__init__(cfg)
+        latent = int(cfg["latent_dim"])
+        hidden = int(cfg["hidden_dim"])
+        layers = int(cfg["fc_num_layers"])
+        self.latent_dim = latent
+        self.max_atoms = int(cfg["max_atoms"])
+        self.progress = bool(cfg["progress"])
+        self.encoder = PeriodicDimeNetPP(out_channels=latent, **cfg["encoder"])
+        self.fc_mu = nn.Linear(latent, latent)
+        self.fc_var = nn.Linear(latent, latent)
+        self.fc_num_atoms = build_mlp(latent, hidden, layers, self.max_atoms + 1)
+        self.fc_lattice = build_mlp(latent, hidden, layers, 6)
+        self.fc_composition = build_mlp(latent, hidden, layers, MAX_ATOMIC_NUMBER)
+        self.register_buffer("lattice_mean", torch.zeros(6))
+        self.register_buffer("lattice_std", torch.ones(6))
+        self.register_buffer("statistics_fitted", torch.tensor(False))
+
+    # ------------------------------------------------------------------ statistics
+    def fit_statistics(self, train: Batch) -> None:
+        """Fit the lattice scaler (mean and std of lengths/N^(1/3) and angles) on ``train``.
+
+        Raises
+        ------
+        ValueError
+            If a training crystal has more atoms than ``max_atoms`` (naming it).
+        """
+        num_atoms = train.num_atoms.view(-1)
+        too_big = (num_atoms > self.max_atoms).nonzero().view(-1).tolist()
+        if too_big:
+            ids = [str(train.material_id[k]) for k in too_big[:5]]
+            raise ValueError(
+                f"{len(too_big)} training crystals have more than max_atoms={self.max_atoms} "
+                f"atoms (e.g. {', '.join(ids)}); raise model.max_atoms"
+            )
+        features = scaled_lattice_features(train.lattice.view(-1, 3, 3).float(), num_atoms)
+        self.lattice_mean.copy_(features.mean(0))
+        self.lattice_std.copy_(features.std(0, unbiased=False).clamp(min=1e-6))
+        self.statistics_fitted.fill_(True)
+
+    def scale_lattice(self, lattice: Tensor, num_atoms: Tensor) -> Tensor:
+        """Standardised lattice target [B, 6] of [B, 3, 3] lattices."""
+        return (scaled_lattice_features(lattice, num_atoms) - self.lattice_mean) / self.lattice_std
+
+    def unscale_lattice(self, scaled: Tensor, num_atoms: Tensor) -> Tensor:
+        """Lattice matrices [B, 3, 3] from standardised predictions [B, 6]."""
+        features = scaled * self.lattice_std + self.lattice_mean
+        return lattice_from_scaled_features(features, num_atoms)
+
+    # ------------------------------------------------------------------ encoder / heads
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance [B, latent] of a crystal batch."""
+        hidden = self.encoder(
+            batch.frac_coords,
+            batch.atom_types,
+            batch.lattice.view(-1, 3, 3),
+            batch.num_atoms.view(-1),
+            batch.batch,
+        )
+        return self.fc_mu(hidden), self.fc_var(hidden)
+
+    @staticmethod
+    def reparameterize(
+        mu: Tensor, log_var: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Sample z = mu + exp(log_var / 2)·ε."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * log_var) * eps
+
+    @staticmethod
+    def kl_divergence(mu: Tensor, log_var: Tensor) -> Tensor:
+        """KL(q(z|x) ‖ N(0, I)), summed over the latent dims, mean over the batch."""
+        return (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp()).sum(dim=1)).mean()
+
+    def predict_statistics(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Heads from z.
+
+        Returns atom-count logits [B, max+1], the scaled lattice [B, 6] and composition
+        logits [B, 100].
+        """
+        return self.fc_num_atoms(z), self.fc_lattice(z), self.fc_composition(z)
+
+    # ------------------------------------------------------------------ training
+    def denoising_loss(
+        self,
+        batch: Batch,
+        z: Tensor,
+        lattice: Tensor,
+        composition_logits: Tensor,
+        epoch: int,
+    ) -> dict[str, Tensor]:
+        """Coordinate and type loss terms (``"coord"``, ``"type"``) of the model's denoiser."""
+        raise NotImplementedError
+
+    def coordinate_weight(self, epoch: int) -> float:
+        """Weight of the coordinate loss at ``epoch``."""
+        raise NotImplementedError
+
+    def type_weight(self) -> float:
+        """Weight of the type loss."""
+        raise NotImplementedError
+
+    def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        """All loss terms of one batch; ``"loss"`` is the paper-weighted sum."""
+        cfg = self.config
+        num_atoms = batch.num_atoms.view(-1)
+        lattice = batch.lattice.view(-1, 3, 3)
+        b = len(num_atoms)
+        if bool((num_atoms > self.max_atoms).any()):
+            raise ValueError(f"a crystal of this batch has more than max_atoms={self.max_atoms}")
+        mu, log_var = self.encode(batch)
+        z = self.reparameterize(mu, log_var)
+        natom_logits, lattice_pred, comp_logits = self.predict_statistics(z)
+        natom = F.cross_entropy(natom_logits, num_atoms)
+        lattice_loss = F.mse_loss(lattice_pred, self.scale_lattice(lattice, num_atoms))
+        composition = per_crystal_mean(
+            F.cross_entropy(comp_logits[batch.batch], batch.atom_types - 1, reduction="none"),
+            batch.batch,
+            b,
+        )
+        kl = self.kl_divergence(mu, log_var)
+        if epoch < int(cfg["teacher_forcing_max_epoch"]):
+            decoder_lattice = lattice
+        else:
+            decoder_lattice = self.unscale_lattice(lattice_pred.detach(), num_atoms)
+        terms = self.denoising_loss(batch, z, decoder_lattice, comp_logits, epoch)
+        loss = (
+            cfg["cost_natom"] * natom
+            + cfg["cost_lattice"] * lattice_loss
+            + cfg["cost_composition"] * composition
+            + cfg["beta"] * kl
+            + self.coordinate_weight(epoch) * terms["coord"]
+            + self.type_weight() * terms["type"]
+        )
+        return {
+            "loss": loss,
+            "natom": natom,
+            "lattice": lattice_loss,
+            "composition": composition,
+            "kl": kl,
+            "coord": terms["coord"],
+            "type": terms["type"],
+        }
+
+    # ------------------------------------------------------------------ sampling
+    def sample_structure(
+        self,
+        z: Tensor,
+        num_atoms: Tensor,
+        lattice: Tensor,
+        atom_types: Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Denoise coordinates and types from z: returns (frac_coords [N, 3], atom_types [N])."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decode(
+        self,
+        z: Tensor,
+        generator: torch.Generator | None = None,
+        material_ids: list[str] | None = None,
+    ) -> Batch:
+        """Decode latent codes into a crystal batch.
+
+        Atom count (argmax), lattice and composition come from the heads, then the model's
+        coordinate/type sampler runs.
+        """
+        natom_logits, lattice_pred, comp_logits = self.predict_statistics(z)
+        num_atoms = natom_logits.argmax(-1).clamp(min=1)
+        lattice = self.unscale_lattice(lattice_pred, num_atoms)
+        types = sample_composition(F.softmax(comp_logits, dim=-1), num_atoms, generator)
+        frac, types = self.sample_structure(z, num_atoms, lattice, types, generator)
+        ids = material_ids or [f"{self.name}-{k}" for k in range(len(z))]
+        data, start = [], 0
+        for k, n in enumerate(num_atoms.tolist()):
+            data.append(
+                Data(
+                    frac_coords=torch.remainder(frac[start : start + n], 1.0).float(),
+                    atom_types=types[start : start + n].long(),
+                    lattice=lattice[k : k + 1].float(),
+                    num_atoms=torch.tensor([n]),
+                    num_nodes=n,
+                    material_id=ids[k],
+                )
+            )
+            start += n
+        return data_list_to_batch(data)
+
+    @torch.no_grad()
+    def sample_generate(self, n: int, generator: torch.Generator | None = None) -> Batch:
+        """Generate ``n`` crystals from z ~ N(0, I)."""
+        if n < 1:
+            raise ValueError(f"number of crystals to generate must be >= 1, got {n}")
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.decode(z, generator)
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        """Encode ``batch`` and decode it; the crystals keep their material ids.
+
+        Decodes from mu, or from a posterior sample if ``reconstruct_from`` is ``"sample"``.
+        """
+        mu, log_var = self.encode(batch)
+        z = (
+            mu
+            if self.config["reconstruct_from"] == "mu"
+            else self.reparameterize(mu, log_var, generator)
+        )
+        ids = [str(m) for m in batch.material_id] if hasattr(batch, "material_id") else None
+        return self.decode(z, generator, ids)
+
+
+__all__ = [
+    "ENCODER_DEFAULTS",
+    "VAE_DEFAULTS",
+    "CrystalVAE",
+    "build_mlp",
+    "merge_config",
+    "per_crystal_mean",
+    "recenter",
+    "sample_composition",
+]

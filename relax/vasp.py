@@ -80,8 +80,9 @@ class VaspRelaxer(Relaxer):
         A VASP run that ends unconverged: ``False`` (default) continues and reports
         ``not_converged``; ``True`` stops the flow there; ``"error"`` makes it a failure.
     store
-        The jobflow ``JobStore`` (needs a ``data`` additional store); ``None`` takes jobflow's
-        configured store (``JOBFLOW_CONFIG_FILE`` or ``~/.jobflow.yaml``).
+        The jobflow ``JobStore`` (needs a ``data`` additional store). ``None`` takes the project
+        store, ``flows.store.load_job_store()`` (``JOBFLOW_CONFIG_FILE``, else the MontyStore
+        under ``$DFTLOOP_HOME/store``), or jobflow's configured store if ``flows`` is absent.
     work_dir
         Parent folder of the per-structure job directories (default :func:`default_work_dir`).
     profile
@@ -188,11 +189,16 @@ class VaspRelaxer(Relaxer):
 
     @property
     def store(self) -> JobStore:
-        """The jobflow store the flows write to (jobflow's configured store if none was given)."""
+        """The jobflow store the flows write to (the project store if none was given)."""
         if self._store is None:
-            from jobflow import SETTINGS
+            try:  # flows.store imports jobflow and maggma only (no Prefect)
+                from flows.store import load_job_store
+            except ImportError:
+                from jobflow import SETTINGS
 
-            self._store = SETTINGS.JOB_STORE
+                self._store = SETTINGS.JOB_STORE
+            else:
+                self._store = load_job_store()
         if "data" not in self._store.additional_stores:
             raise ValueError(
                 "the JobStore has no 'data' additional store; atomate2 VASP and force-field "

@@ -595,3 +595,31 @@ def test_unrecoverable_custodian_failure_is_a_per_structure_error(
     assert Incar.from_file(job_dir / "INCAR")["POTIM"] == pytest.approx(0.12)
     assert "ZPOTRF" in (job_dir / "vasp.out").read_text()
     assert [c["job"] for c in fake_vasp.calls].count("MP GGA relax 2") == 2  # only the good ones
+
+
+def test_default_store_is_the_project_store(
+    fake_vasp: FakeVasp,
+    vasp_reference_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without ``store=``, task documents go to the project's MontyStore under DFTLOOP_HOME."""
+    from flows.store import load_job_store
+
+    monkeypatch.setenv("DFTLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("JOBFLOW_CONFIG_FILE", raising=False)
+    fake_vasp.refs.update(SI_MP_GGA)
+    si = _ref_structure(vasp_reference_dir, "Si_mp_gga_relax/GGA_Relax_1")
+    relaxer = VaspRelaxer(vasp_cmd=f"{sys.executable} -c pass", progress=False)
+    assert relaxer.work_dir == tmp_path / "home" / "vasp"
+    (res,) = relaxer.relax([("si-home", si)])
+    assert res.error is None, res.error
+
+    store = load_job_store()
+    store.connect()
+    try:
+        names = sorted(doc["name"] for doc in store.query({}, properties=["name"]))
+    finally:
+        store.close()
+    assert names == ["MP GGA relax 1", "MP GGA relax 2"]
+    assert (tmp_path / "home" / "store").is_dir()

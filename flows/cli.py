@@ -19,6 +19,8 @@ app = typer.Typer(
 # --- command registration: one line per command module -------------------------------
 # (modules add themselves here; keep the list sorted by the order a user meets them)
 __import__("flows.commands.data", fromlist=["register"]).register(app)
+__import__("flows.commands.train", fromlist=["register"]).register(app)
+__import__("flows.commands.sample", fromlist=["register"]).register(app)
 __import__("flows.commands.evaluate", fromlist=["register"]).register(app)
 # --------------------------------------------------------------------------------------
 

@@ -258,6 +258,9 @@ class ContinuouSP(CrystalGenerator):
     def sample_csp(self, template: Batch, generator: torch.Generator | None = None) -> Batch:
         """One MALA chain per template crystal with its composition and atom count.
 
+        The number of steps is the sampler's ``steps`` option (``configure_sampling``), else
+        ``mcmc_steps`` of the config; k candidates are k template copies (the sampler's job).
+
         Returns
         -------
         Batch
@@ -265,7 +268,10 @@ class ContinuouSP(CrystalGenerator):
             plus ``energy`` and ``acceptance`` per crystal.
         """
         ids = _material_ids(template)
-        result = self.run_chains(template.atom_types, template.num_atoms, generator=generator)
+        steps = self.sampling_options.get("steps") or self.config["mcmc_steps"]
+        result = self.run_chains(
+            template.atom_types, template.num_atoms, steps=int(steps), generator=generator
+        )
         return self.chains_to_batch(result, template.atom_types, template.num_atoms, ids)
 
     # ------------------------------------------------------------------ training

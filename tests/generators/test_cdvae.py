@@ -1,0 +1,208 @@
+"""CDVAE: decoder symmetries, noise and loss definitions, Langevin sampler, trainer round trip."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from generators.configs import load_config
+from generators.crystal import batch_to_structures, random_rotation, structures_to_batch
+from generators.models.cdvae import CDVAE, min_image_difference
+from generators.registry import build_model
+from generators.trainer import fit, load_checkpoint, structures_to_data_list
+
+
+def random_structures(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        lengths = rng.uniform(3.5, 6.0, 3)
+        angles = rng.uniform(70.0, 110.0, 3)
+        try:
+            lattice = Lattice.from_parameters(*lengths, *angles)
+        except ValueError:
+            continue
+        if lattice.volume < 20:
+            continue
+        k = int(rng.integers(2, 7))
+        out.append(Structure(lattice, list(rng.choice(["C", "O", "Si"], k)), rng.random((k, 3))))
+    return out
+
+
+def small_config(**model):  # type: ignore[no-untyped-def]
+    return load_config("cdvae", "cpu-small", "perov_5", {"model": {"progress": False, **model}})
+
+
+@pytest.fixture(scope="module")
+def model() -> CDVAE:
+    torch.manual_seed(0)
+    return CDVAE(small_config()["model"]).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():  # type: ignore[no-untyped-def]
+    return structures_to_batch(random_structures(3, seed=2), ["a", "b", "c"])
+
+
+def _decode(model: CDVAE, batch, z):  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        return model.decoder(
+            z, batch.frac_coords, batch.atom_types, batch.lattice, batch.num_atoms, batch.batch
+        )
+
+
+@pytest.fixture(scope="module")
+def latent() -> torch.Tensor:
+    return torch.randn(3, 64, generator=torch.Generator().manual_seed(1))
+
+
+def test_decoder_outputs_depend_on_z(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+    vec, logits = _decode(model, batch, latent)
+    assert vec.shape == (len(batch.atom_types), 3) and logits.shape == (len(batch.atom_types), 100)
+    vec2, _ = _decode(model, batch, latent + 1.0)
+    assert (vec - vec2).abs().max() > 1e-5
+
+
+def test_decoder_permutation_equivariant(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+    n0 = int(batch.num_atoms[0])
+    perm = torch.randperm(n0, generator=torch.Generator().manual_seed(0))
+    permuted = batch.clone()
+    permuted.frac_coords[:n0] = batch.frac_coords[:n0][perm]
+    permuted.atom_types[:n0] = batch.atom_types[:n0][perm]
+    vec, logits = _decode(model, batch, latent)
+    pvec, plogits = _decode(model, permuted, latent)
+    assert torch.allclose(pvec[:n0], vec[:n0][perm], atol=1e-4)
+    assert torch.allclose(plogits[:n0], logits[:n0][perm], atol=1e-4)
+    assert torch.allclose(pvec[n0:], vec[n0:], atol=1e-4)
+
+
+def test_decoder_translation_invariant(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+    shifted = batch.clone()
+    shifted.frac_coords = torch.remainder(batch.frac_coords + torch.tensor([0.4, 0.13, 0.91]), 1)
+    vec, logits = _decode(model, batch, latent)
+    svec, slogits = _decode(model, shifted, latent)
+    assert torch.allclose(vec, svec, atol=1e-4)
+    assert torch.allclose(logits, slogits, atol=1e-4)
+
+
+def test_decoder_scores_rotate_with_the_cell(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+    rotation = random_rotation(torch.Generator().manual_seed(3))
+    rotated = batch.clone()
+    rotated.lattice = batch.lattice @ rotation.T
+    vec, logits = _decode(model, batch, latent)
+    rvec, rlogits = _decode(model, rotated, latent)
+    assert torch.allclose(rvec, vec @ rotation.T, atol=1e-4)
+    assert torch.allclose(rlogits, logits, atol=1e-4)
+    assert vec.abs().max() > 1e-4  # not the trivial zero vector
+
+
+def test_min_image_difference_is_the_shortest_periodic_vector() -> None:
+    lattice = Lattice.from_parameters(4.0, 5.0, 6.0, 65.0, 110.0, 75.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.random((8, 3)), rng.random((8, 3))
+    s = Structure(lattice, ["C"] * 8, a)
+    got = min_image_difference(
+        torch.tensor(a, dtype=torch.float32),
+        torch.tensor(b, dtype=torch.float32),
+        torch.tensor(lattice.matrix, dtype=torch.float32).unsqueeze(0),
+        torch.tensor([8]),
+    )
+    for k in range(8):
+        dist, image = lattice.get_distance_and_image(b[k], a[k])
+        assert float(got[k].norm()) == pytest.approx(dist, abs=1e-4)
+        expected = lattice.get_cartesian_coords(a[k] + image - b[k])
+        assert np.allclose(got[k].numpy(), expected, atol=1e-4)
+    assert s.num_sites == 8
+
+
+def test_noise_levels_and_loss_terms(model: CDVAE, batch) -> None:  # type: ignore[no-untyped-def]
+    assert len(model.sigmas) == 50
+    assert float(model.sigmas[0]) == pytest.approx(10.0)
+    assert float(model.sigmas[-1]) == pytest.approx(0.01)
+    ratio = model.sigmas[1:] / model.sigmas[:-1]
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)  # geometric
+    assert float(model.type_sigmas[0]) == pytest.approx(5.0)
+    fresh = CDVAE(small_config()["model"])
+    fresh.fit_statistics(batch)
+    terms = fresh.training_loss(batch, epoch=0)
+    expected = (
+        terms["natom"]
+        + 10 * terms["lattice"]
+        + terms["composition"]
+        + 0.01 * terms["kl"]
+        + 10 * terms["coord"]
+        + terms["type"]
+    )
+    assert torch.allclose(terms["loss"], expected)
+    terms["loss"].backward()
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for name, p in fresh.named_parameters()
+        if name.startswith(("decoder.atom_latent_emb", "fc_lattice", "encoder.emb"))
+    )
+    val = fresh.validation_loss(batch, epoch=0)
+    assert torch.allclose(val["loss"], 10 * val["coord"] + val["type"])
+
+
+def test_teacher_forcing_switches_to_the_predicted_lattice(batch) -> None:  # type: ignore[no-untyped-def]
+    fresh = CDVAE(small_config(teacher_forcing_max_epoch=5)["model"])
+    fresh.fit_statistics(batch)
+    seen: list[torch.Tensor] = []
+    hook = fresh.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[3]))
+    fresh.training_loss(batch, epoch=4)
+    fresh.training_loss(batch, epoch=5)
+    hook.remove()
+    assert torch.equal(seen[0], batch.lattice)
+    assert not torch.allclose(seen[1], batch.lattice, atol=1e-3)
+
+
+def test_langevin_sampler_steps_and_outputs(model: CDVAE) -> None:
+    model.fit_statistics(structures_to_batch(random_structures(4, seed=5)))
+    model.configure_sampling(steps=100)  # 2 steps per level
+    assert model.langevin_steps_per_level() == 2
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    out = model.sample_generate(3, torch.Generator().manual_seed(0))
+    hook.remove()
+    assert len(calls) == 100
+    assert out.num_atoms.shape == (3,) and out.lattice.shape == (3, 3, 3)
+    assert ((out.frac_coords >= 0) & (out.frac_coords < 1)).all()
+    structures, _ = batch_to_structures(out)
+    assert len(structures) == 3
+    model.configure_sampling()
+    assert model.langevin_steps_per_level() == 100  # the paper's default
+
+
+def test_step_size_schedule_follows_the_paper() -> None:
+    step_lr, sigma_last = 1e-4, 0.01
+    assert step_lr * (10.0 / sigma_last) ** 2 == pytest.approx(100.0)
+    assert math.sqrt(2 * step_lr) == pytest.approx(0.01414, rel=1e-3)
+
+
+def test_trainer_round_trip_and_reconstruction(tmp_path: Path, perov_val_records) -> None:  # type: ignore[no-untyped-def]
+    data, errors = structures_to_data_list(perov_val_records[:8])
+    assert not errors
+    config = small_config()
+    config["train"].update(batch_size=4, max_epochs=2, checkpoint_every=1, max_minutes=None)
+    result = fit(
+        build_model("cdvae", config["model"]),
+        config,
+        data,
+        data[:4],
+        tmp_path,
+        dataset="perov_5",
+        progress=False,
+    )
+    assert result.epochs == 2
+    model, meta = load_checkpoint(result.last_checkpoint)
+    assert meta["model"] == "cdvae"
+    assert torch.allclose(model.lattice_std, result.model.lattice_std)
+    model.eval().configure_sampling(steps_per_level=1)
+    batch = structures_to_batch([r.structure for r in perov_val_records[:3]], ["x", "y", "z"])
+    out = model.reconstruct(batch, torch.Generator().manual_seed(0))
+    assert list(out.material_id) == ["x", "y", "z"]

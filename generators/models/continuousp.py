@@ -174,8 +174,9 @@ class ContinuouSP(CrystalGenerator):
                 break
             redraw = torch.randn(int(bad.sum()), 3, 3, generator=generator, dtype=torch.float64)
             lattice[bad] = redraw.to(device) * scale[bad, None, None]
-        lattice = lattice.float()
-        frac = torch.rand(int(counts.sum()), 3, generator=generator).to(device)
+        dtype = next(self.parameters()).dtype
+        lattice = lattice.to(dtype)
+        frac = torch.rand(int(counts.sum()), 3, generator=generator, dtype=dtype).to(device)
         cart = frac_to_cart(frac, lattice, counts)
         reduced = reduce_crystals(cart, lattice, counts)
         return reduced.cart_coords.detach(), reduced.lattice.detach()

@@ -34,7 +34,7 @@ from analysis.distributions import (
     wasserstein_num_elements,
     wasserstein_property,
 )
-from analysis.fingerprints import FingerprintCache, compute_fingerprints
+from analysis.fingerprints import FingerprintCache, compute_fingerprints, default_cache_path
 from analysis.matching import PROTOCOLS, csp_match
 from analysis.results import MetricResult, write_metrics_json
 from analysis.validity import (
@@ -229,7 +229,9 @@ def evaluate_samples(
     oxidation_states_set
         SMACT set (default SMACT-14).
     fingerprint_cache
-        Fingerprint cache or SQLite path.
+        Fingerprint cache or SQLite path; ``None`` means the persistent default
+        (:func:`analysis.fingerprints.default_cache_path`); pass ``FingerprintCache(None)`` for
+        an in-memory cache.
     n_jobs
         Worker processes (``None`` = all cores).
     progress
@@ -281,11 +283,6 @@ def evaluate_samples(
         gt_ids = [str(i) for i in (gt_ids if gt_ids is not None else range(len(gt_list)))]
     timings["load_ground_truth_s"] = time.perf_counter() - t0
     say(f"ground truth: {len(gt_list)} structures of {dataset}/{gt_split}")
-    cache = (
-        fingerprint_cache
-        if isinstance(fingerprint_cache, FingerprintCache)
-        else FingerprintCache(fingerprint_cache)
-    )
     common = {
         "dataset": dataset,
         "ground_truth": f"{dataset}/{gt_split} via generators.data.load_split "
@@ -295,6 +292,12 @@ def evaluate_samples(
     if mode == "generate":
         if limit is not None:
             items = items[:limit]
+        if isinstance(fingerprint_cache, FingerprintCache):
+            cache = fingerprint_cache
+        elif with_coverage:
+            cache = FingerprintCache(fingerprint_cache or default_cache_path())
+        else:
+            cache = FingerprintCache(None)
         results = _evaluate_generation(
             items,
             gt_list,

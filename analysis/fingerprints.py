@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import warnings
@@ -230,6 +231,22 @@ class FingerprintCache:
             ]
             with self._connect() as db:
                 db.executemany("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", rows)
+
+
+def default_cache_path() -> Path:
+    """The persistent fingerprint cache: ``DFTLOOP_FP_CACHE`` or ``<user cache>/dftloop/``.
+
+    Returns
+    -------
+    Path
+        Path of the SQLite file (created on first use).
+    """
+    env = os.environ.get("DFTLOOP_FP_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dftloop")) / "fingerprints.sqlite"
 
 
 def _encode(array: np.ndarray | None) -> bytes | None:

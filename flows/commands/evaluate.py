@@ -14,12 +14,6 @@ from typing import Annotated
 import typer
 
 
-def _default_fp_cache() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("dftloop")) / "fingerprints.sqlite"
-
-
 def evaluate(
     sample_dir: Annotated[
         Path | None,
@@ -45,7 +39,10 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the valid-sample draw.")] = 0,
     jobs: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     fp_cache: Annotated[
-        Path | None, typer.Option(help="Fingerprint cache (SQLite); default in the user cache.")
+        Path | None,
+        typer.Option(
+            help="Fingerprint cache (SQLite); default $DFTLOOP_FP_CACHE or the user cache."
+        ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory override.")] = None,
 ) -> None:
@@ -56,7 +53,7 @@ def evaluate(
     from analysis.evaluate import evaluate_samples, evaluate_split
 
     console = Console(stderr=True)
-    cache = fp_cache or _default_fp_cache()
+    cache = fp_cache  # None: analysis.fingerprints.default_cache_path()
     if sample_dir is None:
         if split is None:
             raise typer.BadParameter("give SAMPLE_DIR, or --split to evaluate a split itself")

@@ -8,6 +8,13 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 
+@pytest.fixture(autouse=True)
+def _private_fingerprint_cache(tmp_path_factory, monkeypatch) -> None:
+    """Keep the default fingerprint cache out of the user's cache directory."""
+    path = tmp_path_factory.getbasetemp() / "fingerprints.sqlite"
+    monkeypatch.setenv("DFTLOOP_FP_CACHE", str(path))
+
+
 @pytest.fixture
 def quaternary() -> Structure:
     """A 4-atom cubic cell (a = 5 Å) without internal translations, so it is its own primitive."""

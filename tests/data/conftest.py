@@ -93,7 +93,9 @@ def summary_docs(data_dir: Path) -> list[dict]:
         )
     # one document the criteria must exclude (far above the hull)
     bad = dict(docs[0], material_id="mp-999999999", energy_above_hull=0.5)
-    docs.append(bad)
+    # and one that passes the filters but carries a broken structure (reported, not written)
+    broken = dict(docs[1], material_id="mp-888888888", structure={"lattice": "garbage"})
+    docs += [bad, broken]
     return docs
 
 

@@ -72,6 +72,9 @@ def test_fetch_writes_mp20_schema_and_split(fake_mp, tmp_path, monkeypatch, capl
         ids += frame["material_id"].tolist()
     assert len(ids) == len(set(ids)) == n
     assert "mp-999999999" not in ids
+    # the broken document is reported with its id and reason; the rest was written
+    assert [m for m, _ in result.rejected] == ["mp-888888888"]
+    assert "mp-888888888" not in ids
 
     # the written CSVs load through the normal loader
     loaded = load_file(out / "train.csv", like="mp_20", progress=False)
@@ -82,6 +85,7 @@ def test_fetch_writes_mp20_schema_and_split(fake_mp, tmp_path, monkeypatch, capl
     assert saved["criteria"]["max_sites"] == 20
     assert saved["counts"] == result.counts
     assert saved["database_version"] == "2025.09.25"
+    assert saved["rejected"][0]["material_id"] == "mp-888888888"
 
     # the key never lands in files or logs
     assert TEST_KEY not in _all_text(out)

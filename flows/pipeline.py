@@ -45,6 +45,11 @@ def _run_id() -> str | None:
     return str(value) if value else None
 
 
+def default_checkpoint_dir(home: str | None, model: str, dataset: str, config_name: str) -> Path:
+    """Return ``<home>/checkpoints/<model>/<dataset>/<config>`` (train-generator's run dir)."""
+    return dftloop_home(home) / "checkpoints" / model / dataset / config_name
+
+
 def default_sample_dir(
     home: str | None, model: str, dataset: str, n: int, seed: int, checkpoint: str | None
 ) -> Path:
@@ -110,10 +115,16 @@ def train_generator(
     config_name: str = "cpu-small",
     out_dir: str | None = None,
     home: str | None = None,
+    max_minutes: float | None = None,
+    limit: int | None = None,
 ) -> str:
-    """Train a generator (``generators.trainer.train``) and return the checkpoint path."""
-    out = out_dir or str(dftloop_home(home) / "checkpoints" / model / dataset / config_name)
-    return train_generator_task(model, dataset, config_name, out)
+    """Train a generator (``generators.trainer.train``) and return the checkpoint path.
+
+    The default run directory is ``<home>/checkpoints/<model>/<dataset>/<config>``; a finished
+    ``best.pt`` there is reused.
+    """
+    out = out_dir or str(default_checkpoint_dir(home, model, dataset, config_name))
+    return train_generator_task(model, dataset, config_name, out, max_minutes, limit)
 
 
 @flow(name="sample-structures")

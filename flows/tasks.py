@@ -196,21 +196,36 @@ def sample_structures_task(
         )
     if checkpoint is None:
         raise ValueError(f"model {model!r}: a checkpoint is needed to sample (or train first)")
-    from generators import sampler  # type: ignore[attr-defined]
+    from generators.sampler import sample
 
-    result = sampler.sample(checkpoint=checkpoint, n=n, out_dir=out, seed=seed, mode=mode)
-    return str(result or out)
+    kwargs: dict[str, Any] = {"n": n} if mode == "generate" else {"split": "test", "limit": n}
+    summary = sample(checkpoint, out, mode, seed=seed, progress=False, **kwargs)
+    return str(summary.out_dir)
 
 
 @task
 def train_generator_task(
-    model: str, dataset: str, config_name: str, out_dir: str, **kwargs: Any
+    model: str,
+    dataset: str,
+    config_name: str,
+    out_dir: str,
+    max_minutes: float | None = None,
+    limit: int | None = None,
 ) -> str:
-    """Train a generator with ``generators.trainer.train`` and return the checkpoint path."""
-    from generators import trainer  # type: ignore[attr-defined]
+    """Train a generator with ``generators.trainer.train`` and return its best checkpoint.
 
-    result = trainer.train(model, dataset, config_name, out_dir, **kwargs)
-    return str(result)
+    A finished ``best.pt`` in ``out_dir`` is reused (delete it to train again).
+    """
+    best = Path(out_dir) / "best.pt"
+    if best.is_file():
+        return str(best)
+    from generators.trainer import train
+
+    result = train(
+        model, dataset, config_name, out_dir, max_minutes=max_minutes, limit=limit, progress=False
+    )
+    best = Path(result.out_dir) / "best.pt"
+    return str(best if best.is_file() else Path(result.out_dir) / "last.pt")
 
 
 def load_sample_items(sample_dir: str) -> tuple[list[tuple[str, Structure]], list[dict[str, str]]]:

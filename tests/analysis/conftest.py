@@ -48,6 +48,6 @@ def perov_test_300(data_dir: Path) -> tuple[list[str], list[Structure]]:
 
 
 @pytest.fixture(scope="session")
-def carbon_test_100(data_dir: Path) -> tuple[list[str], list[Structure]]:
-    """The first 100 carbon_24 test structures (ids, structures)."""
-    return _load("carbon_24", data_dir, 100)
+def carbon_test_200(data_dir: Path) -> tuple[list[str], list[Structure]]:
+    """The first 200 carbon_24 test structures (ids, structures)."""
+    return _load("carbon_24", data_dir, 200)

@@ -145,12 +145,12 @@ def _rattle(s: Structure, disp: np.ndarray) -> Structure:
     return out
 
 
-def test_dataset_rattled_copies_known_rmse(perov_test_300, carbon_test_100):
+def test_dataset_rattled_copies_known_rmse(perov_test_300, carbon_test_200):
     # The matcher minimises over the symmetry operations of the ground truth, so for a
     # symmetric crystal the RMSE of a rattled copy is <= the plain mean-removed RMS. Breaking
     # the symmetry first (a 0.25 Å random distortion) makes the hand value exact.
     rng = np.random.default_rng(3)
-    samples = perov_test_300[1][:15] + carbon_test_100[1][1:5]
+    samples = perov_test_300[1][:15] + carbon_test_200[1][1:5]
     for s in samples:
         assert len(s.get_primitive_structure()) == len(s)  # see the next test
         disp = rng.normal(0.0, 0.03, (len(s), 3))
@@ -161,19 +161,19 @@ def test_dataset_rattled_copies_known_rmse(perov_test_300, carbon_test_100):
         assert rms_dist(_rattle(gt, disp), gt) == pytest.approx(expected, rel=1e-4)
 
 
-def test_carbon24_test_structures_against_themselves(carbon_test_100):
-    ids, structures = carbon_test_100
+def test_carbon24_test_structures_against_themselves(carbon_test_200):
+    ids, structures = carbon_test_200
     res = csp_match([[s.copy()] for s in structures], structures, "diffcsp", ids=ids)
     assert res["match_rate"].value == 1.0
     assert res["rmse"].value == pytest.approx(0.0, abs=1e-8)
 
 
-def test_rattled_copy_of_a_non_primitive_cell_does_not_match(carbon_test_100):
+def test_rattled_copy_of_a_non_primitive_cell_does_not_match(carbon_test_200):
     # The first carbon_24 test cell holds 10 atoms but its primitive cell 2. StructureMatcher
     # (primitive_cell=True, attempt_supercell=False, as in the papers) reduces the ground truth
     # to 2 atoms while the rattled copy stays at 10, so they never match: a property of the
     # original protocol that this implementation keeps.
-    s = carbon_test_100[1][0]
+    s = carbon_test_200[1][0]
     assert (len(s), len(s.get_primitive_structure())) == (10, 2)
     rattled = _rattle(s, np.random.default_rng(0).normal(0.0, 0.03, (len(s), 3)))
     assert rms_dist(rattled, s) is None

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -122,20 +123,44 @@ def process_rows(
                 out.append(process_row(i, row, property_name, options))
                 bar.update(1)
             return out
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_process_chunk, s, rows[s : s + CHUNK_ROWS], property_name, options)
-                for s in range(0, len(rows), CHUNK_ROWS)
-            ]
-            for future in as_completed(futures):
-                chunk = future.result()
-                out.extend(chunk)
-                bar.update(len(chunk))
+        try:
+            out = _process_in_pool(rows, property_name, options, workers, bar)
+        except (BrokenProcessPool, OSError, RuntimeError) as exc:
+            log.warning("process pool failed (%s); parsing %d rows in this process", exc, len(rows))
+            bar.reset()
+            out = [process_row(i, row, property_name, options) for i, row in enumerate(rows)]
+            bar.update(len(rows))
         out.sort(key=lambda r: r.row)
         return out
     finally:
         bar.close()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork: workers start at once and a user script without a __main__ guard still works;
+    # the workers only run pymatgen/numpy (no torch/OpenMP), so forking is safe here.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _process_in_pool(
+    rows: list[RawRow],
+    property_name: str | None,
+    options: PreprocessOptions,
+    workers: int,
+    bar: tqdm,
+) -> list[CachedRow]:
+    out: list[CachedRow] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        futures = [
+            pool.submit(_process_chunk, s, rows[s : s + CHUNK_ROWS], property_name, options)
+            for s in range(0, len(rows), CHUNK_ROWS)
+        ]
+        for future in as_completed(futures):
+            chunk = future.result()
+            out.extend(chunk)
+            bar.update(len(chunk))
+    return out
 
 
 def _read_rows(path: Path, fmt: str, split: str, columns: tuple[str, ...], limit: int | None):

@@ -232,3 +232,20 @@ def test_bad_poscar_rows_in_a_jarvis_zip(tmp_path):
     assert "empty" in reasons["empty"]
     _assert_preprocessed(data.records[0].structure)
     np.testing.assert_allclose(data.records[0].structure.frac_coords[1], [0.5, 0.5, 0.5])
+
+
+def test_broken_pool_falls_back_to_in_process(data_dir, monkeypatch, caplog):
+    from concurrent.futures.process import BrokenProcessPool
+
+    import generators.data.loading as loading
+
+    def broken(*args, **kwargs):
+        raise BrokenProcessPool("worker died")
+
+    rows = read_csv_rows(data_dir / "perov_5" / "test.csv", ("heat_ref",), limit=12)
+    monkeypatch.setattr(loading, "PARALLEL_THRESHOLD", 10)
+    monkeypatch.setattr(loading, "_process_in_pool", broken)
+    out = process_rows(rows, "heat_ref", PreprocessOptions(), workers=2, progress=False)
+    assert [r.material_id for r in out] == [r.material_id for r in rows]
+    assert all(r.error is None for r in out)
+    assert "process pool failed" in caplog.text

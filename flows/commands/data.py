@@ -117,19 +117,30 @@ def fetch(
 
 @app.command("show")
 def show(
-    dataset: Annotated[str, typer.Argument(help="perov_5, carbon_24, mp_20 or mpts_52.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(help="perov_5, carbon_24, mp_20, mpts_52, or a CSV / .json.zip file."),
+    ],
     split: Annotated[str, typer.Option("--split", "-s", help="train, val or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
     data_dir: DataDirOption = None,
+    like: Annotated[
+        str, typer.Option(help="For a file: the dataset whose schema it follows.")
+    ] = "mp_20",
     top: Annotated[int, typer.Option(help="Elements to list.")] = 15,
     errors: Annotated[int, typer.Option(help="Row errors to list.")] = 10,
 ) -> None:
-    """Load a split and summarise it: rows, errors, element counts, atoms-per-cell histogram."""
-    from generators.data import DataNotFoundError, load_split
+    """Load a split (or a file) and summarise it: rows, errors, elements, atoms per cell."""
+    from generators.data import DATASETS, DataNotFoundError, load_split
+    from generators.data.loading import load_file
     from generators.data.summary import summarise
 
     try:
-        data = load_split(dataset, split, data_dir=data_dir, limit=limit)
+        if dataset not in DATASETS and Path(dataset).is_file():
+            data = load_file(dataset, like=like, split=split, limit=limit)
+            dataset = Path(dataset).name
+        else:
+            data = load_split(dataset, split, data_dir=data_dir, limit=limit)
     except (DataNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
         return

@@ -66,6 +66,9 @@ def test_fetch_mp_end_to_end(fake_mp, tmp_path, monkeypatch):
     assert saved["criteria"]["max_sites"] == 8
     assert sum(saved["counts"].values()) > 0
     assert TEST_KEY not in result.output
+    shown = runner.invoke(app, ["data", "show", str(out / "train.csv"), "--split", "train"])
+    assert shown.exit_code == 0, shown.output
+    assert f"rows {saved['counts']['train']}  structures {saved['counts']['train']}" in shown.output
 
 
 def test_fetch_mp_errors_are_clear(fake_mp, tmp_path, monkeypatch):

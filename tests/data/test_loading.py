@@ -249,3 +249,15 @@ def test_broken_pool_falls_back_to_in_process(data_dir, monkeypatch, caplog):
     assert [r.material_id for r in out] == [r.material_id for r in rows]
     assert all(r.error is None for r in out)
     assert "process pool failed" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dataset", "split"), PRESENT)
+def test_whole_split_row_counts(data_dir, dataset, split):
+    """Whole splits: published row counts, no row errors, a cache hit the second time."""
+    data = load_split(dataset, split, data_dir=data_dir, workers=2, progress=False)
+    expected = 1000 if dataset == "mp_20" else DATASETS[dataset].splits[split].expected_rows
+    assert len(data) == expected and data.errors == []
+    assert max(len(s) for s in data.structures) <= DATASETS[dataset].max_atoms
+    again = load_split(dataset, split, data_dir=data_dir, progress=False)
+    assert again.from_cache and again.material_ids == data.material_ids

@@ -21,7 +21,7 @@ from generators.data.cache import (
     read_cache,
     write_cache,
 )
-from generators.data.locations import cache_dir, locate_split
+from generators.data.locations import cache_dir, data_roots, locate_split
 from generators.data.preprocessing import PreprocessOptions, RowParseError, preprocess_text
 from generators.data.readers import RawRow, read_csv_rows, read_jarvis_rows
 from generators.data.records import CrystalDataset, CrystalRecord, RowError
@@ -225,7 +225,8 @@ def load_split(
         urls = ", ".join(s.url for s in split_info.sources)
         raise DataNotFoundError(
             f"{dataset}/{split}: no data file found (looked for "
-            f"{', '.join(s.relpath for s in split_info.sources)}); run "
+            f"{', '.join(s.relpath for s in split_info.sources)} under "
+            f"{', '.join(str(r) for r in data_roots(data_dir))}); run "
             f"`dftloop data fetch {dataset} --split {split}` (downloads from {urls})"
         )
     source, path = located.source, located.path

@@ -164,11 +164,13 @@ class TimedEspressoProfile(EspressoProfile):
                 code = proc.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
+                _kill_leftovers(directory)
                 raise EspressoTimeout(
                     f"pw.x exceeded its time limit of {self.timeout_s:.0f} s and was killed"
                 ) from None
             except BaseException:
                 _kill_group(proc)
+                _kill_leftovers(directory)
                 raise
         if code != 0:
             raise EspressoRunError(f"pw.x exited with status {code} ({' '.join(argv)})")
@@ -179,3 +181,33 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Return the ids of processes whose working directory is ``directory`` or inside it (Linux).
+
+    A serial pw.x built with Open MPI starts an ``orted --singleton`` helper in a session of its
+    own, out of reach of the process-group kill; it runs in the same folder, which finds it.
+    """
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return []
+    directory = Path(directory).resolve()
+    found = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = (entry / "cwd").resolve(strict=True)
+        except OSError:
+            continue
+        if cwd == directory or directory in cwd.parents:
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_leftovers(directory: Path) -> None:
+    """Kill processes still running in ``directory`` (pw.x's MPI helpers) after a kill."""
+    for pid in processes_in(directory):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

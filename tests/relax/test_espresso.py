@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pymatgen.core import Lattice, Structure
 
 from relax import get_relaxer
 from relax.espresso_params import PseudoLibrary, kpoint_grid
+from relax.espresso_profile import processes_in
 from relax.espresso_relaxer import EspressoRelaxer
 
 pytestmark = pytest.mark.skipif(
@@ -134,22 +136,8 @@ def test_timeout_kills_pw_and_keeps_scratch(relaxer) -> None:
     assert res.status == "failed" and "time limit" in res.error
     assert Path(res.extra["scratch_dir"], "attempt-1", "espresso.pwi").is_file()
     assert res.wall_time_s < 30
-    assert not _processes_in(Path(res.extra["scratch_dir"])), "pw.x survived its time limit"
-
-
-def _processes_in(folder: Path) -> list[int]:
-    """Processes whose working directory lies inside ``folder``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = (proc / "cwd").resolve()
-        except OSError:
-            continue
-        if cwd == folder or folder in cwd.parents:
-            found.append(int(proc.name))
-    return found
+    time.sleep(0.5)  # SIGKILL is delivered asynchronously
+    assert not processes_in(Path(res.extra["scratch_dir"])), "pw.x survived its time limit"
 
 
 def test_bad_inputs_and_missing_pseudo_reported_per_structure(relaxer) -> None:

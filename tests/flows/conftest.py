@@ -1,0 +1,168 @@
+"""Fixtures of the orchestration tests: a Prefect home in tmp, a real server, workers, SLURM."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+# Prefect reads its settings at import: give this test process its own home before any test
+# module imports prefect (environment.md: raise the ephemeral start-up timeout on this box).
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="dftloop-prefect-home-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "240")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DFTLOOP_TORCH_THREADS", "1")
+
+TINY_CHGNET = {"fmax": 0.2, "max_steps": 30}
+"""CHGNet settings of the tests: a few ionic steps per structure on 5-atom perovskites."""
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PrefectServer:
+    """A Prefect server started by deploy/start-prefect-server.sh, and helpers around it."""
+
+    env: dict[str, str]
+    home: Path
+
+    @property
+    def api(self) -> str:
+        return self.env["PREFECT_API_URL"]
+
+    @property
+    def ui(self) -> str:
+        return self.api.removesuffix("/api")
+
+    def script(self, name: str, *args: str, timeout: float = 600) -> str:
+        proc = subprocess.run(
+            ["bash", str(DEPLOY / name), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{name} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc.stdout
+
+    def prefect(self, *args: str, timeout: float = 300) -> str:
+        proc = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "prefect"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"prefect {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc.stdout
+
+    def request(self, path: str, payload: dict | None = None) -> object:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(
+            self.api + path,
+            data=data,
+            method="POST" if data is not None else "GET",
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def run_deployment(self, name: str, **params: object) -> str:
+        """``prefect deployment run NAME -p k=v ...``; return the flow run id."""
+        args = ["deployment", "run", name]
+        for key, value in params.items():
+            args += ["-p", f"{key}={json.dumps(value)}"]
+        out = self.prefect(*args)
+        match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+        assert match, out
+        return match.group(1)
+
+    def flow_run(self, run_id: str) -> dict:
+        return self.request(f"/flow_runs/{run_id}")  # type: ignore[return-value]
+
+    def wait(self, run_id: str, timeout: float = 900) -> dict:
+        """Wait until the flow run is final; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.flow_run(run_id)
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            time.sleep(3)
+        raise TimeoutError(f"flow run {run_id} not finished after {timeout} s: {run['state']}")
+
+    def start_worker(self, pool: str) -> int:
+        self.script("start-worker.sh", pool, "--background")
+        return int((self.home / "prefect" / f"worker-{pool}.pid").read_text())
+
+    def stop_worker(self, pool: str) -> None:
+        self.script("stop-worker.sh", pool, timeout=120)
+
+    def kill_worker(self, pool: str) -> None:
+        """kill -9 the worker's process group (worker, flow-run process, Dask workers)."""
+        pid_file = self.home / "prefect" / f"worker-{pool}.pid"
+        pid = int(pid_file.read_text())
+        os.killpg(pid, signal.SIGKILL)
+        pid_file.unlink()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real Prefect server on 127.0.0.1 (free port) with every deployment of deploy/prefect.yaml.
+
+    Started and deployed with the project's own scripts; DFTLOOP_HOME and PREFECT_HOME in tmp.
+    """
+    home = tmp_path_factory.mktemp("dftloop-home")
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "JOBFLOW_")) and k != "DFTLOOP_HOME"
+    }
+    env.update(
+        DFTLOOP_HOME=str(home),
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_STARTUP_TIMEOUT="240",
+        DFTLOOP_TORCH_THREADS="1",
+    )
+    server = PrefectServer(env=env, home=home)
+    server.script("start-prefect-server.sh", "--background")
+    try:
+        server.script("deploy.sh")
+        yield server
+    finally:
+        for pool in ("local", "slurm"):
+            if (home / "prefect" / f"worker-{pool}.pid").exists():
+                with contextlib.suppress(Exception):
+                    server.stop_worker(pool)
+        server.script("stop-prefect-server.sh", timeout=120)

@@ -1,0 +1,74 @@
+"""A real flow run (ephemeral Prefect server, real CHGNet, real MontyStore) and its rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.store import ResultStore
+
+from .conftest import TINY_CHGNET
+
+
+@pytest.fixture(scope="module")
+def harness() -> None:
+    with prefect_test_harness(server_startup_timeout=240):
+        yield
+
+
+def _ledger(home: Path) -> list[dict]:
+    path = home / "ledger" / "relaxations.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_generate_and_relax_then_rerun_skips(harness: None, tmp_path: Path) -> None:
+    from flows.pipeline import generate_and_relax
+
+    params = dict(
+        model="dataset",
+        dataset="perov_5",
+        n=3,
+        relaxer="chgnet",
+        relaxer_settings=TINY_CHGNET,
+        chunk_size=2,
+        # Dask workers as threads of this process: CHGNet loads once (processes are covered
+        # by the end-to-end test in test_services.py)
+        cluster_kwargs={"processes": False},
+        home=str(tmp_path),
+    )
+    first = generate_and_relax(**params)
+    [stage] = first["stages"]
+    assert stage["n_input"] == 3 and stage["n_skipped"] == 0
+    assert stage["n_stored"] == 3 and stage["n_crashed_chunks"] == 0
+    assert len(_ledger(tmp_path)) == 3  # three relaxations really computed
+
+    with ResultStore(home=tmp_path) as store:
+        assert store.count("sample") == 3
+        relaxations = store.query("relaxation")
+        assert len(relaxations) == 3
+        assert {r["relaxer"] for r in relaxations} == {"chgnet"}
+        assert all(r["provenance"]["model"] == "dataset" for r in relaxations)
+        assert all(r["provenance"]["relaxer_settings"]["fmax"] == 0.2 for r in relaxations)
+        analyses = store.query("analysis")
+        assert len(analyses) == 3
+        ok = [a for a in analyses if a["error"] is None]
+        assert ok, analyses
+        # rattled structures relax downhill with CHGNet's own energies
+        assert all(a["delta_e_mev_per_atom"] > 0 for a in ok)
+        before = {r["doc_id"]: r["created_at"] for r in relaxations}
+
+    metrics = {m["name"]: m for m in first["metrics"]}
+    assert metrics["mean_delta_e_mev_per_atom"]["counts"]["n_total"] == 3
+    assert Path(first["artifacts"]["histogram_png"]).stat().st_size > 1000
+
+    second = generate_and_relax(**params)
+    [stage] = second["stages"]
+    assert stage["n_skipped"] == 3 and stage["n_submitted"] == 0
+    assert len(_ledger(tmp_path)) == 3  # nothing recomputed
+    with ResultStore(home=tmp_path) as store:
+        after = {r["doc_id"]: r["created_at"] for r in store.query("relaxation")}
+        assert after == before
+        assert store.count("sample") == 3 and store.count("analysis") == 3

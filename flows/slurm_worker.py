@@ -73,6 +73,26 @@ class SlurmJobConfiguration(BaseJobConfiguration):
     poll_interval: float = Field(default=2.0)
     sbatch_extra: list[str] = Field(default_factory=list)
 
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: Any = None,
+        flow: Any = None,
+        work_pool: Any = None,
+        worker_name: str | None = None,
+        worker_id: Any = None,
+    ) -> None:
+        """Fill in the flow-run environment; the default command is ``<python> -m prefect.engine``.
+
+        (Prefect's default ``prefect flow-run execute`` needs ``prefect`` on the job's PATH.)
+        """
+        configured = self.command is not None
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
+        if not configured:
+            self.command = f"{shlex.quote(self.python or sys.executable)} -m prefect.engine"
+
     def sbatch_directives(self, job_name: str, log_path: str) -> list[str]:
         """Return the ``#SBATCH`` lines of this job."""
         lines = [

@@ -236,13 +236,16 @@ def mala_sample(
 def _randn(
     shape: torch.Size, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
 
 
 def _rand(
     n: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
-    return torch.rand(n, generator=generator, device=device, dtype=dtype).clamp_min(1e-30)
+    source = generator.device if generator is not None else device
+    draw = torch.rand(n, generator=generator, device=source, dtype=dtype).to(device)
+    return draw.clamp_min(1e-30)
 
 
 __all__ = [

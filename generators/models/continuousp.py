@@ -165,18 +165,24 @@ class ContinuouSP(CrystalGenerator):
         counts = num_atoms.to(device)
         rho0 = float(self.config["expected_density"])
         scale = ((counts.double() / (2.0 * math.sqrt(2.0 / math.pi))) / rho0).pow(1.0 / 3.0)
-        lattice = torch.randn(len(counts), 3, 3, generator=generator, dtype=torch.float64)
+        source = generator.device if generator is not None else device
+        lattice = torch.randn(
+            len(counts), 3, 3, generator=generator, dtype=torch.float64, device=source
+        )
         lattice = lattice.to(device) * scale[:, None, None]
         for _ in range(100):
             bad = self._too_many_images(niggli_reduce(lattice).lattice, counts)
             bad |= torch.linalg.det(lattice).abs() < 1e-3 * counts / rho0
             if not bool(bad.any()):
                 break
-            redraw = torch.randn(int(bad.sum()), 3, 3, generator=generator, dtype=torch.float64)
+            redraw = torch.randn(
+                int(bad.sum()), 3, 3, generator=generator, dtype=torch.float64, device=source
+            )
             lattice[bad] = redraw.to(device) * scale[bad, None, None]
         dtype = next(self.parameters()).dtype
         lattice = lattice.to(dtype)
-        frac = torch.rand(int(counts.sum()), 3, generator=generator, dtype=dtype).to(device)
+        frac = torch.rand(int(counts.sum()), 3, generator=generator, dtype=dtype, device=source)
+        frac = frac.to(device)
         cart = frac_to_cart(frac, lattice, counts)
         reduced = reduce_crystals(cart, lattice, counts)
         return reduced.cart_coords.detach(), reduced.lattice.detach()
@@ -292,7 +298,10 @@ class ContinuouSP(CrystalGenerator):
         """
         p = float(self.config["geometric_p"])
         cap = self.config["max_negative_atoms"]
-        uniform = torch.rand(int(batch.num_graphs), generator=generator, dtype=torch.float64)
+        source = generator.device if generator is not None else torch.device("cpu")
+        uniform = torch.rand(
+            int(batch.num_graphs), generator=generator, dtype=torch.float64, device=source
+        ).cpu()
         extra = torch.floor(torch.log(uniform.clamp_min(1e-300)) / math.log(1.0 - p)).long()
         types_out: list[Tensor] = []
         counts_out: list[int] = []

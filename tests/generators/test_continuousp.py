@@ -140,7 +140,7 @@ def test_energy_is_continuous_when_a_neighbour_crosses_the_cutoff() -> None:
     assert edges(lo) != edges(hi), "the graph changes at the crossing"
 
     def energy(t: float) -> float:
-        return float(model.energy(state(t), types, lattice, num_atoms))
+        return float(model.energy(state(t), types, lattice, num_atoms).detach())
 
     jump = abs(energy(hi) - energy(lo))
     assert jump < 1e-9, f"energy jumps by {jump} when a neighbour crosses r = {radius:.3f}"

@@ -22,6 +22,7 @@ __import__("flows.commands.data", fromlist=["register"]).register(app)
 __import__("flows.commands.train", fromlist=["register"]).register(app)
 __import__("flows.commands.sample", fromlist=["register"]).register(app)
 __import__("flows.commands.evaluate", fromlist=["register"]).register(app)
+__import__("flows.commands.relax", fromlist=["register"]).register(app)
 __import__("flows.commands.results", fromlist=["register"]).register(app)
 # --------------------------------------------------------------------------------------
 

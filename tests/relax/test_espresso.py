@@ -160,3 +160,13 @@ def test_missing_pw_is_explicit(pseudo_dir: Path) -> None:
     (res,) = r.relax([("d", diamond())])
     assert res.status == "unavailable" and res.dft_available is False
     assert "pw.x not available" in res.error
+
+
+@pytest.mark.slow
+def test_mpirun_two_ranks_with_pools_matches_serial(relaxer) -> None:
+    serial = relaxer(n_procs=1).single_point([("d", diamond())])[0]
+    parallel_relaxer = relaxer(n_procs=2)
+    assert parallel_relaxer.machine.command(pools=2).split()[:3] == ["mpirun", "-np", "2"]
+    parallel = parallel_relaxer.single_point([("d", diamond())])[0]
+    assert parallel.error is None, parallel.error
+    assert parallel.final_energy_eV == pytest.approx(serial.final_energy_eV, abs=1e-5)

@@ -91,11 +91,11 @@ def evaluate(
     table = Table(title=f"{dataset}: metrics ({out})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_column("counts")
+    table.add_column("counts (first 3; all in the JSON)")
     table.add_column("errors", justify="right")
     for key, result in results.items():
         value = "n/a" if result.value is None else f"{result.value:.4g}"
-        counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
+        counts = ", ".join(f"{k}={v}" for k, v in list(result.counts.items())[:3])
         table.add_row(key, value, counts, str(len(result.errors)))
     Console().print(table)
 

@@ -51,11 +51,20 @@ def default_checkpoint_dir(home: str | None, model: str, dataset: str, config_na
 
 
 def default_sample_dir(
-    home: str | None, model: str, dataset: str, n: int, seed: int, checkpoint: str | None
+    home: str | None,
+    model: str,
+    dataset: str,
+    n: int,
+    seed: int,
+    checkpoint: str | None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Return a deterministic sample directory, so that a rerun reuses finished samples."""
     ckpt = file_sha256(checkpoint) if checkpoint else None
-    key = dict_hash({"model": model, "dataset": dataset, "n": n, "seed": seed, "ckpt": ckpt})
+    spec = {"model": model, "dataset": dataset, "n": n, "seed": seed, "ckpt": ckpt}
+    if extra and any(v is not None for v in extra.values()):
+        spec["extra"] = extra
+    key = dict_hash(spec)
     return dftloop_home(home) / "samples" / f"{model}-{dataset}-{key[:12]}"
 
 
@@ -117,14 +126,16 @@ def train_generator(
     home: str | None = None,
     max_minutes: float | None = None,
     limit: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """Train a generator (``generators.trainer.train``) and return the checkpoint path.
 
     The default run directory is ``<home>/checkpoints/<model>/<dataset>/<config>``; a finished
-    ``best.pt`` there is reused.
+    ``best.pt`` there is reused. ``overrides`` are merged over the configuration (e.g.
+    ``{"train": {"max_epochs": 2}}``); ``limit`` uses only the first crystals of each split.
     """
     out = out_dir or str(default_checkpoint_dir(home, model, dataset, config_name))
-    return train_generator_task(model, dataset, config_name, out, max_minutes, limit)
+    return train_generator_task(model, dataset, config_name, out, max_minutes, limit, overrides)
 
 
 @flow(name="sample-structures")
@@ -136,16 +147,22 @@ def sample_structures(
     seed: int = 0,
     out_dir: str | None = None,
     home: str | None = None,
-    mode: str = "generate",
+    mode: str | None = None,
+    steps: int | None = None,
 ) -> str:
     """Sample structures, store them as ``sample`` documents and return the sample directory.
 
     ``model="dataset"`` is the smoke-test pseudo-model (rattled dataset structures,
-    :mod:`flows.smoke_model`), not a generator.
+    :mod:`flows.smoke_model`), not a generator. ``mode`` (``generate``/``csp``) defaults to the
+    checkpoint's; ``steps`` to the model's number of sampling steps.
     """
-    out = out_dir or str(default_sample_dir(home, model, dataset, n, seed, checkpoint))
+    out = out_dir or str(
+        default_sample_dir(
+            home, model, dataset, n, seed, checkpoint, {"mode": mode, "steps": steps}
+        )
+    )
     sample_dir = sample_structures_task(
-        model, n, out, dataset=dataset, checkpoint=checkpoint, seed=seed, mode=mode
+        model, n, out, dataset=dataset, checkpoint=checkpoint, seed=seed, mode=mode, steps=steps
     )
     prov = samples_provenance(sample_dir, {"n": n, "seed": seed})
     prov.flow_run_id = _run_id()
@@ -255,7 +272,11 @@ def generate_and_relax(
     n: int = 8,
     checkpoint: str | None = None,
     train_config: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    train_limit: int | None = None,
     seed: int = 0,
+    sample_mode: str | None = None,
+    sample_steps: int | None = None,
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
     dft: Dft = "none",
@@ -281,8 +302,12 @@ def generate_and_relax(
         Checkpoint of the generator.
     train_config
         Without a checkpoint: train first with this config (e.g. ``"cpu-small"``).
+    train_overrides, train_limit
+        Configuration overrides and crystals per split of that training.
     seed
         Sampling seed.
+    sample_mode, sample_steps
+        Sampling mode (``generate``/``csp``, default the checkpoint's) and number of steps.
     relaxer, relaxer_settings
         First (force-field) stage, default CHGNet.
     dft, dft_settings
@@ -308,8 +333,12 @@ def generate_and_relax(
     if model not in ("dataset",) and checkpoint is None:
         if train_config is None:
             raise ValueError(f"model {model!r}: give a checkpoint, or train_config to train first")
-        checkpoint = train_generator(model, dataset, train_config, home=home)
-    sample_dir = sample_structures(model, dataset, n, checkpoint, seed, home=home)
+        checkpoint = train_generator(
+            model, dataset, train_config, home=home, limit=train_limit, overrides=train_overrides
+        )
+    sample_dir = sample_structures(
+        model, dataset, n, checkpoint, seed, home=home, mode=sample_mode, steps=sample_steps
+    )
     items, errors = load_sample_items(sample_dir)
     if errors:
         logger.warning("%d samples have no structure: %s", len(errors), errors[:3])

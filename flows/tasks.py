@@ -150,7 +150,8 @@ def sample_structures_task(
     dataset: str,
     checkpoint: str | None = None,
     seed: int = 0,
-    mode: str = "generate",
+    mode: str | None = None,
+    steps: int | None = None,
     smoke_split: str = "val",
     smoke_rattle: float = 0.05,
 ) -> str:
@@ -172,7 +173,11 @@ def sample_structures_task(
     seed
         Random seed.
     mode
-        Sampling mode for real generators (``"generate"`` or ``"csp"``).
+        Sampling mode for real generators (``"generate"`` or ``"csp"``: n targets of the test
+        split); default: the checkpoint config's ``model.mode``, else ``"generate"`` when the
+        model supports it.
+    steps
+        Sampling steps (default: the model's).
     smoke_split, smoke_rattle
         Only for the pseudo-model.
 
@@ -198,9 +203,22 @@ def sample_structures_task(
         raise ValueError(f"model {model!r}: a checkpoint is needed to sample (or train first)")
     from generators.sampler import sample
 
+    mode = mode or checkpoint_mode(checkpoint)
     kwargs: dict[str, Any] = {"n": n} if mode == "generate" else {"split": "test", "limit": n}
-    summary = sample(checkpoint, out, mode, seed=seed, progress=False, **kwargs)
+    summary = sample(checkpoint, out, mode, seed=seed, steps=steps, progress=False, **kwargs)
     return str(summary.out_dir)
+
+
+def checkpoint_mode(checkpoint: str) -> str:
+    """Return the sampling mode a checkpoint was trained for (``generate`` or ``csp``)."""
+    from generators.registry import model_class
+    from generators.trainer import read_checkpoint
+
+    meta = read_checkpoint(checkpoint)
+    mode = (meta.get("config") or {}).get("model", {}).get("mode")
+    if mode in ("generate", "csp"):
+        return mode
+    return "generate" if "generate" in model_class(meta["model"]).supports else "csp"
 
 
 @task
@@ -211,6 +229,7 @@ def train_generator_task(
     out_dir: str,
     max_minutes: float | None = None,
     limit: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """Train a generator with ``generators.trainer.train`` and return its best checkpoint.
 
@@ -222,7 +241,14 @@ def train_generator_task(
     from generators.trainer import train
 
     result = train(
-        model, dataset, config_name, out_dir, max_minutes=max_minutes, limit=limit, progress=False
+        model,
+        dataset,
+        config_name,
+        out_dir,
+        max_minutes=max_minutes,
+        limit=limit,
+        overrides=overrides,
+        progress=False,
     )
     best = Path(result.out_dir) / "best.pt"
     return str(best if best.is_file() else Path(result.out_dir) / "last.pt")

@@ -72,3 +72,67 @@ def test_generate_and_relax_then_rerun_skips(harness: None, tmp_path: Path) -> N
         after = {r["doc_id"]: r["created_at"] for r in store.query("relaxation")}
         assert after == before
         assert store.count("sample") == 3 and store.count("analysis") == 3
+
+
+def test_nightly_benchmark_reports_every_model(harness: None, tmp_path: Path) -> None:
+    """Models without a checkpoint (or with a missing module) stay in the table with a reason."""
+    from prefect.client.orchestration import get_client
+
+    from flows.nightly import GENERATORS, nightly_benchmark
+
+    rows = nightly_benchmark(dataset="perov_5", scale="cpu-small", n=2, home=str(tmp_path))
+    assert [r["model"] for r in rows] == list(GENERATORS)
+    for row in rows:
+        assert row["status"].startswith(("no checkpoint", "not available")), row
+    reports = list((tmp_path / "reports" / "nightly").glob("perov_5-cpu-small-*.json"))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())[0]["model"] == "diffcsp"
+
+    import anyio
+
+    async def _artifact() -> list:
+        async with get_client() as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["nightly-perov-5-cpu-small"])
+                )
+            )
+
+    [artifact] = anyio.run(_artifact)
+    assert "diffcsp" in str(artifact.data) and "no checkpoint" in str(artifact.data)
+
+
+def test_generate_and_relax_with_a_real_tiny_diffcsp(
+    harness: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train first (2 epochs on 8 crystals), sample CSP with 5 steps, relax, analyse."""
+    from flows.pipeline import generate_and_relax
+
+    monkeypatch.setenv("DFTLOOP_DATA_DIR", str(data_dir))
+    out = generate_and_relax(
+        model="diffcsp",
+        dataset="perov_5",
+        n=2,
+        train_config="cpu-small",
+        train_limit=8,
+        train_overrides={"train": {"max_epochs": 2}},
+        sample_steps=5,
+        relaxer="chgnet",
+        relaxer_settings=TINY_CHGNET,
+        cluster_kwargs={"processes": False},
+        home=str(tmp_path),
+    )
+    checkpoint = tmp_path / "checkpoints" / "diffcsp" / "perov_5" / "cpu-small" / "best.pt"
+    assert checkpoint.is_file()
+    assert out["provenance"]["model"] == "diffcsp"
+    [stage] = out["stages"]
+    with ResultStore(home=tmp_path) as store:
+        samples = store.query("sample")
+        assert len(samples) == 2
+        assert all(s["provenance"]["checkpoint_sha256"] for s in samples)
+        assert all(s["target_id"] for s in samples)  # CSP: one target of the test split each
+        built = [s for s in samples if s["structure"] is not None]
+        assert built and stage["n_input"] == len(built)
+        assert store.count("relaxation") == len({s["structure_hash"] for s in built})
+        assert store.count("analysis") == len(built)

@@ -206,27 +206,48 @@ class VaspRelaxer(Relaxer):
             )
         return self._store
 
+    def _vasp_options(self) -> dict[str, Any]:
+        return {
+            "run_vasp_kwargs": self.profile.run_vasp_kwargs(self.handlers, self.max_errors),
+            "user_incar_settings": self.user_incar_settings,
+            "handle_unsuccessful": self.handle_unsuccessful,
+        }
+
     def maker(self) -> CHGNetVaspRelaxMaker:
         """Build the atomate2 Maker for these settings.
 
         Returns
         -------
         CHGNetVaspRelaxMaker
-            Pre-relax Maker (or ``None``) and the configured VASP double-relaxation Maker.
+            Pre-relax Maker (or ``None``), the configured VASP double-relaxation Maker and, with
+            ``final_static``, the static Maker.
         """
-        vasp_options = {
-            "run_vasp_kwargs": self.profile.run_vasp_kwargs(self.handlers, self.max_errors),
-            "user_incar_settings": self.user_incar_settings,
-            "handle_unsuccessful": self.handle_unsuccessful,
-        }
-        vasp_maker = double_relax_maker(self.input_set, **vasp_options)
-        static = static_maker(self.input_set, **vasp_options) if self.final_static else None
+        options = self._vasp_options()
+        vasp_maker = double_relax_maker(self.input_set, **options)
+        static = static_maker(self.input_set, **options) if self.final_static else None
         pre = (
             chgnet_relax_maker(self.prerelax_fmax, self.prerelax_steps)
             if self.prerelax == "chgnet"
             else None
         )
         return CHGNetVaspRelaxMaker(chgnet_maker=pre, vasp_maker=vasp_maker, static_maker=static)
+
+    def single_point_maker(self) -> CHGNetVaspRelaxMaker:
+        """Build the Maker of a single point: the input set's static job only (no pre-relax).
+
+        Returns
+        -------
+        CHGNetVaspRelaxMaker
+            ``vasp_maker`` is the static Maker (``"MP GGA static"`` for ``"mp-gga"``).
+        """
+        return CHGNetVaspRelaxMaker(
+            chgnet_maker=None, vasp_maker=static_maker(self.input_set, **self._vasp_options())
+        )
+
+    @property
+    def dft_available(self) -> bool:
+        """Whether the VASP command's program is on ``PATH`` (always ``True`` if not checked)."""
+        return not self.check_vasp_cmd or self.vasp_command_problem() is None
 
     def vasp_command_problem(self) -> str | None:
         """Return why the VASP command cannot run here, or ``None`` if its program exists."""
@@ -243,6 +264,29 @@ class VaspRelaxer(Relaxer):
 
     # -- running -------------------------------------------------------------------------------
     def _relax_valid(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
+        return self._run_all(items, single_point=False)
+
+    def single_point(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
+        """VASP static (the input set's static job) of each structure as given.
+
+        For a ΔE with both energies from the same input set, use ``final_static=True`` so that
+        the final energy also comes from a static.
+
+        Parameters
+        ----------
+        items
+            ``(structure_id, structure)`` pairs.
+
+        Returns
+        -------
+        list of RelaxResult
+            ``initial_energy_eV == final_energy_eV``, ``n_ionic_steps == 0``, the input structure.
+        """
+        return self._run_checked(items, lambda batch: self._run_all(batch, single_point=True))
+
+    def _run_all(
+        self, items: Sequence[tuple[str, Structure]], *, single_point: bool
+    ) -> list[RelaxResult]:
         problem = self.vasp_command_problem() if self.check_vasp_cmd else None
         if problem is not None:
             return [
@@ -252,14 +296,18 @@ class VaspRelaxer(Relaxer):
                 for sid, s in items
             ]
         store = self.store
-        maker = self.maker()
+        maker = self.single_point_maker() if single_point else self.maker()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         results = []
-        bar = tqdm(items, desc="VASP relax", unit="structure", disable=not self.progress)
+        desc = "VASP static" if single_point else "VASP relax"
+        bar = tqdm(items, desc=desc, unit="structure", disable=not self.progress)
         for sid, structure in bar:
             bar.set_postfix_str(str(sid)[:30])
             try:
-                results.append(self._relax_one(maker, store, sid, structure))
+                result = self._relax_one(maker, store, sid, structure)
+                if single_point and result.error is None:
+                    result = _as_single_point(result, structure)
+                results.append(result)
             except Exception as exc:  # a bug or a broken store: still one result per item
                 results.append(
                     RelaxResult.failure(
@@ -368,6 +416,18 @@ class VaspRelaxer(Relaxer):
                 "job_dirs": [s.extra.get("dir_name") for s in stages],
             },
         )
+
+
+def _as_single_point(result: RelaxResult, structure: Structure) -> RelaxResult:
+    """Turn the result of a static-only flow into a single-point result."""
+    return result.model_copy(
+        update={
+            "initial_energy_eV": result.final_energy_eV,
+            "initial_energy_per_atom_eV": result.final_energy_per_atom_eV,
+            "final_structure": structure.as_dict(),
+            "n_ionic_steps": 0,
+        }
+    )
 
 
 def _load_output(store: JobStore, job_uuid: str) -> dict[str, Any] | None:

@@ -98,6 +98,7 @@ class FakeVasp:
     real_run_vasp: Any
     refs: dict[str, str] = field(default_factory=dict)
     failing_formulas: set[str] = field(default_factory=set)
+    incar_exclude: set[str] = field(default_factory=set)  # keys a test knows to differ
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __call__(self, **run_vasp_kwargs: Any) -> None:
@@ -114,7 +115,7 @@ class FakeVasp:
         if name not in self.refs:
             raise ValueError(f"fake VASP: no reference for job {name!r} (have {self.refs})")
         ref = self.ref_root / self.refs[name]
-        self.check_incar(ref)
+        self.check_incar(ref, self.incar_exclude)
         self.check_kpoints(ref)
         self.check_poscar(ref, poscar)
         self.check_potcar(ref)
@@ -126,11 +127,11 @@ class FakeVasp:
             shutil.copy(out, out.name)
 
     @staticmethod
-    def check_incar(ref: Path) -> None:
+    def check_incar(ref: Path, exclude: set[str]) -> None:
         user = Incar.from_file("INCAR")
         expected = Incar.from_file(_zp(ref / "inputs" / "INCAR"))
         drift = INCAR_DRIFT.get(ref.parent.name, frozenset())
-        for key in (set(user) | set(expected)) - drift:
+        for key in (set(user) | set(expected)) - drift - exclude:
             got = user.get(key, VASP_DEFAULTS.get(key))
             want = expected.get(key, VASP_DEFAULTS.get(key))
             if got != want:
@@ -623,3 +624,62 @@ def test_default_store_is_the_project_store(
         store.close()
     assert names == ["MP GGA relax 1", "MP GGA relax 2"]
     assert (tmp_path / "home" / "store").is_dir()
+
+
+def test_single_point_is_the_static_job(
+    fake_vasp: FakeVasp, store: JobStore, vasp_reference_dir: Path, tmp_path: Path
+) -> None:
+    fake_vasp.refs.update({"MP GGA static": "Si_mp_gga_relax/GGA_Static"})
+    # the recorded static followed a relaxation and took its MAGMOM (0.0); a single point of a
+    # fresh structure starts from the set's default (0.6)
+    fake_vasp.incar_exclude.add("MAGMOM")
+    si = _ref_structure(vasp_reference_dir, "Si_mp_gga_relax/GGA_Relax_1")
+    relaxer = VaspRelaxer(
+        store=store, work_dir=tmp_path, vasp_cmd=f"{sys.executable} -c pass", progress=False
+    )
+    assert relaxer.dft_available
+    (res,) = relaxer.single_point([("si-sp", si)])
+    assert res.error is None, res.error
+    assert [c["job"] for c in fake_vasp.calls] == ["MP GGA static"]
+    assert res.final_energy_eV == pytest.approx(-10.84060922, abs=1e-8)
+    assert res.initial_energy_eV == res.final_energy_eV
+    assert res.n_ionic_steps == 0
+    assert res.structure() == si
+
+
+def test_chgnet_plus_vasp_two_stage(
+    fake_vasp: FakeVasp, store: JobStore, vasp_reference_dir: Path, tmp_path: Path
+) -> None:
+    """get_relaxer("chgnet+vasp"): batched CHGNet, VASP static of the input, VASP relax + static."""
+    from relax import get_relaxer
+
+    fake_vasp.refs.update({**SI_MP_GGA, "MP GGA static": "Si_mp_gga_relax/GGA_Static"})
+    fake_vasp.incar_exclude.add("MAGMOM")  # see test_single_point_is_the_static_job
+    si = _ref_structure(vasp_reference_dir, "Si_mp_gga_relax/GGA_Relax_1")
+    relaxer = get_relaxer(
+        "chgnet+vasp",
+        vasp={
+            "store": store,
+            "work_dir": tmp_path,
+            "vasp_cmd": f"{sys.executable} -c pass",
+            "final_static": True,
+            "progress": False,
+        },
+    )
+    (res,) = relaxer.relax([("si-2stage", si)])
+    assert res.error is None, res.error
+    assert res.relaxer == "chgnet+vasp"
+    assert [c["job"] for c in fake_vasp.calls] == [
+        "MP GGA static",  # single point of the structure as given
+        "MP GGA relax 1",
+        "MP GGA relax 2",
+        "MP GGA static",
+    ]
+    # VASP relax 1 started from CHGNet's structure
+    chgnet_stage = res.stages[0]
+    assert fake_vasp.calls[1]["poscar"].volume == pytest.approx(
+        chgnet_stage.structure().volume, rel=1e-6
+    )
+    assert res.initial_energy_eV == pytest.approx(-10.84060922, abs=1e-8)
+    assert res.final_energy_eV == pytest.approx(-10.84060922, abs=1e-8)
+    assert res.n_ionic_steps == 4

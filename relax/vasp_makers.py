@@ -269,7 +269,10 @@ def static_maker(
 
 
 def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
-    """Build atomate2's CHGNet relaxation Maker (cell and positions relaxed).
+    """Build atomate2's CHGNet relaxation Maker (cell and positions relaxed) for the pre-relax.
+
+    The criteria are those of :func:`relax.chgnet_jobflow.chgnet_relax_maker` (FIRE, the same
+    optimiser as the relax package's batched CHGNet relaxer); only the job name differs.
 
     Parameters
     ----------
@@ -283,15 +286,9 @@ def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
     Maker
         ``ForceFieldRelaxMaker(force_field_name="CHGNet")`` named ``"CHGNet pre-relax"``.
     """
-    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
+    from relax.chgnet_jobflow import chgnet_relax_maker as _chgnet_maker
 
-    return ForceFieldRelaxMaker(
-        name="CHGNet pre-relax",
-        force_field_name="CHGNet",
-        relax_cell=True,
-        steps=int(steps),
-        relax_kwargs={"fmax": float(fmax)},
-    )
+    return _chgnet_maker(fmax=fmax, steps=steps, relax_cell=True, name="CHGNet pre-relax")
 
 
 @dataclass

@@ -524,6 +524,8 @@ def evaluate_split(
     limit: int | None = None,
     data_dir: str | Path | None = None,
     with_coverage: bool = True,
+    coverage_criterion: Criterion = "code",
+    oxidation_states_set: str = DEFAULT_OXIDATION_STATE_SET,
     fingerprint_cache: FingerprintCache | str | Path | None = None,
     n_jobs: int | None = None,
     progress: bool = True,
@@ -546,6 +548,10 @@ def evaluate_split(
         Data directory override.
     with_coverage
         Compute COV (CrystalNN fingerprints).
+    coverage_criterion
+        ``code`` (default) or ``joint``.
+    oxidation_states_set
+        SMACT set (default SMACT-14).
     fingerprint_cache
         Fingerprint cache or SQLite path.
     n_jobs
@@ -574,6 +580,7 @@ def evaluate_split(
         gt=structures,
         gt_ids=ids,
         gt_split=split,
+        oxidation_states_set=oxidation_states_set,
         n_jobs=n_jobs,
         progress=progress,
         log=log,
@@ -589,6 +596,8 @@ def evaluate_split(
         gt_ids=ids,
         gt_split=split,
         with_coverage=with_coverage,
+        coverage_criterion=coverage_criterion,
+        oxidation_states_set=oxidation_states_set,
         fingerprint_cache=fingerprint_cache,
         n_jobs=n_jobs,
         progress=progress,

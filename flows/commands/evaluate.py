@@ -35,6 +35,12 @@ def evaluate(
         typer.Option(help="CSP match protocol(s): diffcsp, cdvae, diffcsp_multi, continuousp."),
     ] = None,
     coverage: Annotated[bool, typer.Option(help="Compute COV (CrystalNN: slow).")] = True,
+    cov_criterion: Annotated[
+        str, typer.Option(help="COV criterion: 'code' (CDVAE code) or 'joint' (paper wording).")
+    ] = "code",
+    oxidation_states: Annotated[
+        str, typer.Option(help="SMACT oxidation-state set: smact14 (smact 2.2.1) or icsd24.")
+    ] = "smact14",
     n_samples: Annotated[int, typer.Option(help="Valid samples for Wasserstein distances.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the valid-sample draw.")] = 0,
     jobs: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
@@ -51,7 +57,17 @@ def evaluate(
     from rich.table import Table
 
     from analysis.evaluate import evaluate_samples, evaluate_split
+    from analysis.validity import OXIDATION_STATE_SETS
 
+    if cov_criterion not in ("code", "joint"):
+        raise typer.BadParameter(
+            f"--cov-criterion must be 'code' or 'joint', not {cov_criterion!r}"
+        )
+    if oxidation_states not in OXIDATION_STATE_SETS:
+        raise typer.BadParameter(
+            f"--oxidation-states must be one of {sorted(OXIDATION_STATE_SETS)}, "
+            f"not {oxidation_states!r}"
+        )
     console = Console(stderr=True)
     cache = fp_cache  # None: analysis.fingerprints.default_cache_path()
     if sample_dir is None:
@@ -64,6 +80,8 @@ def evaluate(
             limit=limit,
             data_dir=data_dir,
             with_coverage=coverage,
+            coverage_criterion=cov_criterion,  # type: ignore[arg-type]
+            oxidation_states_set=oxidation_states,
             fingerprint_cache=cache,
             n_jobs=jobs,
             out=out,
@@ -81,6 +99,8 @@ def evaluate(
             limit=limit,
             protocols=protocol or None,
             n_samples=n_samples,
+            coverage_criterion=cov_criterion,  # type: ignore[arg-type]
+            oxidation_states_set=oxidation_states,
             seed=seed,
             with_coverage=coverage,
             fingerprint_cache=cache,

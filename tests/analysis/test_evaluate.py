@@ -208,6 +208,11 @@ def test_cli_evaluate_split_and_sample_dir(tmp_path, data_dir, monkeypatch, pero
     assert read_metrics_json(sample_dir / "metrics.json")["continuousp.match_rate"].value == 1.0
     bad = runner.invoke(app, ["evaluate", "--dataset", "perov_5"])
     assert bad.exit_code != 0
+    bad = runner.invoke(
+        app,
+        ["evaluate", "--dataset", "perov_5", "--split", "test", "--oxidation-states", "smact99"],
+    )
+    assert bad.exit_code != 0 and "smact99" in bad.output
 
 
 def test_sample_records_are_accepted_directly(perov_test_300):

@@ -30,6 +30,45 @@ PropertyPredictor = Callable[[Sequence[Structure]], Sequence[float]]
 """Maps structures to one predicted property value each."""
 
 
+def draw_valid_indices(
+    valid: Sequence[bool], n_samples: int = N_SAMPLES, seed: int = 0
+) -> tuple[list[int], dict[str, Any]]:
+    """Draw up to ``n_samples`` indices of valid items at random, without replacement.
+
+    Parameters
+    ----------
+    valid
+        Validity flag per item.
+    n_samples
+        How many to draw.
+    seed
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    tuple
+        ``(sorted indices, definition)``; the definition says how many were requested and used.
+    """
+    pool = [i for i, ok in enumerate(valid) if ok]
+    if len(pool) > n_samples:
+        rng = np.random.default_rng(seed)
+        chosen = sorted(pool[i] for i in rng.choice(len(pool), n_samples, replace=False))
+    else:
+        chosen = list(pool)
+    definition = {
+        "n_samples_requested": n_samples,
+        "n_valid_available": len(pool),
+        "n_used": len(chosen),
+        "fewer_than_requested": len(pool) < n_samples,
+        "sampling": f"random without replacement, numpy default_rng(seed={seed})",
+        "deviation": (
+            "the original script raises if fewer than n_samples are valid; "
+            "here all valid samples are used and this is recorded"
+        ),
+    }
+    return chosen, definition
+
+
 def draw_valid_samples(
     structures: Sequence[Structure | None],
     valid: Sequence[bool],
@@ -54,25 +93,9 @@ def draw_valid_samples(
     tuple
         ``(selected, definition)``; the definition says how many were requested and used.
     """
-    pool = [s for s, ok in zip(structures, valid, strict=True) if ok and s is not None]
-    if len(pool) > n_samples:
-        rng = np.random.default_rng(seed)
-        idx = rng.choice(len(pool), n_samples, replace=False)
-        chosen = [pool[i] for i in sorted(idx)]
-    else:
-        chosen = list(pool)
-    definition = {
-        "n_samples_requested": n_samples,
-        "n_valid_available": len(pool),
-        "n_used": len(chosen),
-        "fewer_than_requested": len(pool) < n_samples,
-        "sampling": f"random without replacement, numpy default_rng(seed={seed})",
-        "deviation": (
-            "the original script raises if fewer than n_samples are valid; "
-            "here all valid samples are used and this is recorded"
-        ),
-    }
-    return chosen, definition
+    flags = [bool(ok) and s is not None for s, ok in zip(structures, valid, strict=True)]
+    idx, definition = draw_valid_indices(flags, n_samples, seed)
+    return [structures[i] for i in idx], definition  # type: ignore[misc]
 
 
 def wasserstein(

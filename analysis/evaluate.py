@@ -24,12 +24,12 @@ from typing import Any
 from pymatgen.core import Structure
 
 from analysis.construction import CheckedStructure, check_structure
-from analysis.coverage import Criterion, coverage_from_fingerprints
+from analysis.coverage import Criterion, coverage_from_fingerprints, fingerprint_diversity
 from analysis.datasets import cov_cutoffs
 from analysis.distributions import (
     N_SAMPLES,
     PropertyPredictor,
-    draw_valid_samples,
+    draw_valid_indices,
     wasserstein_density,
     wasserstein_num_elements,
     wasserstein_property,
@@ -411,9 +411,14 @@ def _evaluate_generation(
         f"COV-R {results.get('cov_recall', MetricResult('', None)).value}"
     )
     structures = [c.structure for c in checked]
-    chosen, sampling = draw_valid_samples(
-        structures, [r.valid for r in records], n_samples=n_samples, seed=seed
+    drawn, sampling = draw_valid_indices(
+        [r.valid and c.structure is not None for r, c in zip(records, checked, strict=True)],
+        n_samples=n_samples,
+        seed=seed,
     )
+    chosen = [structures[i] for i in drawn]
+    if with_coverage:
+        results.update(fingerprint_diversity([gen_fps[i] for i in drawn], sampling))
     t0 = time.perf_counter()
     results["wdist_density"] = wasserstein_density(chosen, gt, sampling)
     results["wdist_num_elems"] = wasserstein_num_elements(chosen, gt, sampling)

@@ -70,3 +70,15 @@ def test_mp20_cutoffs_and_unknown_dataset():
     assert cov_cutoffs("carbon_24")[:2] == (0.2, 4.0)
     with pytest.raises(KeyError, match="no COV cutoffs"):
         cov_cutoffs("qm9")
+
+
+def test_diversity_is_the_mean_pairwise_distance():
+    from analysis.coverage import fingerprint_diversity
+
+    u = 1 / np.sqrt(132)
+    fps = [_fp([0, 0], 0.0), _fp([3, 0], 2 * u), _fp([0, 4], 6 * u), Fingerprint(None, None, "x")]
+    div = fingerprint_diversity(fps)
+    assert div["struct_div"].value == pytest.approx((3 + 4 + 5) / 3)
+    assert div["comp_div"].value == pytest.approx((2 + 6 + 4) / 3)
+    assert div["comp_div"].counts == {"n_samples": 4, "n_with_fingerprint": 3}
+    assert fingerprint_diversity(fps[:1])["struct_div"].value is None

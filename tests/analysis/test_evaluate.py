@@ -93,6 +93,7 @@ def test_generation_dir_with_bad_items(tmp_path, perov_test_300):
     assert results["cov_recall"].value == 1.0
     assert results["cov_precision"].value == pytest.approx(10 / 15)
     assert results["wdist_density"].definition["n_used"] == 5
+    assert results["struct_div"].counts["n_samples"] == 5 and results["struct_div"].value > 0
     assert "SMACT-14" in results["comp_validity"].definition["smact_oxidation_states"]
     assert results["validity"].definition["dataset"] == "perov_5"
 

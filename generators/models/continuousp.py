@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "temperature_end": 1e-3,
     "max_image_range": 6,
     "progress": False,
+    "sample_progress": True,
 }
 """Model settings and their defaults (the ``model`` section of ``continuousp.yaml``)."""
 
@@ -277,7 +278,11 @@ class ContinuouSP(CrystalGenerator):
         ids = _material_ids(template)
         steps = self.sampling_options.get("steps") or self.config["mcmc_steps"]
         result = self.run_chains(
-            template.atom_types, template.num_atoms, steps=int(steps), generator=generator
+            template.atom_types,
+            template.num_atoms,
+            steps=int(steps),
+            generator=generator,
+            progress=bool(self.config["sample_progress"]),
         )
         return self.chains_to_batch(result, template.atom_types, template.num_atoms, ids)
 

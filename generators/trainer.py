@@ -632,6 +632,7 @@ def fit(
         desc=f"train {model.name}/{dataset}",
         disable=not (progress and is_main),
         unit="epoch",
+        mininterval=1.0,
     )
     try:
         for epoch in range(start_epoch, max_epochs + 1):

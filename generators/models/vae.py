@@ -135,6 +135,28 @@ def sample_composition(
     return torch.cat(out)
 
 
+def degenerate_lattices(
+    lattice: Tensor, num_atoms: Tensor, min_volume_per_atom: float = 1.0, min_length: float = 0.5
+) -> Tensor:
+    """[B] mask of lattices too degenerate to build a periodic graph on.
+
+    A predicted cell with a (near-)zero volume or a vanishing vector has huge reciprocal vectors,
+    so the periodic image enumeration of the radius graph would explode; such crystals are
+    decoded on a placeholder cell instead (and come out invalid, with their predicted lattice).
+    """
+    finite = torch.isfinite(lattice).flatten(1).all(-1)
+    safe = torch.where(finite.view(-1, 1, 1), lattice, torch.zeros_like(lattice))
+    per_atom = torch.linalg.det(safe).abs() / num_atoms.to(lattice.dtype)
+    shortest = safe.norm(dim=-1).min(dim=-1).values
+    return ~finite | (per_atom < min_volume_per_atom) | (shortest < min_length)
+
+
+def placeholder_lattice(num_atoms: Tensor) -> Tensor:
+    """Cubic cells of 10 Å^3 per atom, [B, 3, 3]."""
+    side = (10.0 * num_atoms.float()).pow(1.0 / 3.0)
+    return torch.eye(3, device=num_atoms.device).unsqueeze(0) * side.view(-1, 1, 1)
+
+
 class CrystalVAE(CrystalGenerator):
     """Encoder, latent, MLP heads and the shared training/sampling logic of the CDVAE family.
 
@@ -273,6 +295,8 @@ class CrystalVAE(CrystalGenerator):
             decoder_lattice = lattice
         else:
             decoder_lattice = self.unscale_lattice(lattice_pred.detach(), num_atoms)
+            bad = degenerate_lattices(decoder_lattice, num_atoms)
+            decoder_lattice = torch.where(bad.view(-1, 1, 1), lattice, decoder_lattice)
         terms = self.denoising_loss(batch, z, decoder_lattice, comp_logits, epoch)
         loss = (
             cfg["cost_natom"] * natom
@@ -320,7 +344,9 @@ class CrystalVAE(CrystalGenerator):
         num_atoms = natom_logits.argmax(-1).clamp(min=1)
         lattice = self.unscale_lattice(lattice_pred, num_atoms)
         types = sample_composition(F.softmax(comp_logits, dim=-1), num_atoms, generator)
-        frac, types = self.sample_structure(z, num_atoms, lattice, types, generator)
+        bad = degenerate_lattices(lattice, num_atoms)
+        work_lattice = torch.where(bad.view(-1, 1, 1), placeholder_lattice(num_atoms), lattice)
+        frac, types = self.sample_structure(z, num_atoms, work_lattice, types, generator)
         ids = material_ids or [f"{self.name}-{k}" for k in range(len(z))]
         data, start = [], 0
         for k, n in enumerate(num_atoms.tolist()):
@@ -366,8 +392,10 @@ __all__ = [
     "VAE_DEFAULTS",
     "CrystalVAE",
     "build_mlp",
+    "degenerate_lattices",
     "merge_config",
     "per_crystal_mean",
+    "placeholder_lattice",
     "recenter",
     "sample_composition",
 ]

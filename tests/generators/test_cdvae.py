@@ -206,3 +206,60 @@ def test_trainer_round_trip_and_reconstruction(tmp_path: Path, perov_val_records
     batch = structures_to_batch([r.structure for r in perov_val_records[:3]], ["x", "y", "z"])
     out = model.reconstruct(batch, torch.Generator().manual_seed(0))
     assert list(out.material_id) == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
+def test_cli_train_then_reconstruct_and_generate(
+    model_name: str, tmp_path: Path, data_dir: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from generators.sampler import load_samples
+
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    common = ["--data-dir", str(data_dir), "--no-progress"]
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            model_name,
+            "--dataset",
+            "perov_5",
+            "--config",
+            "cpu-small",
+            "--max-epochs",
+            "1",
+            "--limit",
+            "4",
+            "--out",
+            str(run_dir),
+            *common,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    checkpoint = run_dir / "last.pt"
+    assert checkpoint.is_file()
+    for mode in (["--reconstruct", "val", "--limit", "2"], ["--n", "2"]):
+        out = tmp_path / f"samples{mode[0]}"
+        result = runner.invoke(
+            app,
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoint),
+                *mode,
+                "--steps",
+                "50",
+                "--out",
+                str(out),
+                *common,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        records = load_samples(out)
+        assert len(records) == 2
+        assert all(r.structure is not None or r.error for r in records)
+    assert {r.target_id for r in load_samples(tmp_path / "samples--reconstruct")} != {None}

@@ -12,7 +12,12 @@ from pymatgen.core import Lattice, Structure
 from torch_geometric.nn.models.dimenet import SphericalBasisLayer
 
 from generators.configs import load_config
-from generators.crystal import lattice_to_params, random_rotation, structures_to_batch
+from generators.crystal import (
+    batch_to_structures,
+    lattice_to_params,
+    random_rotation,
+    structures_to_batch,
+)
 from generators.graphs import radius_graph_pbc
 from generators.models.cdvae import CDVAE
 from generators.models.dimenet_pbc import (
@@ -170,3 +175,17 @@ def test_sample_composition_rounds_then_fills() -> None:
     assert sorted(types[:5].tolist()) == [8, 8, 8, 22, 38]
     assert types[5:12].tolist() == [6] * 7
     assert set(types[12:].tolist()) <= {1, 2, 3}
+
+
+def test_degenerate_predicted_cells_do_not_explode_the_graph() -> None:
+    model = small_cdvae()
+    with torch.no_grad():
+        model.lattice_mean.copy_(torch.tensor([0.01, 0.01, 0.01, 90.0, 90.0, 90.0]))
+        model.lattice_std.fill_(1.0)
+        model.fc_lattice[-1].weight.zero_()
+        model.fc_lattice[-1].bias.zero_()
+    model.configure_sampling(steps_per_level=1)
+    out = model.sample_generate(2, torch.Generator().manual_seed(0))
+    structures, errors = batch_to_structures(out)
+    assert structures == [None, None]
+    assert all("volume" in e for e in errors)  # the predicted (degenerate) cell is reported

@@ -12,7 +12,7 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "n_workers": 1,
     "threads_per_worker": 1,
     "processes": True,
-    "dashboard_address": None,
+    "dashboard_address": ":0",
 }
 """One single-threaded worker process: CHGNet with one torch thread is fastest on a busy box."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.store import ResultStore
 
-from .conftest import TINY_CHGNET
+from .conftest import DEPLOY, TINY_CHGNET
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,28 @@ def test_generate_and_relax_with_a_real_tiny_diffcsp(
         assert built and stage["n_input"] == len(built)
         assert store.count("relaxation") == len({s["structure_hash"] for s in built})
         assert store.count("analysis") == len(built)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_relaxation_fan_out_on_dask_slurm_cluster(harness: None, tmp_path: Path) -> None:
+    """cluster="slurm": the relax tasks run on a dask-jobqueue worker that is an sbatch job."""
+    from flows.pipeline import generate_and_relax
+
+    subprocess.run(["bash", str(DEPLOY / "slurm" / "start-cluster.sh")], check=True, timeout=120)
+    logs = tmp_path / "dask-logs"
+    out = generate_and_relax(
+        model="dataset",
+        n=2,
+        seed=5,
+        relaxer_settings=TINY_CHGNET,
+        cluster="slurm",
+        cluster_kwargs={"walltime": "00:20:00", "log_directory": str(logs)},
+        home=str(tmp_path),
+    )
+    [stage] = out["stages"]
+    assert stage["n_stored"] == 2 and not stage["errors"]
+    assert list(logs.glob("dask-worker-*.err"))  # the Dask worker was a SLURM job
+    ledger = (tmp_path / "ledger" / "relaxations.jsonl").read_text().splitlines()
+    pids = {json.loads(line)["pid"] for line in ledger}
+    assert os.getpid() not in pids

@@ -22,6 +22,7 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "processes": 1,
     "memory": "4GB",
     "walltime": "01:00:00",
+    "scheduler_options": {"dashboard_address": ":0"},
 }
 """One Dask worker per SLURM job (partition ``debug`` of the one-node cluster in deploy/slurm)."""
 

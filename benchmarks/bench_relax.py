@@ -158,6 +158,8 @@ def _path_stats(wall: float, results: list) -> dict:
         "converged": sum(r.converged for r in results),
         "errors": len(results) - len(ok),
         "ionic_steps_total": sum(r.n_ionic_steps for r in ok),
+        # energy+force+stress evaluations of one structure (steps + the initial one) per second
+        "structure_evaluations_per_s": sum(r.n_ionic_steps + 1 for r in ok) / wall,
     }
 
 

@@ -125,11 +125,20 @@ class PrefectServer:
     def stop_worker(self, pool: str) -> None:
         self.script("stop-worker.sh", pool, timeout=120)
 
-    def kill_worker(self, pool: str) -> None:
-        """kill -9 the worker's process group (worker, flow-run process, Dask workers)."""
+    def kill_worker(self, pool: str, flow_run_ids: tuple[str, ...] = ()) -> None:
+        """kill -9 the worker and the flow runs it started (each in its own process group,
+        with its Dask workers): what a crash of the worker's machine does."""
         pid_file = self.home / "prefect" / f"worker-{pool}.pid"
-        pid = int(pid_file.read_text())
-        os.killpg(pid, signal.SIGKILL)
+        groups = {int(pid_file.read_text())}
+        for run_id in flow_run_ids:
+            infra = self.flow_run(run_id).get("infrastructure_pid")
+            if infra:
+                pid = int(str(infra).rsplit(":", 1)[-1])
+                with contextlib.suppress(ProcessLookupError):
+                    groups.add(os.getpgid(pid))
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         pid_file.unlink()
 
 

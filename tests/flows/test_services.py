@@ -115,9 +115,11 @@ def test_resume_after_worker_kill(prefect_server: PrefectServer) -> None:
         assert time.monotonic() < deadline, "no relaxation stored in time"
         assert server.flow_run(first)["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED")
         time.sleep(1)
-    server.kill_worker("local")
+    server.kill_worker("local", (first,))
     time.sleep(2)
     before = {d["doc_id"]: d["created_at"] for d in _docs(server, "relaxation", 12)}
+    time.sleep(15)  # nothing of the killed run is still writing
+    assert {d["doc_id"] for d in _docs(server, "relaxation", 12)} == set(before)
     assert 2 <= len(before) < 5, before
     done_hashes = {d["structure_hash"] for d in _docs(server, "relaxation", 12)}
     assert server.flow_run(first)["state"]["type"] != "COMPLETED"

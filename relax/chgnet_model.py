@@ -120,8 +120,8 @@ def _energy_forces_stress(
 
     ``CHGNet.forward(task="efs")`` takes forces and stress by two ``autograd.grad`` calls with
     ``create_graph=True`` (it is written for training). For relaxation one first-order gradient
-    with respect to positions and strains together is enough; on this CPU it made a batched
-    pass several times cheaper. Same model, same numbers (float32 round-off aside).
+    with respect to positions and strains together is enough (about 1.4x cheaper per evaluation
+    on this CPU, docs/benchmarks.md). Same model, same numbers (float32 round-off aside).
     """
     import torch
     from chgnet.model.model import BatchedGraph

@@ -56,21 +56,28 @@ def memorise(
     out = model.sample_csp(data_list_to_batch(data), torch.Generator().manual_seed(seed))
     sample_minutes = (time.monotonic() - tic) / 60
     structures, _ = batch_to_structures(out)
-    metrics = csp_match(
-        [[s] for s in structures],
-        [r.structure for r in records],
-        protocol="diffcsp",
-        ids=[r.material_id for r in records],
-    )
+    preds = [[s] for s in structures]
+    gts = [r.structure for r in records]
+    ids = [r.material_id for r in records]
+    # memorisation is about structure: StructureMatcher alone (protocol "continuousp", no
+    # validity gate); the DiffCSP protocol also needs SMACT-valid compositions, which some
+    # perov_5 training crystals are not, so it is reported beside it
+    plain = csp_match(preds, gts, protocol="continuousp", ids=ids)
+    gated = csp_match(preds, gts, protocol="diffcsp", ids=ids)
     figures = {
         "n": n,
         "epochs": result.epochs,
         "train_minutes": round(train_minutes, 2),
         "sample_minutes": round(sample_minutes, 2),
         "final_train_loss": result.history[-1]["train"],
-        "match_rate": metrics["match_rate"].value,
-        "rmse": metrics["rmse"].value,
+        "match_rate": plain["match_rate"].value,
+        "rmse": plain["rmse"].value,
+        "diffcsp_protocol_match_rate": gated["match_rate"].value,
+        "diffcsp_protocol_rmse": gated["rmse"].value,
     }
+    (tmp_path / "samples.json").write_text(
+        json.dumps([None if s is None else s.as_dict() for s in structures])
+    )
     print(json.dumps(figures))
     (tmp_path / "memorisation.json").write_text(json.dumps(figures, indent=2))
     return figures
@@ -79,11 +86,12 @@ def memorise(
 def test_memorises_eight_structures_quickly(tmp_path: Path, data_dir: Path) -> None:
     # a fixed number of steps (deterministic on CPU); the time budget is only a safety net
     figures = memorise(tmp_path, data_dir, n=8, minutes=10, epochs=3000)
-    # measured: see docs/benchmarks.md (DiffCSP, memorisation); an untrained model matches 0/8
+    # measured 2/8 (deterministic on CPU; docs/benchmarks.md, DiffCSP, memorisation). Below
+    # an exploratory run with 1500 steps matched 1/8 and with 5000 steps 7/8 (plain matcher).
     assert figures["match_rate"] >= 0.25
 
 
 @pytest.mark.slow
 def test_memorises_thirty_two_structures(tmp_path: Path, data_dir: Path) -> None:
-    figures = memorise(tmp_path, data_dir, n=32, minutes=45, epochs=12000)
+    figures = memorise(tmp_path, data_dir, n=32, minutes=30, epochs=9000)
     assert figures["match_rate"] >= 0.9

@@ -29,8 +29,8 @@ GENERATORS: tuple[str, ...] = ("diffcsp", "cdvae", "dpcdvae", "continuousp")
 TABLE_METRICS: tuple[str, ...] = (
     "match_rate",
     "rmse",
-    "structure_validity",
-    "composition_validity",
+    "struct_validity",
+    "comp_validity",
     "validity",
     "cov_recall",
     "cov_precision",
@@ -75,6 +75,9 @@ def nightly_benchmark(
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
     home: str | None = None,
+    sample_steps: int | None = None,
+    eval_limit: int | None = None,
+    eval_coverage: bool = True,
 ) -> list[dict[str, Any]]:
     """Benchmark the generators side by side and publish one comparison table.
 
@@ -101,6 +104,10 @@ def nightly_benchmark(
         The relaxer of that stage.
     home
         Project directory.
+    sample_steps
+        Sampling steps (default: each model's).
+    eval_limit, eval_coverage
+        Passed to ``analysis.evaluate.evaluate_samples`` (``limit``, ``with_coverage``).
 
     Returns
     -------
@@ -137,7 +144,9 @@ def nightly_benchmark(
                 )
                 continue
             row["checkpoint"] = checkpoint
-            sample_dir = sample_structures(model, dataset, n, checkpoint, home=home)
+            sample_dir = sample_structures(
+                model, dataset, n, checkpoint, home=home, steps=sample_steps
+            )
             items, errors = load_sample_items(sample_dir)
             row["n_samples"], row["n_unbuilt"] = len(items) + len(errors), len(errors)
             if relax:
@@ -151,10 +160,20 @@ def nightly_benchmark(
                 )
                 row["n_relaxed"] = stage.n_ok + stage.n_skipped
             result = analyze(
-                sample_dir, relaxer, relaxer_settings, home=home, evaluate_metrics=True
+                sample_dir,
+                relaxer,
+                relaxer_settings,
+                home=home,
+                evaluate_metrics=True,
+                eval_limit=eval_limit,
+                eval_coverage=eval_coverage,
             )
             for metric in result["metrics"]:
                 row[metric["name"]] = metric.get("value")
+                if metric["name"].endswith(".match_rate") and "match_rate" not in row:
+                    row["match_rate"] = metric.get("value")
+                if metric["name"].endswith(".rmse") and "rmse" not in row:
+                    row["rmse"] = metric.get("value")
             row["status"] = "ok"
         except Exception as exc:  # one model's failure is a row, the others go on
             logger.error("%s failed: %s", model, exc)

@@ -217,6 +217,8 @@ def analyze(
     dft_settings: dict[str, Any] | None = None,
     home: str | None = None,
     evaluate_metrics: bool = False,
+    eval_limit: int | None = None,
+    eval_coverage: bool = True,
 ) -> dict[str, Any]:
     """Compare samples with their relaxed ground states; publish tables and a histogram.
 
@@ -231,7 +233,12 @@ def analyze(
     home
         Project directory.
     evaluate_metrics
-        Also compute the generation metrics (``analysis.evaluate.evaluate_samples``).
+        Also compute the paper metrics (``analysis.evaluate.evaluate_samples``; the metric
+        names are its keys, e.g. ``validity``, ``cov_recall``, ``<protocol>.match_rate``).
+    eval_limit
+        Evaluate only the first samples/targets (and ground-truth rows for generation).
+    eval_coverage
+        Compute COV (CrystalNN fingerprints of the ground truth: the slow part).
 
     Returns
     -------
@@ -254,7 +261,15 @@ def analyze(
         try:
             from analysis.evaluate import evaluate_samples  # type: ignore[import-not-found]
 
-            metrics += [m.to_dict() for m in evaluate_samples(sample_dir, prov.dataset).values()]
+            found = evaluate_samples(
+                sample_dir,
+                str(prov.dataset),
+                limit=eval_limit,
+                with_coverage=eval_coverage,
+                n_jobs=1,
+                progress=False,
+            )
+            metrics += [{**m.to_dict(), "name": key} for key, m in found.items()]
         except Exception as exc:  # the stability part stands on its own
             get_run_logger().warning("generation metrics unavailable: %s", exc)
     with ResultStore(home=home) as store:

@@ -108,10 +108,32 @@ def relax_chunk(
     torch.set_num_threads(int(os.environ.get("DFTLOOP_TORCH_THREADS", "1")))
     relaxer = get_relaxer_cached(relaxer_name, relaxer_settings)
     pairs = [(sid, Structure.from_dict(d)) for sid, d in items]
-    results = [r.model_dump(mode="json") for r in relaxer.relax(pairs)]
+    results = [r.model_dump(mode="json") for r in relax_per_item(relaxer, pairs)]
     if ledger:
         append_ledger(ledger, relaxer_name, pairs, results)
     return results
+
+
+def relax_per_item(relaxer: Any, pairs: list[tuple[str, Structure]]) -> list[Any]:
+    """``relaxer.relax(pairs)``; if it raises for the whole batch, relax one by one.
+
+    An item that still raises becomes a ``failed`` result naming the structure and the error
+    (e.g. a ``MemoryError`` from the neighbour list of an absurd generated cell), so one bad
+    structure never takes its chunk down.
+    """
+    from relax import RelaxResult
+
+    try:
+        return list(relaxer.relax(pairs))
+    except Exception as exc:
+        if len(pairs) == 1:
+            sid, structure = pairs[0]
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            return [RelaxResult.failure(sid, relaxer, reason, structure=structure)]
+    out: list[Any] = []
+    for pair in pairs:
+        out.extend(relax_per_item(relaxer, [pair]))
+    return out
 
 
 def append_ledger(

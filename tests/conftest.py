@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: where ../shared lives, and a quiet, single-threaded torch."""
+"""Fixtures shared by every test folder: the ../shared paths and a single-threaded torch."""
 
 from __future__ import annotations
 

@@ -131,15 +131,6 @@ class CDVAE(CrystalVAE):
             "type": per_crystal_mean(type_ce, batch.batch, b),
         }
 
-    def validation_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
-        """Paper validation loss: 10·coord + 1·type (the other terms are reported, not summed)."""
-        terms = self.training_loss(batch, epoch)
-        terms["loss"] = (
-            self.config["val_cost_coord"] * terms["coord"]
-            + self.config["val_cost_type"] * terms["type"]
-        )
-        return terms
-
     def langevin_steps_per_level(self) -> int:
         """Langevin steps per σ level.
 

@@ -194,15 +194,6 @@ class DPCDVAE(CrystalVAE):
             "type": per_crystal_mean(type_ce, batch.batch, b),
         }
 
-    def validation_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
-        """Paper validation loss: 1·coord + 0.1·type."""
-        terms = self.training_loss(batch, epoch)
-        terms["loss"] = (
-            self.config["val_cost_coord"] * terms["coord"]
-            + self.config["val_cost_type"] * terms["type"]
-        )
-        return terms
-
     def reverse_steps(self) -> list[int]:
         """Descending steps of the reverse chain.
 

@@ -4,6 +4,7 @@
 
     dftloop train --model diffcsp --dataset perov_5 --config cpu-small [--out DIR]
                   [--resume DIR/last.pt] [--max-minutes M] [--limit N] [--device cpu]
+                  [--set train.max_train_crystals=null ...]
 
 The library (:func:`generators.trainer.train`) is imported inside the command so that
 ``dftloop --help`` stays fast. Multi-GPU/multi-process: ``torchrun --nproc-per-node K
@@ -13,7 +14,7 @@ The library (:func:`generators.trainer.train`) is imported inside the command so
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +41,14 @@ def train(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory override.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a configuration value, e.g. --set train.max_train_crystals=null "
+            "(the value is read as YAML; repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Train a generator; writes best.pt, last.pt, metrics.jsonl and config.json."""
     from rich.console import Console
@@ -48,7 +57,13 @@ def train(
     from generators.trainer import train as run_training
 
     console = Console(stderr=True)
-    overrides = {"train": {"max_epochs": max_epochs}} if max_epochs else None
+    try:
+        overrides = parse_overrides(set_ or [])
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
+    if max_epochs:
+        overrides.setdefault("train", {})["max_epochs"] = max_epochs
     try:
         result = run_training(
             model,
@@ -59,7 +74,7 @@ def train(
             max_minutes=max_minutes,
             limit=limit,
             device=device,
-            overrides=overrides,
+            overrides=overrides or None,
             data_dir=data_dir,
             progress=progress,
         )
@@ -70,6 +85,39 @@ def train(
         f"{model}/{dataset}: {result.epochs} epochs ({result.stop_reason}), "
         f"best val {result.best_val:.4g}; checkpoints in {result.out_dir}"
     )
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Turn ``section.key=value`` strings into a nested override dictionary.
+
+    Parameters
+    ----------
+    assignments
+        Strings such as ``"train.max_train_crystals=null"``; values are parsed as YAML.
+
+    Returns
+    -------
+    dict
+        Nested dictionary, e.g. ``{"train": {"max_train_crystals": None}}``.
+
+    Raises
+    ------
+    ValueError
+        If an assignment has no ``=`` or an empty key.
+    """
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r}: expected section.key=value")
+        node = overrides
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return overrides
 
 
 def register(app: typer.Typer) -> None:

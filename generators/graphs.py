@@ -5,8 +5,9 @@ Two kinds of graph serve the four generators:
 * :func:`fully_connected_edges` — every ordered pair of distinct atoms of a crystal (DiffCSP's
   CSPNet works on fractional differences, so it needs no periodic images);
 * :func:`radius_graph_pbc` — all pairs (i, j, image) with |x_j + n·L − x_i| ≤ cutoff, optionally
-  capped to the nearest ``max_neighbors`` per centre atom (CDVAE family: 7 Å, 20 neighbours;
-  ContinuouSP: a per-crystal radius 3·(V/N)^(1/3) and no cap).
+  capped to the nearest ``max_neighbors`` per centre atom plus exact ties with the last
+  (:func:`cap_neighbors`; CDVAE family: 7 Å, 20 neighbours; ContinuouSP: a per-crystal radius
+  3·(V/N)^(1/3) and no cap).
 
 Edge convention (PyG's source → target): ``edge_index[0]`` is the neighbour j, ``edge_index[1]``
 the centre i; ``edge_vectors = x_j + offsets·L − x_i``. Indices are chosen without gradient, the
@@ -25,6 +26,9 @@ from generators.crystal import cart_to_frac
 
 _MAX_CANDIDATES = 1 << 22
 """Pair-image candidates evaluated at once; bounds the memory of the image enumeration."""
+
+TIE_TOLERANCE = 1e-3
+"""Å: neighbours this close to the ``max_neighbors``-th distance are kept as well."""
 
 
 @dataclass
@@ -121,7 +125,8 @@ def radius_graph_pbc(
     cutoff
         Radius in Å, a float or a [B] tensor (one radius per crystal).
     max_neighbors
-        Keep only the nearest ``max_neighbors`` neighbours of each centre atom (``None``: all).
+        Keep the nearest ``max_neighbors`` neighbours of each centre atom and every neighbour
+        tied with the last of them (:func:`cap_neighbors`; ``None``: all).
     min_distance
         Pairs closer than this are dropped (an atom and itself in the home cell).
 
@@ -165,12 +170,6 @@ def radius_graph_pbc(
         order = torch.argsort(dist, stable=True)
         order = order[torch.argsort(centre[order], stable=True)]
         centre, neighbour, offsets = centre[order], neighbour[order], offsets[order]
-        if max_neighbors is not None and len(centre) > 0:
-            counts = torch.bincount(centre, minlength=len(cart_coords))
-            first = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(len(centre), device=device) - first[centre]
-            keep = rank < max_neighbors
-            centre, neighbour, offsets = centre[keep], neighbour[keep], offsets[keep]
         # offsets relative to the unwrapped input positions
         offsets = offsets - wrap[neighbour] + wrap[centre]
     edge_lattice = lattice.repeat_interleave(num_atoms, 0)[centre]
@@ -179,12 +178,65 @@ def radius_graph_pbc(
         + torch.einsum("ek,ekl->el", offsets, edge_lattice)
         - cart_coords[centre]
     )
-    return PeriodicGraph(
+    graph = PeriodicGraph(
         edge_index=torch.stack([neighbour, centre]),
         cell_offsets=offsets,
         edge_vectors=edge_vectors,
         distances=edge_vectors.norm(dim=-1),
     )
+    if max_neighbors is not None:
+        graph = cap_neighbors(graph, len(cart_coords), max_neighbors)
+    return graph
 
 
-__all__ = ["PeriodicGraph", "crystal_offsets", "fully_connected_edges", "radius_graph_pbc"]
+def cap_neighbors(graph: PeriodicGraph, num_nodes: int, max_neighbors: int) -> PeriodicGraph:
+    """Keep each centre's ``max_neighbors`` nearest edges *and every edge tied with the last*.
+
+    A hard cap cuts exact ties arbitrarily — an atom's own images at ±n·L are always at the same
+    distance — so the graph, and any output summing edge directions, would depend on atom order
+    and float rounding. Keeping all neighbours within ``TIE_TOLERANCE`` of the
+    ``max_neighbors``-th distance makes the graph a function of the geometry alone.
+
+    Parameters
+    ----------
+    graph
+        Periodic graph whose ``edge_index[1]`` are the centre atoms.
+    num_nodes
+        Number of atoms of the batch.
+    max_neighbors
+        Neighbours to keep per centre atom (more where there are ties with the last one).
+
+    Returns
+    -------
+    PeriodicGraph
+        The kept edges, in their original order.
+    """
+    centre = graph.edge_index[1]
+    dist = graph.distances.detach()
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(centre[order], stable=True)]
+    counts = torch.bincount(centre, minlength=num_nodes)
+    first = torch.cumsum(counts, 0) - counts
+    sorted_centre = centre[order]
+    rank = torch.arange(len(order), device=dist.device) - first[sorted_centre]
+    last = torch.full((num_nodes,), float("inf"), dtype=dist.dtype, device=dist.device)
+    at_cap = rank == max_neighbors - 1
+    last[sorted_centre[at_cap]] = dist[order][at_cap]
+    keep = order[dist[order] <= last[sorted_centre] + TIE_TOLERANCE]
+    keep = keep.sort().values
+    return PeriodicGraph(
+        edge_index=graph.edge_index[:, keep],
+        cell_offsets=graph.cell_offsets[keep],
+        edge_vectors=graph.edge_vectors[keep],
+        distances=graph.distances[keep],
+    )
+
+
+__all__ = [
+    "TIE_TOLERANCE",
+    "PeriodicGraph",
+    "cap_neighbors",
+    "crystal_offsets",
+    "fully_connected_edges",
+    "radius_graph_pbc",
+]

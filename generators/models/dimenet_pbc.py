@@ -7,7 +7,7 @@ PyG's building blocks (``BesselBasisLayer``, the spherical basis functions of
 them with
 
 * periodic edges from :func:`generators.graphs.radius_graph_pbc` (7 Å) capped to the 20 nearest
-  neighbours by :func:`cap_neighbors`, which keeps exact ties with the 20th (see there), and
+  neighbours by :func:`generators.graphs.cap_neighbors`, which keeps exact ties with the 20th, and
 * :func:`periodic_triplets`, a pure-torch triplet builder over periodic images: a triplet is
   k → j → i with (k, image) ≠ (i, image), so an atom does interact with its own periodic images.
 
@@ -36,7 +36,7 @@ from torch_geometric.nn.models.dimenet import (
 from torch_geometric.utils import scatter
 
 from generators.crystal import MAX_ATOMIC_NUMBER, frac_to_cart
-from generators.graphs import PeriodicGraph, radius_graph_pbc
+from generators.graphs import PeriodicGraph, cap_neighbors, radius_graph_pbc
 
 
 @dataclass
@@ -163,39 +163,6 @@ class PeriodicGeometry:
     angles: Tensor
 
 
-TIE_TOLERANCE = 1e-3
-"""Å: neighbours this close to the ``max_neighbors``-th distance are kept as well."""
-
-
-def cap_neighbors(graph: PeriodicGraph, num_nodes: int, max_neighbors: int) -> PeriodicGraph:
-    """Keep each centre's ``max_neighbors`` nearest edges *and every edge tied with the last*.
-
-    A hard cap cuts exact ties arbitrarily — an atom's own images at ±n·L are always at the same
-    distance — so the graph, and any output summing edge directions, would depend on atom order
-    and float rounding. Keeping all neighbours within ``TIE_TOLERANCE`` of the
-    ``max_neighbors``-th distance makes the graph a function of the geometry alone.
-    """
-    centre = graph.edge_index[1]
-    dist = graph.distances.detach()
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(centre[order], stable=True)]
-    counts = torch.bincount(centre, minlength=num_nodes)
-    first = torch.cumsum(counts, 0) - counts
-    sorted_centre = centre[order]
-    rank = torch.arange(len(order), device=dist.device) - first[sorted_centre]
-    last = torch.full((num_nodes,), float("inf"), dtype=dist.dtype, device=dist.device)
-    at_cap = rank == max_neighbors - 1
-    last[sorted_centre[at_cap]] = dist[order][at_cap]
-    keep = order[dist[order] <= last[sorted_centre] + TIE_TOLERANCE]
-    keep = keep.sort().values
-    return PeriodicGraph(
-        edge_index=graph.edge_index[:, keep],
-        cell_offsets=graph.cell_offsets[keep],
-        edge_vectors=graph.edge_vectors[keep],
-        distances=graph.distances[keep],
-    )
-
-
 def periodic_geometry(
     frac_coords: Tensor,
     lattice: Tensor,
@@ -205,9 +172,7 @@ def periodic_geometry(
 ) -> PeriodicGeometry:
     """Radius graph (with images, tie-tolerant neighbour cap), triplets and angles of a batch."""
     cart = frac_to_cart(frac_coords, lattice, num_atoms)
-    graph = radius_graph_pbc(cart, lattice, num_atoms, cutoff, None)
-    if max_neighbors is not None:
-        graph = cap_neighbors(graph, len(frac_coords), max_neighbors)
+    graph = radius_graph_pbc(cart, lattice, num_atoms, cutoff, max_neighbors)
     triplets = periodic_triplets(graph.edge_index, graph.cell_offsets, len(frac_coords))
     return PeriodicGeometry(graph, triplets, triplet_angles(graph.edge_vectors, triplets))
 

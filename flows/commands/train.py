@@ -13,6 +13,7 @@ The library (:func:`generators.trainer.train`) is imported inside the command so
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,7 +117,11 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         node = overrides
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        node[parts[-1]] = value
     return overrides
 
 

@@ -20,7 +20,7 @@ Definitions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,3 +148,290 @@ def summarize_stability(rows: Sequence[dict[str, Any]]) -> list[MetricResult]:
             "Mean |V_relaxed - V_initial| / V_initial.",
         ),
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries with bootstrap intervals, and the difference between two models
+# --------------------------------------------------------------------------------------------
+
+STABILITY_KEYS: tuple[str, ...] = (
+    "delta_e_mev_per_atom",
+    "rmsd",
+    "dft_delta_e_mev_per_atom",
+    "dft_rmsd",
+    "e_above_hull_eV",
+)
+"""Per-structure quantities summarised per model by :func:`summarize_by_model`."""
+
+_BOOTSTRAP_CHUNK = 1000
+"""Resamples drawn at once (bounds memory to ``chunk * n`` floats)."""
+
+
+def _finite(values: Sequence[float | None] | np.ndarray) -> tuple[np.ndarray, int]:
+    """Return the finite values as a float array and the number of dropped (None/NaN/inf) ones."""
+    kept: list[float] = []
+    missing = 0
+    for value in values:
+        if value is None:
+            missing += 1
+            continue
+        x = float(value)
+        if math.isfinite(x):
+            kept.append(x)
+        else:
+            missing += 1
+    return np.asarray(kept, dtype=float), missing
+
+
+def _apply_rowwise(statistic: Callable[..., Any], samples: np.ndarray) -> np.ndarray:
+    """Apply ``statistic`` to each row of ``samples`` (vectorised when it takes ``axis``)."""
+    try:
+        out = np.asarray(statistic(samples, axis=-1), dtype=float)
+        if out.shape == (samples.shape[0],):
+            return out
+    except TypeError:
+        pass
+    return np.array([float(statistic(row)) for row in samples])
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    statistic: Callable[..., Any] = np.mean,
+    *,
+    n_resamples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of a statistic.
+
+    ``n_resamples`` samples of size ``n`` are drawn with replacement from ``values``; the
+    interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
+    statistic over the resamples (the percentile method, Efron & Tibshirani 1993, §13.3).
+
+    Parameters
+    ----------
+    values
+        The observed sample (finite numbers).
+    statistic
+        Function of a 1-d array; if it accepts ``axis`` (as the numpy reductions do) the
+        resamples are evaluated in vectorised chunks.
+    n_resamples
+        Number of bootstrap resamples.
+    confidence
+        Coverage of the interval, in (0, 1).
+    seed
+        Seed of the ``numpy.random.default_rng`` generator (same seed, same interval).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+
+    Raises
+    ------
+    ValueError
+        Empty ``values``, a non-finite value, ``n_resamples < 1`` or ``confidence`` outside (0, 1).
+    """
+    data = np.asarray(list(values), dtype=float)
+    if data.size == 0:
+        raise ValueError("bootstrap_interval: no values")
+    if not np.all(np.isfinite(data)):
+        bad = int(np.flatnonzero(~np.isfinite(data))[0])
+        raise ValueError(f"bootstrap_interval: value {bad} is not finite ({data[bad]})")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    _check_confidence(confidence)
+    rng = np.random.default_rng(seed)
+    stats: list[np.ndarray] = []
+    for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
+        size = min(_BOOTSTRAP_CHUNK, n_resamples - start)
+        idx = rng.integers(0, data.size, size=(size, data.size))
+        stats.append(_apply_rowwise(statistic, data[idx]))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.concatenate(stats), [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def summarize_values(
+    values: Sequence[float | None],
+    *,
+    seed: int = 0,
+    n_resamples: int = 10000,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Mean, median, spread and a bootstrap interval of the mean of one quantity.
+
+    Parameters
+    ----------
+    values
+        Per-structure values; ``None``, NaN and inf are dropped and counted in ``n_missing``.
+    seed
+        Seed of the bootstrap.
+    n_resamples
+        Bootstrap resamples.
+    confidence
+        Coverage of the interval (default 95 %).
+
+    Returns
+    -------
+    dict
+        ``n`` (finite values used), ``n_missing``, ``mean``, ``median``, ``std`` (sample
+        standard deviation, ``ddof=1``; ``None`` for ``n < 2``), ``ci_low``/``ci_high``
+        (percentile bootstrap interval of the mean, :func:`bootstrap_interval`), ``confidence``
+        and ``n_resamples``. With ``n == 0`` every statistic is ``None``.
+    """
+    data, missing = _finite(values)
+    out: dict[str, Any] = {
+        "n": int(data.size),
+        "n_missing": missing,
+        "mean": None,
+        "median": None,
+        "std": None,
+        "ci_low": None,
+        "ci_high": None,
+        "confidence": confidence,
+        "n_resamples": n_resamples,
+    }
+    if data.size == 0:
+        return out
+    low, high = bootstrap_interval(
+        data, np.mean, n_resamples=n_resamples, confidence=confidence, seed=seed
+    )
+    out.update(
+        mean=float(np.mean(data)),
+        median=float(np.median(data)),
+        std=float(np.std(data, ddof=1)) if data.size > 1 else None,
+        ci_low=low,
+        ci_high=high,
+    )
+    return out
+
+
+def compare_models(
+    values_a: Sequence[float | None],
+    values_b: Sequence[float | None],
+    *,
+    seed: int = 0,
+    n_resamples: int = 10000,
+    n_permutations: int = 10000,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Difference of means ``mean(a) - mean(b)`` of two independent samples, with its uncertainty.
+
+    The interval is a percentile bootstrap in which each group is resampled independently
+    with replacement (its own size kept). The p-value is a two-sided permutation test of
+    ``|mean(a) - mean(b)|`` under random relabelling of the pooled values,
+    ``(1 + #{|d_perm| >= |d_obs|}) / (1 + n_permutations)`` (never exactly 0).
+
+    Parameters
+    ----------
+    values_a, values_b
+        Per-structure values of the two models (``None``/NaN dropped and counted).
+    seed
+        Seed of both the bootstrap and the permutations.
+    n_resamples
+        Bootstrap resamples.
+    n_permutations
+        Random permutations of the test.
+    confidence
+        Coverage of the interval.
+
+    Returns
+    -------
+    dict
+        ``difference``, ``ci_low``, ``ci_high``, ``p_value``, ``mean_a``, ``mean_b``, ``n_a``,
+        ``n_b``, ``n_missing_a``, ``n_missing_b``, ``confidence``, ``n_resamples``,
+        ``n_permutations`` and ``method``. If a group has no finite value the statistics are
+        ``None`` (and ``note`` says why) instead of an exception, so a report still renders.
+    """
+    _check_confidence(confidence)
+    a, miss_a = _finite(values_a)
+    b, miss_b = _finite(values_b)
+    out: dict[str, Any] = {
+        "difference": None,
+        "ci_low": None,
+        "ci_high": None,
+        "p_value": None,
+        "mean_a": float(np.mean(a)) if a.size else None,
+        "mean_b": float(np.mean(b)) if b.size else None,
+        "n_a": int(a.size),
+        "n_b": int(b.size),
+        "n_missing_a": miss_a,
+        "n_missing_b": miss_b,
+        "confidence": confidence,
+        "n_resamples": n_resamples,
+        "n_permutations": n_permutations,
+        "method": "difference of means a - b; percentile bootstrap resampling each group "
+        "independently; two-sided permutation test",
+    }
+    if a.size == 0 or b.size == 0:
+        out["note"] = "no finite values in " + ("a" if a.size == 0 else "b")
+        return out
+    diff = float(np.mean(a) - np.mean(b))
+    rng = np.random.default_rng(seed)
+    boot: list[np.ndarray] = []
+    for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
+        size = min(_BOOTSTRAP_CHUNK, n_resamples - start)
+        ma = a[rng.integers(0, a.size, size=(size, a.size))].mean(axis=1)
+        mb = b[rng.integers(0, b.size, size=(size, b.size))].mean(axis=1)
+        boot.append(ma - mb)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.concatenate(boot), [alpha, 1.0 - alpha])
+
+    pooled = np.concatenate([a, b])
+    exceed = 0
+    tol = 1e-12 * max(1.0, abs(diff))
+    for start in range(0, n_permutations, _BOOTSTRAP_CHUNK):
+        size = min(_BOOTSTRAP_CHUNK, n_permutations - start)
+        perm = rng.permuted(np.broadcast_to(pooled, (size, pooled.size)), axis=1)
+        d = perm[:, : a.size].mean(axis=1) - perm[:, a.size :].mean(axis=1)
+        exceed += int(np.count_nonzero(np.abs(d) >= abs(diff) - tol))
+    out.update(
+        difference=diff,
+        ci_low=float(low),
+        ci_high=float(high),
+        p_value=(1 + exceed) / (1 + n_permutations),
+    )
+    return out
+
+
+def summarize_by_model(
+    rows: Sequence[dict[str, Any]],
+    *,
+    model_key: str = "model",
+    keys: Sequence[str] = STABILITY_KEYS,
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Group per-structure rows by model and summarise each quantity.
+
+    Parameters
+    ----------
+    rows
+        Per-structure rows (e.g. from ``analyze_task`` with a model column added). A row
+        without ``model_key`` is grouped under ``"unknown"``; a missing or ``None`` quantity
+        counts in ``n_missing``; rows with ``error`` set still count (their values are usually
+        ``None``).
+    model_key
+        The row key that names the model.
+    keys
+        The quantities to summarise.
+    seed
+        Seed of the bootstraps.
+
+    Returns
+    -------
+    dict
+        ``{model: {key: summarize_values(...)}}``, models in first-seen order.
+    """
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(str(row.get(model_key, "unknown")), []).append(row)
+    return {
+        model: {key: summarize_values([r.get(key) for r in group], seed=seed) for key in keys}
+        for model, group in grouped.items()
+    }

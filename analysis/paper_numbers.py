@@ -74,6 +74,8 @@ class PaperNumber:
         Candidates per target for CSP (1 or 20 in DiffCSP's Table 1), else ``None``.
     note
         Anything needed to read the number correctly.
+    printed
+        The cell text exactly as metrics.md prints it (``"0.0760"``, ``"–"``), for display.
     """
 
     method: str
@@ -85,6 +87,7 @@ class PaperNumber:
     status: Status = "published"
     k: int | None = None
     note: str = ""
+    printed: str = ""
 
     @property
     def unit(self) -> str:
@@ -188,13 +191,30 @@ def _build() -> tuple[PaperNumber, ...]:
             parts = cell.split(" / ") if cell != "–" else ["–"] * len(GENERATION_METRICS)
             for metric, part in zip(GENERATION_METRICS, parts, strict=True):
                 out.append(
-                    PaperNumber(method, dataset, "generation", metric, _num(part), CDVAE_GEN_SOURCE)
+                    PaperNumber(
+                        method,
+                        dataset,
+                        "generation",
+                        metric,
+                        _num(part),
+                        CDVAE_GEN_SOURCE,
+                        printed=part,
+                    )
                 )
     for (method, k), cells in _DIFFCSP_CSP.items():
         for dataset, cell in zip(DATASETS, cells, strict=True):
             for metric, part in zip(("match_rate", "rmse"), cell.split(" / "), strict=True):
                 out.append(
-                    PaperNumber(method, dataset, "csp", metric, _num(part), DIFFCSP_CSP_SOURCE, k=k)
+                    PaperNumber(
+                        method,
+                        dataset,
+                        "csp",
+                        metric,
+                        _num(part),
+                        DIFFCSP_CSP_SOURCE,
+                        k=k,
+                        printed=part,
+                    )
                 )
     for dataset, cells in _DIFFCSP_GEN.items():
         for metric, part in zip(GENERATION_METRICS, cells, strict=True):
@@ -206,6 +226,7 @@ def _build() -> tuple[PaperNumber, ...]:
                     metric,
                     _num(part),
                     DIFFCSP_GEN_SOURCE,
+                    printed=part,
                     note=(
                         "DiffCSP-C (continuous one-hot types); 10,000 samples, "
                         "properties on 1,000 valid ones"
@@ -221,6 +242,7 @@ def _build() -> tuple[PaperNumber, ...]:
             -68.1,
             DPCDVAE_SOURCE,
             status="verified",
+            printed="68.1 meV/atom lower",
             note=(
                 "ΔE = E(generated) − E(DFT-relaxed) is on average 68.1 meV/atom lower for "
                 "DP-CDVAE than for CDVAE (100 generated carbon structures relaxed with DFT; "

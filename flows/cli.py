@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import typer
 
+from flows.commands import data, evaluate, relax, results, sample, train
+
 app = typer.Typer(
     name="dftloop",
     help="DFT-in-the-loop pipeline for generative crystal-structure models.",
@@ -16,15 +18,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# --- command registration: one line per command module -------------------------------
-# (modules add themselves here; keep the list sorted by the order a user meets them)
-__import__("flows.commands.data", fromlist=["register"]).register(app)
-__import__("flows.commands.train", fromlist=["register"]).register(app)
-__import__("flows.commands.sample", fromlist=["register"]).register(app)
-__import__("flows.commands.evaluate", fromlist=["register"]).register(app)
-__import__("flows.commands.relax", fromlist=["register"]).register(app)
-__import__("flows.commands.results", fromlist=["register"]).register(app)
-# --------------------------------------------------------------------------------------
+# One module per command group, registered in the order a user meets them.
+for _commands in (data, train, sample, evaluate, relax, results):
+    _commands.register(app)
 
 
 def main() -> None:

@@ -212,11 +212,11 @@ def sample_structures_task(
 
     out = Path(out_dir)
     if (out / "index.json").is_file():
-        from generators.sample_io import read_index
+        from generators.sample_io import is_complete, read_index
 
         index = read_index(out)
-        if index.get("total") == n and len(index.get("chunks", [])) > 0:
-            return str(out)
+        if index.get("total") == n and is_complete(index):
+            return str(out)  # an interrupted directory goes on to the sampler, which resumes
     if model == SMOKE_MODEL:
         return str(
             sample_from_dataset(dataset, n, out, split=smoke_split, rattle=smoke_rattle, seed=seed)

@@ -107,6 +107,25 @@ def read_index(directory: str | Path) -> dict[str, Any]:
     return index
 
 
+def is_complete(index: dict[str, Any]) -> bool:
+    """Whether every chunk of a sample directory's index is written.
+
+    Parameters
+    ----------
+    index
+        The index (:func:`read_index`).
+
+    Returns
+    -------
+    bool
+        ``True`` when the finished chunks cover ``total`` samples of ``chunk_size`` each.
+    """
+    total, chunk_size = index.get("total"), index.get("chunk_size")
+    if not total or not chunk_size:
+        return False
+    return len(set(index.get("chunks", []))) >= -(-int(total) // int(chunk_size))
+
+
 def write_index(directory: str | Path, index: dict[str, Any]) -> None:
     """Atomically (re)write the index of a sample directory."""
     atomic_write_json(Path(directory) / INDEX, {**index, "format": FORMAT})
@@ -139,6 +158,7 @@ __all__ = [
     "SampleRecord",
     "atomic_write_json",
     "chunk_name",
+    "is_complete",
     "load_samples",
     "read_index",
     "write_chunk",

@@ -9,6 +9,7 @@ file is also written to ``<DFTLOOP_HOME>/reports/<run>/`` (path given in the art
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import math
 import re
@@ -103,12 +104,13 @@ def publish_run_artifacts(
     store_info
         ``ResultStore.describe()``.
     report_dir
-        Where the PNG is written.
+        Where the PNG and the two tables (``metrics.csv``, ``per_structure.csv``) are written.
 
     Returns
     -------
     dict
-        ``{artifact kind: key}`` and ``histogram_png`` (the file path).
+        ``{artifact kind: key}``, ``histogram_png``, ``metrics_csv`` and ``per_structure_csv``
+        (the file paths).
     """
     keys = {
         "metrics": artifact_key(prefix, "metrics"),
@@ -141,6 +143,10 @@ def publish_run_artifacts(
     report_dir.mkdir(parents=True, exist_ok=True)
     png_path = report_dir / "delta_e_histogram.png"
     png_path.write_bytes(png)
+    metrics_csv = write_csv(report_dir / "metrics.csv", metric_rows)
+    rows_csv = write_csv(
+        report_dir / "per_structure.csv", table_rows(rows, PER_STRUCTURE_COLUMNS)
+    )
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
     create_markdown_artifact(
         f"### ΔE histogram ({len(values)} structures)\n\n![delta-e histogram]({data_uri})\n\n"
@@ -158,4 +164,19 @@ def publish_run_artifacts(
         lines += ["", "Documents: " + ", ".join(f"{k}: {v}" for k, v in counts.items())]
     lines += ["", "List or export them with `dftloop results list` / `dftloop results export`."]
     create_markdown_artifact("\n".join(lines), key=keys["store"], description="Result store")
-    return {**keys, "histogram_png": str(png_path)}
+    return {
+        **keys,
+        "histogram_png": str(png_path),
+        "metrics_csv": str(metrics_csv),
+        "per_structure_csv": str(rows_csv),
+    }
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` (dicts with the same keys) to a CSV file and return its path."""
+    columns = list(rows[0]) if rows else []
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

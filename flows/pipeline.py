@@ -45,9 +45,25 @@ def _run_id() -> str | None:
     return str(value) if value else None
 
 
-def default_checkpoint_dir(home: str | None, model: str, dataset: str, config_name: str) -> Path:
-    """Return ``<home>/checkpoints/<model>/<dataset>/<config>`` (train-generator's run dir)."""
-    return dftloop_home(home) / "checkpoints" / model / dataset / config_name
+def default_checkpoint_dir(
+    home: str | None,
+    model: str,
+    dataset: str,
+    config_name: str,
+    limit: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Return train-generator's run directory.
+
+    ``<home>/checkpoints/<model>/<dataset>/<config>`` for the named configuration as it is (the
+    directory ``nightly-benchmark`` looks in); with ``limit`` or ``overrides`` the directory is
+    ``<config>-<hash>`` (hash of both), so that a checkpoint trained with other settings is
+    never reused in place of another.
+    """
+    name = config_name
+    if limit is not None or overrides:
+        name += "-" + dict_hash({"limit": limit, "overrides": overrides or {}})[:12]
+    return dftloop_home(home) / "checkpoints" / model / dataset / name
 
 
 def default_sample_dir(
@@ -132,9 +148,12 @@ def train_generator(
 
     The default run directory is ``<home>/checkpoints/<model>/<dataset>/<config>``; a finished
     ``best.pt`` there is reused. ``overrides`` are merged over the configuration (e.g.
-    ``{"train": {"max_epochs": 2}}``); ``limit`` uses only the first crystals of each split.
+    ``{"train": {"max_epochs": 2}}``); ``limit`` uses only the first crystals of each split
+    (either gives the run directory a ``-<hash>`` suffix: :func:`default_checkpoint_dir`).
     """
-    out = out_dir or str(default_checkpoint_dir(home, model, dataset, config_name))
+    out = out_dir or str(
+        default_checkpoint_dir(home, model, dataset, config_name, limit, overrides)
+    )
     return train_generator_task(model, dataset, config_name, out, max_minutes, limit, overrides)
 
 
@@ -149,20 +168,27 @@ def sample_structures(
     home: str | None = None,
     mode: str | None = None,
     steps: int | None = None,
+    split: str = "test",
 ) -> str:
     """Sample structures, store them as ``sample`` documents and return the sample directory.
 
     ``model="dataset"`` is the smoke-test pseudo-model (rattled dataset structures,
     :mod:`flows.smoke_model`), not a generator. ``mode`` (``generate``/``csp``) defaults to the
-    checkpoint's; ``steps`` to the model's number of sampling steps.
+    checkpoint's; ``steps`` to the model's number of sampling steps; ``split`` is the split whose
+    first ``n`` structures are the CSP targets (``"train"`` for a memorisation check).
     """
-    out = out_dir or str(
-        default_sample_dir(
-            home, model, dataset, n, seed, checkpoint, {"mode": mode, "steps": steps}
-        )
-    )
+    extra = {"mode": mode, "steps": steps, "split": None if split == "test" else split}
+    out = out_dir or str(default_sample_dir(home, model, dataset, n, seed, checkpoint, extra))
     sample_dir = sample_structures_task(
-        model, n, out, dataset=dataset, checkpoint=checkpoint, seed=seed, mode=mode, steps=steps
+        model,
+        n,
+        out,
+        dataset=dataset,
+        checkpoint=checkpoint,
+        seed=seed,
+        mode=mode,
+        steps=steps,
+        split=split,
     )
     prov = samples_provenance(sample_dir, {"n": n, "seed": seed})
     prov.flow_run_id = _run_id()
@@ -236,7 +262,8 @@ def analyze(
         Also compute the paper metrics (``analysis.evaluate.evaluate_samples``; the metric
         names are its keys, e.g. ``validity``, ``cov_recall``, ``<protocol>.match_rate``).
     eval_limit
-        Evaluate only the first samples/targets (and ground-truth rows for generation).
+        Evaluate only the first samples/targets (and ground-truth rows for generation). The
+        ground truth of CSP samples is the split they were sampled from (``index.json``).
     eval_coverage
         Compute COV (CrystalNN fingerprints of the ground truth: the slow part).
 
@@ -247,6 +274,7 @@ def analyze(
     """
     from analysis.stability import summarize_stability
     from flows.artifacts import artifact_key, publish_run_artifacts
+    from generators.sample_io import read_index
 
     prov = samples_provenance(sample_dir, {})
     prov.flow_run_id = _run_id()
@@ -264,6 +292,7 @@ def analyze(
             found = evaluate_samples(
                 sample_dir,
                 str(prov.dataset),
+                gt_split=read_index(sample_dir).get("split") or "test",
                 limit=eval_limit,
                 with_coverage=eval_coverage,
                 n_jobs=1,
@@ -289,9 +318,11 @@ def generate_and_relax(
     train_config: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     train_limit: int | None = None,
+    train_max_minutes: float | None = None,
     seed: int = 0,
     sample_mode: str | None = None,
     sample_steps: int | None = None,
+    sample_split: str = "test",
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
     dft: Dft = "none",
@@ -302,6 +333,9 @@ def generate_and_relax(
     cluster_kwargs: dict[str, Any] | None = None,
     home: str | None = None,
     retry_failed: bool = False,
+    evaluate_metrics: bool = False,
+    eval_limit: int | None = None,
+    eval_coverage: bool = True,
 ) -> dict[str, Any]:
     """Sample → relax (force field, then optional DFT) → analyse each against its ground state.
 
@@ -319,10 +353,14 @@ def generate_and_relax(
         Without a checkpoint: train first with this config (e.g. ``"cpu-small"``).
     train_overrides, train_limit
         Configuration overrides and crystals per split of that training.
+    train_max_minutes
+        Wall-time budget of that training (overrides the configuration's).
     seed
         Sampling seed.
     sample_mode, sample_steps
         Sampling mode (``generate``/``csp``, default the checkpoint's) and number of steps.
+    sample_split
+        Split whose first ``n`` structures are the CSP targets (``"train"``: memorisation check).
     relaxer, relaxer_settings
         First (force-field) stage, default CHGNet.
     dft, dft_settings
@@ -337,22 +375,39 @@ def generate_and_relax(
         Project directory (default ``$DFTLOOP_HOME`` or ``./dftloop-runs``).
     retry_failed
         Relax again structures whose stored relaxation failed.
+    evaluate_metrics, eval_limit, eval_coverage
+        Also compute the papers' metrics (match rate/RMSE for CSP; validity, COV, Wasserstein
+        for generation): see :func:`analyze`.
 
     Returns
     -------
     dict
-        ``sample_dir``, ``stages`` (one summary per relaxation stage), ``metrics``,
-        ``artifacts``, ``store``.
+        ``checkpoint``, ``sample_dir``, ``stages`` (one summary per relaxation stage),
+        ``metrics``, ``rows`` (per structure), ``artifacts``, ``store``, ``provenance``.
     """
     logger = get_run_logger()
     if model not in ("dataset",) and checkpoint is None:
         if train_config is None:
             raise ValueError(f"model {model!r}: give a checkpoint, or train_config to train first")
         checkpoint = train_generator(
-            model, dataset, train_config, home=home, limit=train_limit, overrides=train_overrides
+            model,
+            dataset,
+            train_config,
+            home=home,
+            max_minutes=train_max_minutes,
+            limit=train_limit,
+            overrides=train_overrides,
         )
     sample_dir = sample_structures(
-        model, dataset, n, checkpoint, seed, home=home, mode=sample_mode, steps=sample_steps
+        model,
+        dataset,
+        n,
+        checkpoint,
+        seed,
+        home=home,
+        mode=sample_mode,
+        steps=sample_steps,
+        split=sample_split,
     )
     items, errors = load_sample_items(sample_dir)
     if errors:
@@ -391,11 +446,23 @@ def generate_and_relax(
                 retry_failed=retry_failed,
             )
         )
-    result = analyze(sample_dir, relaxer, relaxer_settings, dft, dft_settings, home=home)
+    result = analyze(
+        sample_dir,
+        relaxer,
+        relaxer_settings,
+        dft,
+        dft_settings,
+        home=home,
+        evaluate_metrics=evaluate_metrics,
+        eval_limit=eval_limit,
+        eval_coverage=eval_coverage,
+    )
     return {
+        "checkpoint": checkpoint,
         "sample_dir": sample_dir,
         "stages": [s.as_dict() for s in stages],
         "metrics": result["metrics"],
+        "rows": result["rows"],
         "artifacts": result["artifacts"],
         "store": result["store"],
         "provenance": Provenance(**prov.__dict__).as_dict(),

@@ -23,6 +23,9 @@ from flows.store import DONE_STATUSES, Provenance, ResultStore
 RELAX_CACHE_POLICY = INPUTS + TASK_SOURCE
 """A relax chunk with the same inputs and the same task code is taken from Prefect's cache."""
 
+FINISHED_MARKER = "finished.json"
+"""Written by :func:`train_generator_task` into a run directory when its training has ended."""
+
 
 @functools.lru_cache(maxsize=4)
 def _cached_relaxer(name: str, settings_json: str) -> Any:
@@ -174,6 +177,7 @@ def sample_structures_task(
     seed: int = 0,
     mode: str | None = None,
     steps: int | None = None,
+    split: str = "test",
     smoke_split: str = "val",
     smoke_rattle: float = 0.05,
 ) -> str:
@@ -200,6 +204,8 @@ def sample_structures_task(
         model supports it.
     steps
         Sampling steps (default: the model's).
+    split
+        CSP: the split whose first ``n`` structures are the targets.
     smoke_split, smoke_rattle
         Only for the pseudo-model.
 
@@ -226,7 +232,7 @@ def sample_structures_task(
     from generators.sampler import sample
 
     mode = mode or checkpoint_mode(checkpoint)
-    kwargs: dict[str, Any] = {"n": n} if mode == "generate" else {"split": "test", "limit": n}
+    kwargs: dict[str, Any] = {"n": n} if mode == "generate" else {"split": split, "limit": n}
     summary = sample(checkpoint, out, mode, seed=seed, steps=steps, progress=False, **kwargs)
     return str(summary.out_dir)
 
@@ -255,8 +261,15 @@ def train_generator_task(
 ) -> str:
     """Train a generator with ``generators.trainer.train`` and return its best checkpoint.
 
-    A finished ``best.pt`` in ``out_dir`` is reused (delete it to train again).
+    A finished training in ``out_dir`` is reused (delete the directory to train again): the
+    checkpoint recorded in its ``finished.json`` (``best.pt``, or ``last.pt`` when no validation
+    ran, e.g. a run stopped by its time budget), else an existing ``best.pt``.
     """
+    marker = Path(out_dir) / FINISHED_MARKER
+    if marker.is_file():
+        recorded = Path(json.loads(marker.read_text())["checkpoint"])
+        if recorded.is_file():
+            return str(recorded)
     best = Path(out_dir) / "best.pt"
     if best.is_file():
         return str(best)
@@ -273,7 +286,11 @@ def train_generator_task(
         progress=False,
     )
     best = Path(result.out_dir) / "best.pt"
-    return str(best if best.is_file() else Path(result.out_dir) / "last.pt")
+    checkpoint = best if best.is_file() else Path(result.out_dir) / "last.pt"
+    record = {"checkpoint": str(checkpoint), "epochs": result.epochs}
+    record["stop_reason"] = result.stop_reason
+    (Path(result.out_dir) / FINISHED_MARKER).write_text(json.dumps(record))
+    return str(checkpoint)
 
 
 def load_sample_items(sample_dir: str) -> tuple[list[tuple[str, Structure]], list[dict[str, str]]]:

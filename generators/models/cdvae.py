@@ -2,8 +2,11 @@
 
 Training: one Cartesian noise level σ (geometric 10 → 0.01, 50 levels) and one type noise level
 σ_type (geometric 5 → 0.01) per crystal; noisy types are drawn from onehot + softmax(comp)·σ_type.
-The decoder (:class:`~generators.models.decoders.PeriodicDirectionalDecoder`, a documented
-substitute for GemNet-T) predicts a Cartesian vector per atom and type logits. Coordinate loss:
+The decoder (``model.decoder.type``: the papers' periodic GemNet-T,
+:class:`~generators.models.gemnet_t.GemNetTDecoder`, in the ``paper`` configs; the older
+DimeNet++-style :class:`~generators.models.decoders.PeriodicDirectionalDecoder` for
+``dimenet_pp`` and for configs without the key) predicts a Cartesian vector per atom and type
+logits. The type noise and the per-crystal loss means are :class:`CrystalVAE`'s. Coordinate loss:
 target = (min-image x_true − x_noisy)/σ², prediction/σ, 0.5·‖pred/σ − target‖²·σ², averaged per
 crystal and then over the batch; type loss: CE/σ_type, mean per crystal.
 
@@ -19,14 +22,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from torch_geometric.data import Batch
 from tqdm.auto import tqdm
 
-from generators.crystal import MAX_ATOMIC_NUMBER, cart_to_frac, frac_to_cart, per_atom_lattice
+from generators.crystal import cart_to_frac, frac_to_cart, per_atom_lattice
 from generators.diffusion import geometric_sigmas
-from generators.models.decoders import PeriodicDirectionalDecoder
-from generators.models.vae import VAE_DEFAULTS, CrystalVAE, merge_config, per_crystal_mean
+from generators.models.vae import VAE_DEFAULTS, CrystalVAE, merge_config
 
 DECODER_DEFAULTS: dict[str, Any] = {
     "hidden_dim": 128,
@@ -34,6 +35,9 @@ DECODER_DEFAULTS: dict[str, Any] = {
     "cutoff": 7.0,
     "max_neighbors": 20,
 }
+"""Keys both decoder types share. No ``type`` here on purpose: a decoder section without it
+builds ``dimenet_pp`` (checkpoints from before GemNet-T); the ``paper`` configs set
+``type: gemnet_t`` and GemNet-T's sizes."""
 
 CDVAE_DEFAULTS: dict[str, Any] = merge_config(
     VAE_DEFAULTS,
@@ -81,7 +85,7 @@ class CDVAE(CrystalVAE):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         cfg = self.config
-        self.decoder = PeriodicDirectionalDecoder(latent_dim=self.latent_dim, **cfg["decoder"])
+        self.decoder = self.build_decoder()
         levels = int(cfg["num_noise_level"])
         sigmas = geometric_sigmas(cfg["sigma_begin"], cfg["sigma_end"], levels)
         type_sigmas = geometric_sigmas(cfg["type_sigma_begin"], cfg["type_sigma_end"], levels)
@@ -91,10 +95,6 @@ class CDVAE(CrystalVAE):
     def coordinate_weight(self, epoch: int) -> float:
         """cost_coord (10)."""
         return float(self.config["cost_coord"])
-
-    def type_weight(self) -> float:
-        """cost_type (1)."""
-        return float(self.config["cost_type"])
 
     def denoising_loss(
         self,
@@ -115,21 +115,18 @@ class CDVAE(CrystalVAE):
         cart = frac_to_cart(batch.frac_coords, lattice, num_atoms)
         noisy_cart = cart + torch.randn_like(cart) * sigma
         noisy_frac = torch.remainder(cart_to_frac(noisy_cart, lattice, num_atoms), 1.0)
-        probs = F.one_hot(batch.atom_types - 1, MAX_ATOMIC_NUMBER).float() + F.softmax(
-            composition_logits.detach(), dim=-1
-        )[batch.batch] * type_sigma.unsqueeze(-1)
-        noisy_types = torch.multinomial(probs, 1).squeeze(-1) + 1
+        noisy_types = self.noisy_atom_types(
+            batch.atom_types, composition_logits, batch.batch, type_sigma
+        )
         pred, type_logits = self.decoder(
             z, noisy_frac, noisy_types, lattice, num_atoms, batch.batch
         )
         target = min_image_difference(batch.frac_coords, noisy_frac, lattice, num_atoms)
         target = target / sigma**2
         coord = 0.5 * ((pred / sigma - target) ** 2).sum(-1) * sigma.squeeze(-1) ** 2
-        type_ce = F.cross_entropy(type_logits, batch.atom_types - 1, reduction="none") / type_sigma
-        return {
-            "coord": per_crystal_mean(coord, batch.batch, b),
-            "type": per_crystal_mean(type_ce, batch.batch, b),
-        }
+        return self.denoising_terms(
+            coord, type_logits, batch.atom_types, type_sigma, batch.batch, b
+        )
 
     def langevin_steps_per_level(self) -> int:
         """Langevin steps per σ level.

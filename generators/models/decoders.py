@@ -1,9 +1,15 @@
-"""The coordinate/type denoiser of CDVAE and DP-CDVAE: a periodic directional decoder.
+"""The coordinate/type denoisers of CDVAE and DP-CDVAE and the factory that picks one.
 
-**Substitution for GemNet-T.** The papers' decoder is GemNet-T (bilinear triplet interactions
-with a spherical-harmonics cbf, Gaussian rbf of 128, scale file ``gemnet-dT.json``). This module
-is a *simpler* periodic equivariant decoder of the same family and sizes — DimeNet++-style
-directional message passing:
+:func:`build_decoder` reads ``model.decoder.type``:
+
+* ``gemnet_t`` — the papers' periodic GemNet-T (:mod:`generators.models.gemnet_t`), the default
+  of the ``paper`` configurations;
+* ``dimenet_pp`` — :class:`PeriodicDirectionalDecoder` below, the DimeNet++-style substitute
+  this project used before GemNet-T existed here. A decoder section **without** ``type`` builds
+  it, so checkpoints written before the key existed load unchanged.
+
+**The DimeNet++-style decoder** is a *simpler* periodic equivariant decoder of the same family
+and sizes as GemNet-T — DimeNet++-style directional message passing:
 
 * atoms: Embedding(Z) concatenated with z (and, for DP-CDVAE, the time embedding and Fourier
   features) through Linear(hidden + latent (+ extra) → hidden), as CDVAE's ``atom_latent_emb``;
@@ -17,12 +23,14 @@ directional message passing:
 
 The outputs are invariant to permuting atoms (they permute with them), to translating all
 fractional coordinates and — the vectors rotate with the cell — equivariant to rotations of the
-lattice. ``docs/cdvae.md`` records what the substitution cost on the memorisation test.
+lattice. ``docs/cdvae.md`` compares the two decoders on the memorisation test.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +39,7 @@ from torch_geometric.utils import scatter
 
 from generators.crystal import MAX_ATOMIC_NUMBER
 from generators.models.dimenet_pbc import PeriodicSphericalBasis, periodic_geometry
+from generators.models.gemnet_t import GemNetTDecoder
 
 
 class _EdgeOutput(nn.Module):
@@ -174,4 +183,66 @@ class PeriodicDirectionalDecoder(nn.Module):
         return vector, self.fc_atom(type_input)
 
 
-__all__ = ["PeriodicDirectionalDecoder"]
+DECODER_TYPES: dict[str, type[nn.Module]] = {
+    "gemnet_t": GemNetTDecoder,
+    "dimenet_pp": PeriodicDirectionalDecoder,
+}
+"""Decoder classes by ``model.decoder.type``."""
+
+LEGACY_DECODER_TYPE = "dimenet_pp"
+"""What a decoder section without ``type`` builds (checkpoints from before the key existed)."""
+
+_BUILT_BY_FACTORY = {"latent_dim", "extra_atom_dim", "type_head_sees_conditioning"}
+
+
+def _options(cls: type[nn.Module]) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"} - _BUILT_BY_FACTORY
+
+
+def build_decoder(
+    config: dict[str, Any],
+    latent_dim: int,
+    extra_atom_dim: int = 0,
+    type_head_sees_conditioning: bool = False,
+) -> nn.Module:
+    """Build the decoder that ``config`` (the ``model.decoder`` section) names.
+
+    Keys that only the *other* decoder type takes are ignored, so that
+    ``--set model.decoder.type=gemnet_t`` works over a configuration written for
+    ``dimenet_pp`` (and back); a key that no decoder takes is an error.
+
+    Parameters
+    ----------
+    config
+        ``type`` (``gemnet_t`` or ``dimenet_pp``; missing: ``dimenet_pp``) and the decoder's
+        keyword arguments.
+    latent_dim, extra_atom_dim, type_head_sees_conditioning
+        Set by the model (CDVAE: no extra features, type head on h; DP-CDVAE: time embedding +
+        Fourier features, type head on [h, z, extra]).
+
+    Raises
+    ------
+    ValueError
+        For an unknown type or a key no decoder takes.
+    """
+    options = dict(config)
+    kind = options.pop("type", LEGACY_DECODER_TYPE)
+    if kind not in DECODER_TYPES:
+        raise ValueError(
+            f"unknown decoder type {kind!r}; choose one of {', '.join(sorted(DECODER_TYPES))}"
+        )
+    own = _options(DECODER_TYPES[kind])
+    known = set().union(*(_options(cls) for cls in DECODER_TYPES.values()))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"decoder {kind!r}: unknown option(s) {unknown}")
+    kwargs = {key: value for key, value in options.items() if key in own}
+    return DECODER_TYPES[kind](
+        latent_dim=latent_dim,
+        extra_atom_dim=extra_atom_dim,
+        type_head_sees_conditioning=type_head_sees_conditioning,
+        **kwargs,
+    )
+
+
+__all__ = ["DECODER_TYPES", "LEGACY_DECODER_TYPE", "PeriodicDirectionalDecoder", "build_decoder"]

@@ -8,7 +8,8 @@ cumulative product (the paper; the authors' code skips index 0, see ``docs/cdvae
 separate level s, σ_s geometric 0.01 → 5 ascending with s, A_s = onehot + softmax(comp)·σ_s,
 CE/σ_s.
 
-The denoiser is the shared :class:`~generators.models.decoders.PeriodicDirectionalDecoder`
+The denoiser is the decoder named by ``model.decoder.type`` (GemNet-T in the ``paper``
+configs, the DimeNet++-style substitute for ``dimenet_pp`` or a section without the key),
 conditioned on z, a sinusoidal time embedding (dim 128, MLP 128 → 512 → 128) and Fourier
 features of the fractional coordinates (2π·2^k, k = 3..8: 36 dims). Its Cartesian vector output
 is turned into a fractional ε prediction by L⁻¹, which makes ε̂ invariant to rotating the cell.
@@ -24,11 +25,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch_geometric.data import Batch
 from tqdm.auto import tqdm
 
-from generators.crystal import MAX_ATOMIC_NUMBER, cart_to_frac
+from generators.crystal import cart_to_frac
 from generators.diffusion import (
     DDPMSchedule,
     SinusoidalTimeEmbedding,
@@ -39,12 +39,10 @@ from generators.diffusion import (
     strided_timesteps,
 )
 from generators.models.cdvae import DECODER_DEFAULTS
-from generators.models.decoders import PeriodicDirectionalDecoder
 from generators.models.vae import (
     VAE_DEFAULTS,
     CrystalVAE,
     merge_config,
-    per_crystal_mean,
     recenter,
 )
 
@@ -110,11 +108,8 @@ class DPCDVAE(CrystalVAE):
             nn.Linear(int(cfg["time_hidden"]), time_dim),
         )
         fourier_dim = 2 * 3 * len(self.fourier_frequencies)
-        self.decoder = PeriodicDirectionalDecoder(
-            latent_dim=self.latent_dim,
-            extra_atom_dim=time_dim + fourier_dim,
-            type_head_sees_conditioning=True,
-            **cfg["decoder"],
+        self.decoder = self.build_decoder(
+            extra_atom_dim=time_dim + fourier_dim, type_head_sees_conditioning=True
         )
 
     def coordinate_weight(self, epoch: int) -> float:
@@ -123,10 +118,6 @@ class DPCDVAE(CrystalVAE):
         if epoch >= int(self.config["mul_cost_coord_epoch"]):
             weight *= float(self.config["mul_cost_coord"])
         return weight
-
-    def type_weight(self) -> float:
-        """cost_type (0.1)."""
-        return float(self.config["cost_type"])
 
     def denoise(
         self,
@@ -180,19 +171,16 @@ class DPCDVAE(CrystalVAE):
         rt = self.schedule.q_sample(r0, t[batch.batch], eps)
         bounded = rt - torch.floor(rt)
         type_sigma = self.type_sigmas[s][batch.batch]
-        probs = F.one_hot(batch.atom_types - 1, MAX_ATOMIC_NUMBER).float() + F.softmax(
-            composition_logits.detach(), dim=-1
-        )[batch.batch] * type_sigma.unsqueeze(-1)
-        noisy_types = torch.multinomial(probs, 1).squeeze(-1) + 1
+        noisy_types = self.noisy_atom_types(
+            batch.atom_types, composition_logits, batch.batch, type_sigma
+        )
         eps_hat, type_logits = self.denoise(
             z, bounded, noisy_types, lattice, num_atoms, batch.batch, t
         )
         coord = ((eps_hat - eps) ** 2).sum(-1)
-        type_ce = F.cross_entropy(type_logits, batch.atom_types - 1, reduction="none") / type_sigma
-        return {
-            "coord": per_crystal_mean(coord, batch.batch, b),
-            "type": per_crystal_mean(type_ce, batch.batch, b),
-        }
+        return self.denoising_terms(
+            coord, type_logits, batch.atom_types, type_sigma, batch.batch, b
+        )
 
     def reverse_steps(self) -> list[int]:
         """Descending steps of the reverse chain.

@@ -9,8 +9,13 @@ into a latent z (``fc_mu``/``fc_var``, KL weight β = 0.01), and decode from z w
   training split (:meth:`CrystalVAE.fit_statistics`, stored as buffers), MSE;
 * the composition: a 100-way distribution per atom (cross-entropy per atom, mean per crystal).
 
-They differ only in how coordinates and types are denoised from z; a subclass implements
-:meth:`CrystalVAE.denoising_loss` and :meth:`CrystalVAE.sample_structure`.
+They differ only in how coordinates are noised and denoised from z; a subclass implements
+:meth:`CrystalVAE.denoising_loss` and :meth:`CrystalVAE.sample_structure`. What they share lives
+here: the decoder construction (``model.decoder.type``, :func:`~generators.models.decoders.
+build_decoder`), the type noise A = onehot + softmax(composition)·σ_type with multinomially drawn
+noisy types (:meth:`CrystalVAE.noisy_atom_types`), the per-crystal means of the coordinate and
+type losses with CE/σ_type (:meth:`CrystalVAE.denoising_terms`), the type-loss weight, and the
+fitting of GemNet-T's scale factors on training data in :meth:`CrystalVAE.fit_statistics`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from generators.crystal import (
     scaled_lattice_features,
 )
 from generators.models.base import CrystalGenerator
+from generators.models.decoders import build_decoder
 from generators.models.dimenet_pbc import PeriodicDimeNetPP
 
 ENCODER_DEFAULTS: dict[str, Any] = {
@@ -151,6 +157,10 @@ def degenerate_lattices(
     return ~finite | (per_atom < min_volume_per_atom) | (shortest < min_length)
 
 
+SCALE_FIT_CRYSTALS = 32
+"""Training crystals on which GemNet-T's scale factors are fitted (``fit_statistics``)."""
+
+
 def placeholder_lattice(num_atoms: Tensor) -> Tensor:
     """Cubic cells of 10 Å^3 per atom, [B, 3, 3]."""
     side = (10.0 * num_atoms.float()).pow(1.0 / 3.0)
@@ -222,6 +232,31 @@ class CrystalVAE(CrystalGenerator):
         self.lattice_mean.copy_(features.mean(0))
         self.lattice_std.copy_(features.std(0, unbiased=False).clamp(min=1e-6))
         self.statistics_fitted.fill_(True)
+        self.fit_decoder_scales(train)
+
+    def fit_decoder_scales(self, train: Batch) -> list[float]:
+        """Fit the decoder's scale factors (GemNet-T) on the first training crystals.
+
+        The factors are fitted one after the other on this model's own denoising inputs (one
+        noisy training batch of at most ``SCALE_FIT_CRYSTALS`` crystals, teacher-forced
+        lattice), with the global random state restored afterwards. A decoder without scale
+        factors (``dimenet_pp``) is left alone.
+
+        Returns
+        -------
+        list of float
+            The fitted factors (empty for a decoder without any).
+        """
+        fit = getattr(self.decoder, "fit_scale_factors", None)
+        if fit is None or train.num_graphs == 0:
+            return []
+        subset = data_list_to_batch(
+            train.index_select(range(min(SCALE_FIT_CRYSTALS, train.num_graphs)))
+        )
+        subset = subset.to(self.device)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            return fit(lambda: self.training_loss(subset, epoch=0))
 
     def scale_lattice(self, lattice: Tensor, num_atoms: Tensor) -> Tensor:
         """Standardised lattice target [B, 6] of [B, 3, 3] lattices."""
@@ -265,6 +300,60 @@ class CrystalVAE(CrystalGenerator):
         """
         return self.fc_num_atoms(z), self.fc_lattice(z), self.fc_composition(z)
 
+    # ------------------------------------------------------------------ denoiser
+    def build_decoder(
+        self, extra_atom_dim: int = 0, type_head_sees_conditioning: bool = False
+    ) -> nn.Module:
+        """The decoder named by ``model.decoder.type`` (``gemnet_t``; missing: ``dimenet_pp``)."""
+        return build_decoder(
+            self.config["decoder"],
+            self.latent_dim,
+            extra_atom_dim=extra_atom_dim,
+            type_head_sees_conditioning=type_head_sees_conditioning,
+        )
+
+    @staticmethod
+    def noisy_atom_types(
+        atom_types: Tensor, composition_logits: Tensor, batch_index: Tensor, type_sigma: Tensor
+    ) -> Tensor:
+        """Noisy types drawn from onehot(Z) + softmax(composition)·σ_type, both papers' type noise.
+
+        Parameters
+        ----------
+        atom_types
+            [N] true atomic numbers.
+        composition_logits
+            [B, 100] predicted composition (detached here: the noise gets no gradient).
+        batch_index
+            [N] crystal of each atom.
+        type_sigma
+            [N] σ_type of each atom's crystal.
+        """
+        probs = F.one_hot(atom_types - 1, MAX_ATOMIC_NUMBER).float() + F.softmax(
+            composition_logits.detach(), dim=-1
+        )[batch_index] * type_sigma.unsqueeze(-1)
+        return torch.multinomial(probs, 1).squeeze(-1) + 1
+
+    @staticmethod
+    def denoising_terms(
+        coord: Tensor,
+        type_logits: Tensor,
+        atom_types: Tensor,
+        type_sigma: Tensor,
+        batch_index: Tensor,
+        num_crystals: int,
+    ) -> dict[str, Tensor]:
+        """``"coord"`` and ``"type"`` (CE/σ_type) losses: mean per crystal, then over crystals."""
+        type_ce = F.cross_entropy(type_logits, atom_types - 1, reduction="none") / type_sigma
+        return {
+            "coord": per_crystal_mean(coord, batch_index, num_crystals),
+            "type": per_crystal_mean(type_ce, batch_index, num_crystals),
+        }
+
+    def type_weight(self) -> float:
+        """Weight of the type loss: ``cost_type`` (CDVAE 1, DP-CDVAE 0.1)."""
+        return float(self.config["cost_type"])
+
     # ------------------------------------------------------------------ training
     def denoising_loss(
         self,
@@ -279,10 +368,6 @@ class CrystalVAE(CrystalGenerator):
 
     def coordinate_weight(self, epoch: int) -> float:
         """Weight of the coordinate loss at ``epoch``."""
-        raise NotImplementedError
-
-    def type_weight(self) -> float:
-        """Weight of the type loss."""
         raise NotImplementedError
 
     def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -10,43 +10,28 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from generators.configs import load_config
 from generators.crystal import batch_to_structures, random_rotation, structures_to_batch
 from generators.models.cdvae import CDVAE, min_image_difference
 from generators.registry import build_model
 from generators.trainer import fit, load_checkpoint, structures_to_data_list
 
 
-def random_structures(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(seed)
-    out = []
-    while len(out) < n:
-        lengths = rng.uniform(3.5, 6.0, 3)
-        angles = rng.uniform(70.0, 110.0, 3)
-        try:
-            lattice = Lattice.from_parameters(*lengths, *angles)
-        except ValueError:
-            continue
-        if lattice.volume < 20:
-            continue
-        k = int(rng.integers(2, 7))
-        out.append(Structure(lattice, list(rng.choice(["C", "O", "Si"], k)), rng.random((k, 3))))
-    return out
-
-
-def small_config(**model):  # type: ignore[no-untyped-def]
-    return load_config("cdvae", "cpu-small", "perov_5", {"model": {"progress": False, **model}})
-
-
 @pytest.fixture(scope="module")
-def model() -> CDVAE:
+def model(make_vae_config) -> CDVAE:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    return CDVAE(small_config()["model"]).eval()
+    return CDVAE(make_vae_config("cdvae")["model"]).eval()
 
 
 @pytest.fixture(scope="module")
-def batch():  # type: ignore[no-untyped-def]
-    return structures_to_batch(random_structures(3, seed=2), ["a", "b", "c"])
+def decoder_model(make_vae_config, decoder_type: str) -> CDVAE:  # type: ignore[no-untyped-def]
+    """A CDVAE with each decoder type (symmetry tests run for GemNet-T and DimeNet++-style)."""
+    torch.manual_seed(0)
+    return CDVAE(make_vae_config("cdvae", decoder=decoder_type)["model"]).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(make_crystals):  # type: ignore[no-untyped-def]
+    return structures_to_batch(make_crystals(3, seed=2), ["a", "b", "c"])
 
 
 def _decode(model: CDVAE, batch, z):  # type: ignore[no-untyped-def]
@@ -61,41 +46,41 @@ def latent() -> torch.Tensor:
     return torch.randn(3, 64, generator=torch.Generator().manual_seed(1))
 
 
-def test_decoder_outputs_depend_on_z(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
-    vec, logits = _decode(model, batch, latent)
+def test_decoder_outputs_depend_on_z(decoder_model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+    vec, logits = _decode(decoder_model, batch, latent)
     assert vec.shape == (len(batch.atom_types), 3) and logits.shape == (len(batch.atom_types), 100)
-    vec2, _ = _decode(model, batch, latent + 1.0)
+    vec2, _ = _decode(decoder_model, batch, latent + 1.0)
     assert (vec - vec2).abs().max() > 1e-5
 
 
-def test_decoder_permutation_equivariant(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+def test_decoder_permutation_equivariant(decoder_model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
     n0 = int(batch.num_atoms[0])
     perm = torch.randperm(n0, generator=torch.Generator().manual_seed(0))
     permuted = batch.clone()
     permuted.frac_coords[:n0] = batch.frac_coords[:n0][perm]
     permuted.atom_types[:n0] = batch.atom_types[:n0][perm]
-    vec, logits = _decode(model, batch, latent)
-    pvec, plogits = _decode(model, permuted, latent)
+    vec, logits = _decode(decoder_model, batch, latent)
+    pvec, plogits = _decode(decoder_model, permuted, latent)
     assert torch.allclose(pvec[:n0], vec[:n0][perm], atol=1e-4)
     assert torch.allclose(plogits[:n0], logits[:n0][perm], atol=1e-4)
     assert torch.allclose(pvec[n0:], vec[n0:], atol=1e-4)
 
 
-def test_decoder_translation_invariant(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+def test_decoder_translation_invariant(decoder_model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
     shifted = batch.clone()
     shifted.frac_coords = torch.remainder(batch.frac_coords + torch.tensor([0.4, 0.13, 0.91]), 1)
-    vec, logits = _decode(model, batch, latent)
-    svec, slogits = _decode(model, shifted, latent)
+    vec, logits = _decode(decoder_model, batch, latent)
+    svec, slogits = _decode(decoder_model, shifted, latent)
     assert torch.allclose(vec, svec, atol=1e-4)
     assert torch.allclose(logits, slogits, atol=1e-4)
 
 
-def test_decoder_scores_rotate_with_the_cell(model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
+def test_decoder_scores_rotate_with_the_cell(decoder_model: CDVAE, batch, latent) -> None:  # type: ignore[no-untyped-def]
     rotation = random_rotation(torch.Generator().manual_seed(3))
     rotated = batch.clone()
     rotated.lattice = batch.lattice @ rotation.T
-    vec, logits = _decode(model, batch, latent)
-    rvec, rlogits = _decode(model, rotated, latent)
+    vec, logits = _decode(decoder_model, batch, latent)
+    rvec, rlogits = _decode(decoder_model, rotated, latent)
     assert torch.allclose(rvec, vec @ rotation.T, atol=1e-4)
     assert torch.allclose(rlogits, logits, atol=1e-4)
     assert vec.abs().max() > 1e-4  # not the trivial zero vector
@@ -120,14 +105,14 @@ def test_min_image_difference_is_the_shortest_periodic_vector() -> None:
     assert s.num_sites == 8
 
 
-def test_noise_levels_and_loss_terms(model: CDVAE, batch) -> None:  # type: ignore[no-untyped-def]
+def test_noise_levels_and_loss_terms(model: CDVAE, batch, make_vae_config) -> None:  # type: ignore[no-untyped-def]
     assert len(model.sigmas) == 50
     assert float(model.sigmas[0]) == pytest.approx(10.0)
     assert float(model.sigmas[-1]) == pytest.approx(0.01)
     ratio = model.sigmas[1:] / model.sigmas[:-1]
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)  # geometric
     assert float(model.type_sigmas[0]) == pytest.approx(5.0)
-    fresh = CDVAE(small_config()["model"])
+    fresh = CDVAE(make_vae_config("cdvae")["model"])
     fresh.fit_statistics(batch)
     terms = fresh.training_loss(batch, epoch=0)
     expected = (
@@ -149,8 +134,8 @@ def test_noise_levels_and_loss_terms(model: CDVAE, batch) -> None:  # type: igno
     assert torch.allclose(val["loss"], 10 * val["coord"] + val["type"])
 
 
-def test_teacher_forcing_switches_to_the_predicted_lattice(batch) -> None:  # type: ignore[no-untyped-def]
-    fresh = CDVAE(small_config(teacher_forcing_max_epoch=5)["model"])
+def test_teacher_forcing_switches_to_the_predicted_lattice(batch, make_vae_config) -> None:  # type: ignore[no-untyped-def]
+    fresh = CDVAE(make_vae_config("cdvae", teacher_forcing_max_epoch=5)["model"])
     fresh.fit_statistics(batch)
     seen: list[torch.Tensor] = []
     hook = fresh.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[3]))
@@ -161,8 +146,8 @@ def test_teacher_forcing_switches_to_the_predicted_lattice(batch) -> None:  # ty
     assert not torch.allclose(seen[1], batch.lattice, atol=1e-3)
 
 
-def test_langevin_sampler_steps_and_outputs(model: CDVAE) -> None:
-    model.fit_statistics(structures_to_batch(random_structures(4, seed=5)))
+def test_langevin_sampler_steps_and_outputs(model: CDVAE, make_crystals) -> None:  # type: ignore[no-untyped-def]
+    model.fit_statistics(structures_to_batch(make_crystals(4, seed=5)))
     model.configure_sampling(steps=100)  # 2 steps per level
     assert model.langevin_steps_per_level() == 2
     calls = []
@@ -184,10 +169,12 @@ def test_step_size_schedule_follows_the_paper() -> None:
     assert math.sqrt(2 * step_lr) == pytest.approx(0.01414, rel=1e-3)
 
 
-def test_trainer_round_trip_and_reconstruction(tmp_path: Path, perov_val_records) -> None:  # type: ignore[no-untyped-def]
+def test_trainer_round_trip_and_reconstruction(
+    tmp_path: Path, perov_val_records, make_vae_config
+) -> None:  # type: ignore[no-untyped-def]
     data, errors = structures_to_data_list(perov_val_records[:8])
     assert not errors
-    config = small_config()
+    config = make_vae_config("cdvae")
     config["train"].update(batch_size=4, max_epochs=2, checkpoint_every=1, max_minutes=None)
     result = fit(
         build_model("cdvae", config["model"]),

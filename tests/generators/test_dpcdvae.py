@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from pymatgen.core import Lattice, Structure
 
 from generators.configs import load_config
 from generators.crystal import random_rotation, structures_to_batch
@@ -13,36 +11,16 @@ from generators.models.dpcdvae import DPCDVAE
 from generators.models.vae import recenter
 
 
-def random_structures(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(seed)
-    out = []
-    while len(out) < n:
-        lengths = rng.uniform(3.5, 6.0, 3)
-        angles = rng.uniform(70.0, 110.0, 3)
-        try:
-            lattice = Lattice.from_parameters(*lengths, *angles)
-        except ValueError:
-            continue
-        if lattice.volume < 20:
-            continue
-        k = int(rng.integers(2, 7))
-        out.append(Structure(lattice, list(rng.choice(["C", "O", "Si"], k)), rng.random((k, 3))))
-    return out
-
-
-def small_config(**model):  # type: ignore[no-untyped-def]
-    return load_config("dpcdvae", "cpu-small", "perov_5", {"model": {"progress": False, **model}})
-
-
 @pytest.fixture(scope="module")
-def model() -> DPCDVAE:
+def model(make_vae_config, decoder_type: str) -> DPCDVAE:  # type: ignore[no-untyped-def]
+    """DP-CDVAE with each decoder type (the denoiser tests run for both)."""
     torch.manual_seed(0)
-    return DPCDVAE(small_config()["model"]).eval()
+    return DPCDVAE(make_vae_config("dpcdvae", decoder=decoder_type)["model"]).eval()
 
 
 @pytest.fixture(scope="module")
-def batch():  # type: ignore[no-untyped-def]
-    return structures_to_batch(random_structures(3, seed=4), ["a", "b", "c"])
+def batch(make_crystals):  # type: ignore[no-untyped-def]
+    return structures_to_batch(make_crystals(3, seed=4), ["a", "b", "c"])
 
 
 def _denoise(model: DPCDVAE, batch, t: int = 500):  # type: ignore[no-untyped-def]
@@ -111,8 +89,8 @@ def test_eps_prediction_is_recentred_and_time_dependent(model: DPCDVAE, batch) -
     assert (eps - eps_late).abs().max() > 1e-5
 
 
-def test_loss_weights_and_coordinate_multiplier(batch) -> None:  # type: ignore[no-untyped-def]
-    fresh = DPCDVAE(small_config(mul_cost_coord_epoch=3)["model"])
+def test_loss_weights_and_coordinate_multiplier(batch, make_vae_config) -> None:  # type: ignore[no-untyped-def]
+    fresh = DPCDVAE(make_vae_config("dpcdvae", mul_cost_coord_epoch=3)["model"])
     fresh.fit_statistics(batch)
     assert fresh.coordinate_weight(2) == 1.0 and fresh.coordinate_weight(3) == 10.0
     terms = fresh.training_loss(batch, epoch=0)
@@ -132,14 +110,14 @@ def test_loss_weights_and_coordinate_multiplier(batch) -> None:  # type: ignore[
     assert torch.allclose(val["loss"], val["coord"] + 0.1 * val["type"])
 
 
-def test_reverse_chain_length_and_strided_option(model: DPCDVAE) -> None:
+def test_reverse_chain_length_and_strided_option(model: DPCDVAE, make_crystals) -> None:  # type: ignore[no-untyped-def]
     model.configure_sampling()
     steps = model.reverse_steps()
     assert len(steps) == 999 and steps[0] == 999 and steps[-1] == 1
     model.configure_sampling(steps=20)
     strided = model.reverse_steps()
     assert len(strided) == 20 and strided[0] == 999 and strided[-1] == 1
-    model.fit_statistics(structures_to_batch(random_structures(4, seed=9)))
+    model.fit_statistics(structures_to_batch(make_crystals(4, seed=9)))
     calls = []
     hook = model.decoder.register_forward_hook(lambda *_: calls.append(1))
     out = model.sample_generate(2, torch.Generator().manual_seed(0))

@@ -11,7 +11,6 @@ import torch
 from pymatgen.core import Lattice, Structure
 from torch_geometric.nn.models.dimenet import SphericalBasisLayer
 
-from generators.configs import load_config
 from generators.crystal import (
     batch_to_structures,
     lattice_to_params,
@@ -28,38 +27,25 @@ from generators.models.dimenet_pbc import (
 from generators.models.vae import sample_composition
 
 
-def random_structures(n: int, seed: int = 0, elements: tuple[str, ...] = ("C", "O", "Si")):
-    """Random, tie-free crystals (no two neighbours at exactly equal distance)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    while len(out) < n:
-        lengths = rng.uniform(3.5, 6.0, 3)
-        angles = rng.uniform(70.0, 110.0, 3)
-        try:
-            lattice = Lattice.from_parameters(*lengths, *angles)
-        except ValueError:
-            continue
-        if lattice.volume < 20:
-            continue
-        k = int(rng.integers(2, 7))
-        out.append(Structure(lattice, list(rng.choice(elements, k)), rng.random((k, 3))))
-    return out
+@pytest.fixture(scope="module")
+def small_cdvae(make_vae_config):  # type: ignore[no-untyped-def]
+    """Factory of small CDVAEs whose encoder output layers are randomised."""
+
+    def build(**model) -> CDVAE:  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        cdvae = CDVAE(make_vae_config("cdvae", **model)["model"]).eval()
+        # DimeNet++ zero-initialises its output layers (all crystals start with the same z);
+        # randomise them so that the invariance tests compare non-trivial functions.
+        with torch.no_grad():
+            for block in cdvae.encoder.output_blocks:
+                block.lin.weight.normal_(0.0, 0.1)
+        return cdvae
+
+    return build
 
 
-def small_cdvae(**model) -> CDVAE:
-    config = load_config("cdvae", "cpu-small", "perov_5", {"model": {"progress": False, **model}})
-    torch.manual_seed(0)
-    model = CDVAE(config["model"]).eval()
-    # DimeNet++ zero-initialises its output layers (all crystals start with the same z);
-    # randomise them so that the invariance tests compare non-trivial functions.
-    with torch.no_grad():
-        for block in model.encoder.output_blocks:
-            block.lin.weight.normal_(0.0, 0.1)
-    return model
-
-
-def test_periodic_triplets_match_brute_force() -> None:
-    structure = random_structures(1, seed=3)[0]
+def test_periodic_triplets_match_brute_force(make_crystals) -> None:  # type: ignore[no-untyped-def]
+    structure = make_crystals(1, seed=3)[0]
     batch = structures_to_batch([structure])
     cart = batch.frac_coords @ batch.lattice[0]
     graph = radius_graph_pbc(cart, batch.lattice, batch.num_atoms, 3.5, None)
@@ -94,13 +80,13 @@ def test_spherical_basis_cached_and_equal_to_pyg() -> None:
 
 
 @pytest.fixture(scope="module")
-def model() -> CDVAE:
+def model(small_cdvae) -> CDVAE:  # type: ignore[no-untyped-def]
     return small_cdvae()
 
 
 @pytest.fixture(scope="module")
-def batch():  # type: ignore[no-untyped-def]
-    return structures_to_batch(random_structures(3, seed=1), ["a", "b", "c"])
+def batch(make_crystals):  # type: ignore[no-untyped-def]
+    return structures_to_batch(make_crystals(3, seed=1), ["a", "b", "c"])
 
 
 def _encode(model: CDVAE, batch) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -136,7 +122,7 @@ def test_encoder_rotation_invariant(model: CDVAE, batch) -> None:  # type: ignor
     assert torch.allclose(_encode(model, batch), _encode(model, rotated), atol=1e-4)
 
 
-def test_lattice_scaler_fitted_and_invertible(model: CDVAE, batch) -> None:  # type: ignore[no-untyped-def]
+def test_lattice_scaler_fitted_and_invertible(model: CDVAE, batch, small_cdvae) -> None:  # type: ignore[no-untyped-def]
     fresh = small_cdvae()
     assert not bool(fresh.statistics_fitted)
     fresh.fit_statistics(batch)
@@ -150,7 +136,7 @@ def test_lattice_scaler_fitted_and_invertible(model: CDVAE, batch) -> None:  # t
     assert "lattice_mean" in state and "lattice_std" in state  # carried by checkpoints
 
 
-def test_fit_statistics_names_oversized_crystal() -> None:
+def test_fit_statistics_names_oversized_crystal(small_cdvae) -> None:  # type: ignore[no-untyped-def]
     big = Structure(Lattice.cubic(8.0), ["C"] * 25, np.random.default_rng(0).random((25, 3)))
     batch = structures_to_batch([big], ["too-big-1"])
     with pytest.raises(ValueError, match="too-big-1"):
@@ -177,7 +163,7 @@ def test_sample_composition_rounds_then_fills() -> None:
     assert set(types[12:].tolist()) <= {1, 2, 3}
 
 
-def test_degenerate_predicted_cells_do_not_explode_the_graph() -> None:
+def test_degenerate_predicted_cells_do_not_explode_the_graph(small_cdvae) -> None:  # type: ignore[no-untyped-def]
     model = small_cdvae()
     with torch.no_grad():
         model.lattice_mean.copy_(torch.tensor([0.01, 0.01, 0.01, 90.0, 90.0, 90.0]))

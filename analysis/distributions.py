@@ -15,6 +15,7 @@ valid crystals are used instead and the definition records ``n_used`` and ``fewe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,18 +81,14 @@ def draw_valid_samples(
     Parameters
     ----------
     structures
-        All generated structures.
-    valid
-        Validity flag per structure.
-    n_samples
-        How many to draw.
-    seed
-        Seed of ``numpy.random.default_rng``.
+        All generated structures (``None`` entries are never drawn).
+    valid, n_samples, seed
+        As :func:`draw_valid_indices`.
 
     Returns
     -------
     tuple
-        ``(selected, definition)``; the definition says how many were requested and used.
+        ``(selected structures, definition)`` (see :func:`draw_valid_indices`).
     """
     flags = [bool(ok) and s is not None for s, ok in zip(structures, valid, strict=True)]
     idx, definition = draw_valid_indices(flags, n_samples, seed)
@@ -136,12 +133,82 @@ def wasserstein(
     )
 
 
-def wasserstein_density(
+@dataclass(frozen=True)
+class StructureScalar:
+    """One scalar per structure whose distributions are compared.
+
+    Attributes
+    ----------
+    values
+        Maps a list of structures to one value each.
+    quantity
+        Definition entries that say what the scalar is.
+    description
+        One-line description of the metric.
+    """
+
+    values: PropertyPredictor
+    quantity: dict[str, Any]
+    description: str
+
+
+STRUCTURE_SCALARS: dict[str, StructureScalar] = {
+    "wdist_density": StructureScalar(
+        lambda structures: [s.density for s in structures],
+        {"quantity": "pymatgen Structure.density (g/cm^3)"},
+        "d_ρ: Wasserstein distance between the density distributions.",
+    ),
+    "wdist_num_elems": StructureScalar(
+        lambda structures: [len(set(s.species)) for s in structures],
+        {"quantity": "len(set(structure.species))"},
+        "d_elem: Wasserstein distance between the numbers of distinct elements.",
+    ),
+}
+"""d_ρ and d_elem by metric name."""
+
+
+def wasserstein_of_structures(
+    name: str,
+    scalar: StructureScalar,
     gen_samples: Sequence[Structure],
-    gt: Sequence[Structure],
+    gt: Sequence[Structure | None],
     definition: dict[str, Any] | None = None,
 ) -> MetricResult:
-    """d_ρ: W1 of ``structure.density`` (g/cm³) between samples and ground truth.
+    """W1 of one scalar of the structures between samples and ground truth.
+
+    Parameters
+    ----------
+    name
+        Metric name.
+    scalar
+        The scalar compared.
+    gen_samples
+        Selected valid generated structures (see :func:`draw_valid_samples`).
+    gt
+        Ground-truth structures (``None`` entries are skipped).
+    definition
+        Extra definition entries (sampling, dataset).
+
+    Returns
+    -------
+    MetricResult
+        ``value`` is ``None`` if either sample is empty.
+    """
+    return wasserstein(
+        name,
+        list(scalar.values(list(gen_samples))),
+        list(scalar.values([s for s in gt if s is not None])),
+        {**scalar.quantity, **(definition or {})},
+        scalar.description,
+    )
+
+
+def wasserstein_structure_scalars(
+    gen_samples: Sequence[Structure],
+    gt: Sequence[Structure | None],
+    definition: dict[str, Any] | None = None,
+) -> dict[str, MetricResult]:
+    """d_ρ (``wdist_density``, g/cm³) and d_elem (``wdist_num_elems``) of the samples.
 
     Parameters
     ----------
@@ -154,84 +221,42 @@ def wasserstein_density(
 
     Returns
     -------
-    MetricResult
-        ``wdist_density``.
+    dict
+        ``{metric name: MetricResult}`` for every entry of :data:`STRUCTURE_SCALARS`.
     """
-    return wasserstein(
-        "wdist_density",
-        [s.density for s in gen_samples],
-        [s.density for s in gt if s is not None],
-        {"quantity": "pymatgen Structure.density (g/cm^3)", **(definition or {})},
-        "d_ρ: Wasserstein distance between the density distributions.",
-    )
-
-
-def wasserstein_num_elements(
-    gen_samples: Sequence[Structure],
-    gt: Sequence[Structure],
-    definition: dict[str, Any] | None = None,
-) -> MetricResult:
-    """d_elem: W1 of the number of distinct elements.
-
-    Parameters
-    ----------
-    gen_samples
-        Selected valid generated structures.
-    gt
-        Ground-truth structures.
-    definition
-        Extra definition entries.
-
-    Returns
-    -------
-    MetricResult
-        ``wdist_num_elems``.
-    """
-    return wasserstein(
-        "wdist_num_elems",
-        [len(set(s.species)) for s in gen_samples],
-        [len(set(s.species)) for s in gt if s is not None],
-        {"quantity": "len(set(structure.species))", **(definition or {})},
-        "d_elem: Wasserstein distance between the numbers of distinct elements.",
-    )
+    return {
+        name: wasserstein_of_structures(name, scalar, gen_samples, gt, definition)
+        for name, scalar in STRUCTURE_SCALARS.items()
+    }
 
 
 def wasserstein_property(
     gen_samples: Sequence[Structure],
-    gt: Sequence[Structure],
+    gt: Sequence[Structure | None],
     predictor: PropertyPredictor,
     property_name: str = "property",
     definition: dict[str, Any] | None = None,
 ) -> MetricResult:
-    """d_E: W1 of a predicted property.
+    """d_E (``wdist_prop``): W1 of a predicted property.
 
     Parameters
     ----------
-    gen_samples
-        Selected valid generated structures.
-    gt
-        Ground-truth structures.
+    gen_samples, gt, definition
+        As :func:`wasserstein_of_structures`.
     predictor
         Callable mapping a list of structures to one value each.
     property_name
         Name of the predicted property (recorded in the definition).
-    definition
-        Extra definition entries.
 
     Returns
     -------
     MetricResult
         ``wdist_prop``.
     """
-    gt_list = [s for s in gt if s is not None]
-    return wasserstein(
-        "wdist_prop",
-        list(predictor(list(gen_samples))),
-        list(predictor(gt_list)),
-        {
-            "quantity": property_name,
-            "predictor": getattr(predictor, "__name__", type(predictor).__name__),
-            **(definition or {}),
-        },
+    predictor_name = getattr(predictor, "__name__", type(predictor).__name__)
+    scalar = StructureScalar(
+        predictor,
+        {"quantity": property_name, "predictor": predictor_name},
         "d_E: Wasserstein distance between predicted-property distributions.",
     )
+    return wasserstein_of_structures("wdist_prop", scalar, gen_samples, gt, definition)

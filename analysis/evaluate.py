@@ -30,9 +30,8 @@ from analysis.distributions import (
     N_SAMPLES,
     PropertyPredictor,
     draw_valid_indices,
-    wasserstein_density,
-    wasserstein_num_elements,
     wasserstein_property,
+    wasserstein_structure_scalars,
 )
 from analysis.fingerprints import FingerprintCache, compute_fingerprints, default_cache_path
 from analysis.matching import PROTOCOLS, csp_match
@@ -420,8 +419,7 @@ def _evaluate_generation(
     if with_coverage:
         results.update(fingerprint_diversity([gen_fps[i] for i in drawn], sampling))
     t0 = time.perf_counter()
-    results["wdist_density"] = wasserstein_density(chosen, gt, sampling)
-    results["wdist_num_elems"] = wasserstein_num_elements(chosen, gt, sampling)
+    results.update(wasserstein_structure_scalars(chosen, gt, sampling))
     if predictor is not None:
         results["wdist_prop"] = wasserstein_property(chosen, gt, predictor, property_name, sampling)
     timings["wasserstein_s"] = time.perf_counter() - t0

@@ -7,9 +7,8 @@ from pymatgen.core import Lattice, Structure
 from analysis.distributions import (
     draw_valid_samples,
     wasserstein,
-    wasserstein_density,
-    wasserstein_num_elements,
     wasserstein_property,
+    wasserstein_structure_scalars,
 )
 
 
@@ -32,12 +31,14 @@ def test_density_and_element_count_by_hand():
     # density of NaCl in an a^3 cell: (22.98977 + 35.453) g/mol / N_A / a^3
     rho = lambda a: (22.98976928 + 35.453) / 6.02214076e23 / (a * 1e-8) ** 3  # noqa: E731
     assert gen[0].density == pytest.approx(rho(4.0), rel=1e-4)
-    w = wasserstein_density(gen, gt)
+    w = wasserstein_structure_scalars(gen, gt)["wdist_density"]
+    assert w.definition["quantity"] == "pymatgen Structure.density (g/cm^3)"
     assert w.value == pytest.approx((rho(4.0) - rho(5.0)) / 2, rel=1e-4)
     ternary = Structure(
         Lattice.cubic(5), ["Na", "Cl", "K"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]]
     )
-    assert wasserstein_num_elements(gen, [ternary, *gt]).value == pytest.approx(1 / 3)
+    w_elem = wasserstein_structure_scalars(gen, [ternary, None, *gt])["wdist_num_elems"]
+    assert w_elem.value == pytest.approx(1 / 3) and w_elem.counts["n_reference"] == 3
     prop = wasserstein_property(gen, gt, lambda ss: [s.lattice.a for s in ss], "a")
     assert prop.value == pytest.approx(0.5) and prop.definition["quantity"] == "a"
 

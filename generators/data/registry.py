@@ -9,6 +9,7 @@ only what is known (size, if recorded; otherwise nothing, and it says so).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -126,17 +127,61 @@ class DatasetInfo:
         return (self.cov_struct_cutoff, self.cov_comp_cutoff)
 
 
-def _cdvae_csv(
-    ds: str, split: str, sha256: str | None = None, size: int | None = None
-) -> FileSource:
+CSV_CHECKSUMS: dict[str, tuple[str, int]] = {
+    "perov_5/val.csv": (
+        "326f401219901270374b71e2faff63df3a29a99fd26f469993b9f476b693daf2",
+        3_673_814,
+    ),
+    "perov_5/test.csv": (
+        "a85878c685037f0a578257f6d4fcdde00e968dbab73c5f1e90ecef65218513f6",
+        3_671_842,
+    ),
+    "carbon_24/val.csv": (
+        "36c00689cd63073c954a58bc6ed6e2adb7aeed5a630c994970959a1babffd50e",
+        2_321_923,
+    ),
+    "carbon_24/test.csv": (
+        "386b17c08816f434818d51e46687bf72ff3f92348f3ba24823e4758f1fe8a969",
+        2_319_350,
+    ),
+    "mpts_52/val.csv": (
+        "b5d9f7a8ff72f3a1f24d6bb97e11ad201be40d10be7b27924234da06af04baba",
+        9_941_357,
+    ),
+    "mpts_52/test.csv": (
+        "4d6e76c4726fb12fb2a7e5bb23594f9b82dbd9bf67b7bfd4866e9c74a8f49038",
+        16_358_482,
+    ),
+}
+"""(sha256, bytes) of the CSV files present in ../shared/data, by path under the data root."""
+
+
+def _csv(relpath: str, url: str, origin: str) -> FileSource:
+    sha256, size = CSV_CHECKSUMS.get(relpath, (None, None))
     return FileSource(
-        relpath=f"{ds}/{split}.csv",
-        format="csv",
-        url=f"{CDVAE_RAW}/{ds}/{split}.csv",
-        origin="txie-93/cdvae@f857f59 data/" + f"{ds}/{split}.csv",
-        sha256=sha256,
-        size=size,
+        relpath=relpath, format="csv", url=url, origin=origin, sha256=sha256, size=size
     )
+
+
+def _cdvae_csv(ds: str, split: str) -> FileSource:
+    relpath = f"{ds}/{split}.csv"
+    return _csv(relpath, f"{CDVAE_RAW}/{relpath}", f"txie-93/cdvae@f857f59 data/{relpath}")
+
+
+def _diffcsp_csv(split: str) -> FileSource:
+    relpath = f"mpts_52/{split}.csv"
+    return _csv(relpath, f"{DIFFCSP_RAW}/{relpath}", f"jiaor17/DiffCSP data/{relpath}")
+
+
+def _splits(
+    rows: dict[str, int],
+    sources: Callable[[str], tuple[FileSource, ...]],
+    unverified: tuple[str, ...] = (),
+) -> dict[str, SplitInfo]:
+    """``{split: SplitInfo}`` from the row counts and the candidate files of each split."""
+    return {
+        split: SplitInfo(n, split not in unverified, sources(split)) for split, n in rows.items()
+    }
 
 
 def _jarvis(ds: str, filename: str, sha256: str, size: int) -> FileSource:
@@ -184,17 +229,6 @@ def _mp20_pilot(split: str) -> FileSource:
     )
 
 
-def _diffcsp_csv(split: str, sha256: str | None = None, size: int | None = None) -> FileSource:
-    return FileSource(
-        relpath=f"mpts_52/{split}.csv",
-        format="csv",
-        url=f"{DIFFCSP_RAW}/mpts_52/{split}.csv",
-        origin=f"jiaor17/DiffCSP data/mpts_52/{split}.csv",
-        sha256=sha256,
-        size=size,
-    )
-
-
 DATASETS: dict[str, DatasetInfo] = {
     "perov_5": DatasetInfo(
         name="perov_5",
@@ -204,35 +238,10 @@ DATASETS: dict[str, DatasetInfo] = {
         cov_struct_cutoff=0.2,
         cov_comp_cutoff=4.0,
         cov_cutoffs_published=True,
-        splits={
-            "train": SplitInfo(11_356, True, (_cdvae_csv("perov_5", "train"), _PEROV_JARVIS)),
-            "val": SplitInfo(
-                3_787,
-                True,
-                (
-                    _cdvae_csv(
-                        "perov_5",
-                        "val",
-                        "326f401219901270374b71e2faff63df3a29a99fd26f469993b9f476b693daf2",
-                        3_673_814,
-                    ),
-                    _PEROV_JARVIS,
-                ),
-            ),
-            "test": SplitInfo(
-                3_785,
-                True,
-                (
-                    _cdvae_csv(
-                        "perov_5",
-                        "test",
-                        "a85878c685037f0a578257f6d4fcdde00e968dbab73c5f1e90ecef65218513f6",
-                        3_671_842,
-                    ),
-                    _PEROV_JARVIS,
-                ),
-            ),
-        },
+        splits=_splits(
+            {"train": 11_356, "val": 3_787, "test": 3_785},
+            lambda split: (_cdvae_csv("perov_5", split), _PEROV_JARVIS),
+        ),
         notes=(
             "max_atoms 20 follows the CDVAE data config (every Perov-5 cell has 5 atoms).",
             "train.csv is not in ../shared/data: train is read from the JARVIS JSON, "
@@ -247,35 +256,10 @@ DATASETS: dict[str, DatasetInfo] = {
         cov_struct_cutoff=0.2,
         cov_comp_cutoff=4.0,
         cov_cutoffs_published=True,
-        splits={
-            "train": SplitInfo(6_091, True, (_cdvae_csv("carbon_24", "train"), _CARBON_JARVIS)),
-            "val": SplitInfo(
-                2_032,
-                True,
-                (
-                    _cdvae_csv(
-                        "carbon_24",
-                        "val",
-                        "36c00689cd63073c954a58bc6ed6e2adb7aeed5a630c994970959a1babffd50e",
-                        2_321_923,
-                    ),
-                    _CARBON_JARVIS,
-                ),
-            ),
-            "test": SplitInfo(
-                2_030,
-                True,
-                (
-                    _cdvae_csv(
-                        "carbon_24",
-                        "test",
-                        "386b17c08816f434818d51e46687bf72ff3f92348f3ba24823e4758f1fe8a969",
-                        2_319_350,
-                    ),
-                    _CARBON_JARVIS,
-                ),
-            ),
-        },
+        splits=_splits(
+            {"train": 6_091, "val": 2_032, "test": 2_030},
+            lambda split: (_cdvae_csv("carbon_24", split), _CARBON_JARVIS),
+        ),
         notes=(
             "train.csv is not in ../shared/data: train is read from the JARVIS JSON, "
             "which has no property columns (energy_per_atom unavailable for train).",
@@ -289,11 +273,11 @@ DATASETS: dict[str, DatasetInfo] = {
         cov_struct_cutoff=0.4,
         cov_comp_cutoff=10.0,
         cov_cutoffs_published=True,
-        splits={
-            "train": SplitInfo(27_136, True, (_cdvae_csv("mp_20", "train"), _mp20_pilot("train"))),
-            "val": SplitInfo(9_047, False, (_cdvae_csv("mp_20", "val"), _mp20_pilot("val"))),
-            "test": SplitInfo(9_046, False, (_cdvae_csv("mp_20", "test"), _mp20_pilot("test"))),
-        },
+        splits=_splits(
+            {"train": 27_136, "val": 9_047, "test": 9_046},
+            lambda split: (_cdvae_csv("mp_20", split), _mp20_pilot(split)),
+            unverified=("val", "test"),
+        ),
         notes=(
             "../shared/data holds only the WyckoffTransformer pilot (first 1,000 rows of each "
             "split); the full CSVs are downloaded on a user machine.",
@@ -308,31 +292,10 @@ DATASETS: dict[str, DatasetInfo] = {
         cov_struct_cutoff=0.4,
         cov_comp_cutoff=10.0,
         cov_cutoffs_published=False,
-        splits={
-            "train": SplitInfo(27_380, True, (_diffcsp_csv("train"),)),
-            "val": SplitInfo(
-                5_000,
-                True,
-                (
-                    _diffcsp_csv(
-                        "val",
-                        "b5d9f7a8ff72f3a1f24d6bb97e11ad201be40d10be7b27924234da06af04baba",
-                        9_941_357,
-                    ),
-                ),
-            ),
-            "test": SplitInfo(
-                8_096,
-                True,
-                (
-                    _diffcsp_csv(
-                        "test",
-                        "4d6e76c4726fb12fb2a7e5bb23594f9b82dbd9bf67b7bfd4866e9c74a8f49038",
-                        16_358_482,
-                    ),
-                ),
-            ),
-        },
+        splits=_splits(
+            {"train": 27_380, "val": 5_000, "test": 8_096},
+            lambda split: (_diffcsp_csv(split),),
+        ),
         notes=(
             "No COV cutoffs were published for MPTS-52: MP-20's (0.4 / 10) are used (FLAGGED).",
             "Chronological split (DiffCSP §5.1); train.csv is downloaded on a user machine.",

@@ -2,6 +2,11 @@
 
 Minimal and documented: one function for one structure (:func:`compare_to_relaxed`) and one
 summary over many (:func:`summarize_stability`, a list of :class:`~analysis.results.MetricResult`).
+Per-model statistics: :func:`summarize_values` (mean, median, std and a percentile-bootstrap 95 %
+interval of the mean, :func:`bootstrap_interval`), :func:`summarize_by_model` over per-structure
+rows, and :func:`compare_models` (difference of two models' means with a bootstrap interval and a
+permutation p-value). Energy above hull is in :mod:`analysis.hull`, S.U.N. in :mod:`analysis.sun`,
+plots in :mod:`analysis.stability_plots`.
 
 Definitions
 -----------

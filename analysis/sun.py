@@ -51,6 +51,8 @@ from typing import Any
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
+from analysis.parallel import parallel_map
+
 STABILITY_THRESHOLD_EV = 0.1
 """MatterGen's stability threshold: ``E_hull < 0.1 eV/atom``."""
 
@@ -144,6 +146,19 @@ def reduce_for_matching(structure: Structure, matcher: StructureMatcher) -> Redu
     )
 
 
+def _reduce_job(
+    job: tuple[Structure, StructureMatcher],
+) -> tuple[ReducedStructure | None, str | None]:
+    """Process-pool worker: :func:`reduce_for_matching` that returns an error instead of raising."""
+    structure, matcher = job
+    try:
+        if not isinstance(structure, Structure):
+            raise TypeError(f"not a Structure ({type(structure).__name__})")
+        return reduce_for_matching(structure, matcher), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def _may_match(
     first: ReducedStructure, second: ReducedStructure, matcher: StructureMatcher
 ) -> bool:
@@ -165,8 +180,9 @@ def _fit(first: ReducedStructure, second: ReducedStructure, matcher: StructureMa
 class NoveltyReference:
     """Training structures reduced once, indexed by prefilter key, for novelty checks.
 
-    Building it for the 6,091 carbon_24 training structures takes about a minute on one core;
-    build it once and pass it to :func:`sun_flags` for every model.
+    Building it costs one Niggli + primitive reduction per training structure (minutes for the
+    6,091 carbon_24 training structures on one loaded core, see docs/metrics.md); build it
+    once and pass it to :func:`sun_flags` for every model.
 
     Parameters
     ----------
@@ -176,6 +192,10 @@ class NoveltyReference:
         Their ids (default: the index as a string), reported as ``novel_match``.
     matcher
         The matcher (default: pymatgen defaults, see the module docstring).
+    n_jobs
+        Processes for the one-off reduction (default 1; ``None`` = all cores).
+    progress
+        Show a progress bar while reducing.
     """
 
     def __init__(
@@ -183,6 +203,9 @@ class NoveltyReference:
         structures: Sequence[Structure],
         ids: Sequence[str] | None = None,
         matcher: StructureMatcher | None = None,
+        *,
+        n_jobs: int | None = 1,
+        progress: bool = False,
     ) -> None:
         self.matcher = matcher or StructureMatcher()
         self.ids = (
@@ -192,11 +215,13 @@ class NoveltyReference:
             raise ValueError(f"{len(self.ids)} ids for {len(structures)} training structures")
         self.errors: list[dict[str, str]] = []
         self._by_key: dict[tuple[Any, ...], list[tuple[str, ReducedStructure]]] = {}
-        for sid, structure in zip(self.ids, structures, strict=True):
-            try:
-                item = reduce_for_matching(structure, self.matcher)
-            except Exception as exc:
-                self.errors.append({"id": sid, "reason": f"{type(exc).__name__}: {exc}"})
+        jobs = [(structure, self.matcher) for structure in structures]
+        reduced = parallel_map(
+            _reduce_job, jobs, n_jobs=n_jobs, desc="reduce training structures", progress=progress
+        )
+        for sid, (item, error) in zip(self.ids, reduced, strict=True):
+            if item is None:
+                self.errors.append({"id": sid, "reason": str(error)})
                 continue
             self._by_key.setdefault(item.key, []).append((sid, item))
         self.n_structures = len(structures)

@@ -131,6 +131,12 @@ def test_bad_item_does_not_stop_the_batch(train_150) -> None:
     assert "1: cannot be matched" in flags[1]["error"]
     assert not flags[1]["unique"] and not flags[1]["novel"] and not flags[1]["sun"]
     assert not flags[0]["novel"] and not flags[2]["novel"]
+    reference = NoveltyReference([*train[:40], None], n_jobs=2)
+    assert reference.errors == [{"id": "40", "reason": "TypeError: not a Structure (NoneType)"}]
+    serial = NoveltyReference(train[:40])
+    assert {k: [i for i, _ in v] for k, v in reference._by_key.items()} == {
+        k: [i for i, _ in v] for k, v in serial._by_key.items()
+    }
     with pytest.raises(ValueError, match="3 structures but 2 E_hull"):
         sun_flags([train[0]] * 3, [0.0, 0.0], train[:5])
 

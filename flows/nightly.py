@@ -1,10 +1,22 @@
 """The ``nightly-benchmark`` flow: every generator on one dataset at one scale → one table.
 
-For each of the four generators it finds (or, with ``train_missing``, trains) a checkpoint,
-samples, computes the generation metrics and, optionally, relaxes the samples with CHGNet and
-summarises ΔE / RMSD to the relaxed structures. A model that cannot run (module missing, no
-checkpoint, a failure) stays in the table with the reason in its ``status`` column: nothing is
-silently dropped.
+For each of the four generators it finds (or, with ``train_missing``, trains) a checkpoint and
+runs up to three stages, each of which may fail on its own without taking the others down:
+
+- **match**: CSP (DiffCSP, ContinuouSP: one candidate per test structure) or reconstruction
+  (CDVAE, DP-CDVAE) of the first ``n`` test structures → match rate / RMSE with the generator's
+  own paper protocol (:data:`analysis.benchmark_table.MATCH_PROTOCOL`);
+- **generation**: ``n`` ab initio samples → validity, COV, Wasserstein distances (CDVAE family
+  from the same checkpoint, DiffCSP from its ``<scale>-generate`` checkpoint, i.e. DiffCSP-C;
+  ContinuouSP is CSP-only);
+- **relax**: the generated samples (the CSP ones for a CSP-only model) relaxed with CHGNet →
+  ΔE and RMSD to the relaxed structures, and S.U.N. once ``analysis.sun`` exists.
+
+A model that cannot run (module missing, no checkpoint, a failure) stays in the table with the
+reason in its ``status`` / ``notes``: nothing is silently dropped. The table (ours beside the
+papers' numbers, :mod:`analysis.benchmark_table`) is published as a table artifact and a
+markdown artifact, written as JSON under ``<home>/reports/nightly/`` and, with ``write_docs``,
+into ``docs/benchmarks.md`` between ``<!-- nightly:<dataset>:<scale>:start/end -->`` markers.
 """
 
 from __future__ import annotations
@@ -12,10 +24,18 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 
+from analysis.benchmark_table import (
+    MATCH_PROTOCOL,
+    MATCH_TASK,
+    render_markdown,
+    with_paper,
+    write_docs_block,
+)
 from flows.pipeline import (
     analyze,
     default_checkpoint_dir,
@@ -26,9 +46,13 @@ from flows.store import dftloop_home
 
 GENERATORS: tuple[str, ...] = ("diffcsp", "cdvae", "dpcdvae", "continuousp")
 
-TABLE_METRICS: tuple[str, ...] = (
-    "match_rate",
-    "rmse",
+GENERATION_CONFIG_SUFFIX: dict[str, str] = {"diffcsp": "-generate"}
+"""Generators whose ab initio generation needs another configuration (DiffCSP-C): the
+generation checkpoint is that of ``<scale><suffix>``. The CDVAE family generates from its one
+checkpoint; a model absent from this dict and without ``generate`` support is CSP-only."""
+
+GENERATION_METRIC_KEYS: tuple[str, ...] = (
+    "construction_validity",
     "struct_validity",
     "comp_validity",
     "validity",
@@ -36,11 +60,15 @@ TABLE_METRICS: tuple[str, ...] = (
     "cov_precision",
     "wdist_density",
     "wdist_num_elems",
+)
+STABILITY_METRIC_KEYS: tuple[str, ...] = (
     "mean_delta_e_mev_per_atom",
+    "median_delta_e_mev_per_atom",
     "match_rate_to_relaxed",
     "mean_rmsd_to_relaxed",
+    "mean_abs_delta_volume_frac",
 )
-"""Metric names shown as table columns when present (others are kept in the JSON report)."""
+DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def _find_checkpoint(home: str | None, model: str, dataset: str, scale: str) -> str | None:
@@ -62,6 +90,75 @@ def _model_available(model: str) -> str | None:
     return None
 
 
+def _supports(model: str, task_name: str) -> bool:
+    from generators.registry import model_class
+
+    return task_name in model_class(model).supports
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@task
+def evaluate_task(
+    sample_dir: str,
+    dataset: str,
+    protocols: list[str] | None,
+    limit: int | None,
+    with_coverage: bool,
+) -> dict[str, float | None]:
+    """Paper metrics of one sample directory (``analysis.evaluate.evaluate_samples``).
+
+    Returns
+    -------
+    dict
+        ``{metric key: value}`` (CSP keys are ``<protocol>.match_rate`` / ``.rmse``).
+    """
+    from analysis.evaluate import evaluate_samples
+
+    found = evaluate_samples(
+        sample_dir,
+        dataset,
+        limit=limit,
+        protocols=protocols,
+        with_coverage=with_coverage,
+        n_jobs=1,
+        progress=False,
+    )
+    return {key: result.value for key, result in found.items()}
+
+
+def _checkpoint(
+    model: str,
+    dataset: str,
+    scale: str,
+    *,
+    given: str | None,
+    home: str | None,
+    train_missing: bool,
+    train_max_minutes: float | None,
+) -> str:
+    """Return the checkpoint of ``model`` at ``scale`` (given, found or trained) or raise."""
+    checkpoint = given or _find_checkpoint(home, model, dataset, scale)
+    if checkpoint is None and train_missing:
+        checkpoint = train_generator(
+            model, dataset, scale, home=home, max_minutes=train_max_minutes
+        )
+    if checkpoint is None:
+        raise LookupError(
+            f"no checkpoint in {default_checkpoint_dir(home, model, dataset, scale)} "
+            "(run train-generator or pass train_missing=true)"
+        )
+    return checkpoint
+
+
+def _steps(sample_steps: int | dict[str, int] | None, model: str) -> int | None:
+    if isinstance(sample_steps, dict):
+        return sample_steps.get(model)
+    return sample_steps
+
+
 @flow(name="nightly-benchmark")
 def nightly_benchmark(
     dataset: str = "perov_5",
@@ -75,9 +172,14 @@ def nightly_benchmark(
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
     home: str | None = None,
-    sample_steps: int | None = None,
+    sample_steps: int | dict[str, int] | None = None,
     eval_limit: int | None = None,
     eval_coverage: bool = True,
+    generate: bool = True,
+    sun_reference: int = 0,
+    write_docs: bool = False,
+    docs_path: str | None = None,
+    docs_note: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark the generators side by side and publish one comparison table.
 
@@ -87,13 +189,15 @@ def nightly_benchmark(
         Dataset name.
     scale
         Configuration name (``"cpu-small"``, ``"paper"``): the checkpoint is looked up in
-        ``<home>/checkpoints/<model>/<dataset>/<scale>/``.
+        ``<home>/checkpoints/<model>/<dataset>/<scale>/`` (DiffCSP's generation checkpoint in
+        ``<scale>-generate``).
     n
-        Samples per model.
+        Samples per model and stage (test targets for CSP/reconstruction, generated crystals).
     models
         Subset of :data:`GENERATORS`.
     checkpoints
-        ``{model: checkpoint path}`` overriding the lookup.
+        ``{model: checkpoint path}`` overriding the lookup; ``"diffcsp-generate"`` for DiffCSP's
+        generation checkpoint.
     train_missing
         Train a model that has no checkpoint (``train-generator``).
     train_max_minutes
@@ -105,92 +209,287 @@ def nightly_benchmark(
     home
         Project directory.
     sample_steps
-        Sampling steps (default: each model's).
+        Sampling steps, one number for all or ``{model: steps}`` (default: each model's).
     eval_limit, eval_coverage
-        Passed to ``analysis.evaluate.evaluate_samples`` (``limit``, ``with_coverage``).
+        Passed to ``analysis.evaluate.evaluate_samples`` (``limit``: also the number of
+        ground-truth test rows for COV and the Wasserstein distances; ``with_coverage``).
+    generate
+        Run the generation stage.
+    sun_reference
+        Training structures relaxed with the same relaxer as the hull reference of S.U.N.
+        (0: S.U.N. is not computed and the column says so).
+    write_docs
+        Write the markdown table into ``docs_path`` between the (dataset, scale) markers.
+    docs_path
+        Markdown file (default ``docs/benchmarks.md`` of this checkout).
+    docs_note
+        Lines written under the table's heading (command, machine load...).
 
     Returns
     -------
     list of dict
-        One row per model: ``model``, ``status``, ``checkpoint``, ``n_samples``, the metrics
-        and ``seconds``.
+        One row per model: ``model``, ``status``, ``notes`` (stage → reason), ``checkpoint``,
+        ``n_samples``, the metrics, ``seconds``.
     """
-    from prefect.artifacts import create_table_artifact
-
-    from flows.hashing import structure_hash
-    from flows.relax_stage import run_relax_stage, samples_provenance
-    from flows.tasks import load_sample_items
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
     for model in models or list(GENERATORS):
         start = time.perf_counter()
-        row: dict[str, Any] = {"model": model, "dataset": dataset, "scale": scale}
+        row: dict[str, Any] = {
+            "model": model,
+            "dataset": dataset,
+            "scale": scale,
+            "relaxer": relaxer if relax else None,
+            "notes": {},
+        }
         rows.append(row)
-        reason = _model_available(model)
-        if reason:
-            row["status"] = reason
-            continue
-        checkpoint = (checkpoints or {}).get(model) or _find_checkpoint(home, model, dataset, scale)
         try:
-            if checkpoint is None and train_missing:
-                checkpoint = train_generator(
-                    model, dataset, scale, home=home, max_minutes=train_max_minutes
-                )
-            if checkpoint is None:
-                row["status"] = (
-                    f"no checkpoint in {default_checkpoint_dir(home, model, dataset, scale)} "
-                    "(run train-generator or pass train_missing=true)"
-                )
+            reason = _model_available(model)
+            if reason:
+                row["status"] = reason
                 continue
-            row["checkpoint"] = checkpoint
-            sample_dir = sample_structures(
-                model, dataset, n, checkpoint, home=home, steps=sample_steps
-            )
-            items, errors = load_sample_items(sample_dir)
-            row["n_samples"], row["n_unbuilt"] = len(items) + len(errors), len(errors)
-            if relax:
-                prov = samples_provenance(sample_dir, {"n": n, "scale": scale})
-                stage = run_relax_stage(
-                    [(sid, s, structure_hash(s)) for sid, s in items],
-                    relaxer,
-                    relaxer_settings,
-                    prov,
-                    home=home,
-                )
-                row["n_relaxed"] = stage.n_ok + stage.n_skipped
-            result = analyze(
-                sample_dir,
-                relaxer,
-                relaxer_settings,
+            _benchmark_model(
+                row,
+                n=n,
+                checkpoints=checkpoints or {},
+                train_missing=train_missing,
+                train_max_minutes=train_max_minutes,
+                relax=relax,
+                relaxer=relaxer,
+                relaxer_settings=relaxer_settings,
                 home=home,
-                evaluate_metrics=True,
+                steps=_steps(sample_steps, model),
                 eval_limit=eval_limit,
                 eval_coverage=eval_coverage,
+                generate=generate,
+                sun_reference=sun_reference,
             )
-            for metric in result["metrics"]:
-                row[metric["name"]] = metric.get("value")
-                if metric["name"].endswith(".match_rate") and "match_rate" not in row:
-                    row["match_rate"] = metric.get("value")
-                if metric["name"].endswith(".rmse") and "rmse" not in row:
-                    row["rmse"] = metric.get("value")
-            row["status"] = "ok"
+            failed = [k for k, v in row["notes"].items() if v.startswith("failed")]
+            row["status"] = f"partial: {', '.join(failed)} failed" if failed else "ok"
+        except LookupError as exc:
+            row["status"] = str(exc).strip("'\"")
         except Exception as exc:  # one model's failure is a row, the others go on
             logger.error("%s failed: %s", model, exc)
-            row["status"] = f"failed: {type(exc).__name__}: {exc}"
+            row["status"] = f"failed: {_error(exc)}"
         finally:
             row["seconds"] = round(time.perf_counter() - start, 1)
-    columns = ["model", "status", "n_samples", *TABLE_METRICS, "seconds"]
-    table = [
-        {c: (round(v, 4) if isinstance(v := r.get(c), float) else v) for c in columns} for r in rows
-    ]
+    key = f"nightly-{dataset}-{scale}".replace("_", "-").lower()
     create_table_artifact(
-        table,
-        key=f"nightly-{dataset}-{scale}".replace("_", "-").lower(),
-        description=f"Nightly benchmark: {dataset}, {scale}, n={n} per model",
+        with_paper(rows, dataset),
+        key=key,
+        description=f"Nightly benchmark: {dataset}, {scale}, n={n} per model and stage "
+        "(ours beside the papers' numbers, rates in %)",
     )
+    markdown = render_markdown(rows, dataset, scale, preamble=docs_note or ())
+    create_markdown_artifact(markdown, key=f"{key}-markdown", description="Nightly table")
     report_dir = dftloop_home(home) / "reports" / "nightly"
     report_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     (report_dir / f"{dataset}-{scale}-{stamp}.json").write_text(json.dumps(rows, indent=1))
+    (report_dir / f"{dataset}-{scale}-{stamp}.md").write_text(markdown)
+    if write_docs:
+        path = write_docs_block(docs_path or DEFAULT_DOCS, dataset, scale, markdown)
+        logger.info("nightly table written to %s", path)
     return rows
+
+
+def _benchmark_model(
+    row: dict[str, Any],
+    *,
+    n: int,
+    checkpoints: dict[str, str],
+    train_missing: bool,
+    train_max_minutes: float | None,
+    relax: bool,
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    home: str | None,
+    steps: int | None,
+    eval_limit: int | None,
+    eval_coverage: bool,
+    generate: bool,
+    sun_reference: int,
+) -> None:
+    """Fill ``row`` with one generator's stages; a failed stage is a note, the others go on.
+
+    Raises ``LookupError`` when the model has no checkpoint (and may not train one).
+    """
+    model, dataset, scale = row["model"], row["dataset"], row["scale"]
+    notes: dict[str, str] = row["notes"]
+    logger = get_run_logger()
+    ckpt_args = {
+        "home": home,
+        "train_missing": train_missing,
+        "train_max_minutes": train_max_minutes,
+    }
+    checkpoint = _checkpoint(model, dataset, scale, given=checkpoints.get(model), **ckpt_args)
+    row["checkpoint"] = checkpoint
+    match_mode = "reconstruct" if MATCH_TASK[model] == "reconstruction" else "csp"
+    row["match_task"] = MATCH_TASK[model]
+    relax_dir: str | None = None
+    relax_set = ""
+    try:
+        match_dir = sample_structures(
+            model, dataset, n, checkpoint, home=home, mode=match_mode, steps=steps
+        )
+        relax_dir, relax_set = match_dir, match_mode
+        found = evaluate_task(match_dir, dataset, [MATCH_PROTOCOL[model]], eval_limit, False)
+        row["match_rate"] = found.get(f"{MATCH_PROTOCOL[model]}.match_rate")
+        row["rmse"] = found.get(f"{MATCH_PROTOCOL[model]}.rmse")
+        row["n_samples"] = n
+    except Exception as exc:  # the other stages go on
+        logger.error("%s %s stage failed: %s", model, match_mode, exc)
+        notes[match_mode] = f"failed: {_error(exc)}"
+    if not generate:
+        notes["generation"] = "not run (generate=false)"
+    elif model in GENERATION_CONFIG_SUFFIX or _supports(model, "generate"):
+        try:
+            gen_scale = scale + GENERATION_CONFIG_SUFFIX.get(model, "")
+            gen_checkpoint = checkpoint
+            if gen_scale != scale:
+                gen_checkpoint = _checkpoint(
+                    model,
+                    dataset,
+                    gen_scale,
+                    given=checkpoints.get(f"{model}-generate"),
+                    **ckpt_args,
+                )
+                row["generation_checkpoint"] = gen_checkpoint
+            gen_dir = sample_structures(
+                model, dataset, n, gen_checkpoint, home=home, mode="generate", steps=steps
+            )
+            relax_dir, relax_set = gen_dir, "generated"
+            found = evaluate_task(gen_dir, dataset, None, eval_limit, eval_coverage)
+            row.update({k: found[k] for k in GENERATION_METRIC_KEYS if k in found})
+            row["n_samples"] = n
+        except LookupError as exc:
+            notes["generation"] = str(exc).strip("'\"")
+        except Exception as exc:
+            logger.error("%s generation stage failed: %s", model, exc)
+            notes["generation"] = f"failed: {_error(exc)}"
+    else:
+        notes["generation"] = f"{model} is a CSP-only model (no ab initio generation)"
+    if not relax:
+        notes["relax"] = "not run (relax=false)"
+        notes["sun_rate"] = "needs the relaxation stage"
+        return
+    if relax_dir is None:
+        notes["relax"] = "no samples to relax"
+        return
+    row["relaxed_samples"] = relax_set
+    try:
+        _relax_and_analyze(row, relax_dir, relaxer, relaxer_settings, home, n)
+    except Exception as exc:
+        logger.error("%s relax stage failed: %s", model, exc)
+        notes["relax"] = f"failed: {_error(exc)}"
+        return
+    try:
+        _sun_stage(row, relax_dir, relaxer, relaxer_settings, home, sun_reference)
+    except Exception as exc:
+        logger.error("%s S.U.N. failed: %s", model, exc)
+        notes["sun_rate"] = f"failed: {_error(exc)}"
+
+
+def _relax_and_analyze(
+    row: dict[str, Any],
+    sample_dir: str,
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    home: str | None,
+    n: int,
+) -> None:
+    """Relax one sample directory (skipping what the store has) and add ΔE / RMSD to ``row``."""
+    from flows.hashing import structure_hash
+    from flows.relax_stage import run_relax_stage, samples_provenance
+    from flows.tasks import load_sample_items
+
+    items, errors = load_sample_items(sample_dir)
+    row["n_unbuilt"] = len(errors)
+    prov = samples_provenance(sample_dir, {"n": n, "scale": row["scale"]})
+    stage = run_relax_stage(
+        [(sid, s, structure_hash(s)) for sid, s in items],
+        relaxer,
+        relaxer_settings,
+        prov,
+        home=home,
+    )
+    row["n_relaxed"] = stage.n_ok + stage.n_skipped
+    result = analyze(sample_dir, relaxer, relaxer_settings, home=home, evaluate_metrics=False)
+    metrics = {m["name"]: m.get("value") for m in result["metrics"]}
+    row.update({k: metrics[k] for k in STABILITY_METRIC_KEYS if k in metrics})
+
+
+def _sun_stage(
+    row: dict[str, Any],
+    sample_dir: str,
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    home: str | None,
+    sun_reference: int,
+) -> None:
+    """S.U.N. rate of the relaxed samples (``analysis.sun``), or a note saying why not."""
+    try:
+        from analysis.hull import build_hull, energy_above_hull, reference_entries
+        from analysis.sun import sun_flags, sun_rate
+    except ImportError as exc:
+        row["notes"]["sun_rate"] = f"analysis.sun / analysis.hull not available yet ({exc})"
+        return
+    if sun_reference <= 0:
+        row["notes"]["sun_rate"] = (
+            "no hull reference (sun_reference=0: no training structures relaxed with "
+            f"{relaxer} as the reference)"
+        )
+        return
+    from pymatgen.core import Structure
+
+    from flows.hashing import structure_hash
+    from flows.relax_stage import run_relax_stage
+    from flows.store import Provenance, ResultStore
+    from flows.tasks import describe_relaxer, load_sample_items
+    from generators.data import load_split
+
+    dataset = row["dataset"]
+    train = load_split(dataset, "train", progress=False)
+    refs = train.records[:sun_reference]
+    ref_items = [(r.material_id, r.structure, structure_hash(r.structure)) for r in refs]
+    run_relax_stage(
+        ref_items,
+        relaxer,
+        relaxer_settings,
+        Provenance(model="dataset", dataset=dataset, config={"split": "train", "hull": True}),
+        home=home,
+    )
+    settings_hash = describe_relaxer(relaxer, relaxer_settings)["settings_hash"]
+    items, _ = load_sample_items(sample_dir)
+    with ResultStore(home=home) as store:
+        ref_docs = store.get_relaxations([h for *_, h in ref_items], settings_hash)
+        docs = store.get_relaxations([structure_hash(s) for _, s in items], settings_hash)
+    ref_ok = [d for d in ref_docs.values() if d.get("final_structure") and not d.get("error")]
+    hull = build_hull(
+        reference_entries(
+            [Structure.from_dict(d["final_structure"]) for d in ref_ok],
+            [d.get("final_energy_per_atom_eV") for d in ref_ok],
+        )
+    )
+    relaxed, e_hull = [], []
+    for _sid, structure in items:
+        doc = docs.get(structure_hash(structure))
+        if not doc or doc.get("error") or not doc.get("final_structure"):
+            continue
+        final = Structure.from_dict(doc["final_structure"])
+        try:
+            e_hull.append(energy_above_hull(final, doc["final_energy_per_atom_eV"], hull))
+            relaxed.append(final)
+        except ValueError as exc:  # outside the reference's chemical system: not counted stable
+            row["notes"].setdefault("sun_rate", f"some samples outside the hull: {exc}")
+            relaxed.append(final)
+            e_hull.append(float("inf"))
+    flags = sun_flags(relaxed, e_hull, [r.structure for r in train.records])
+    row["sun_rate"] = sun_rate(flags)
+    row["sun_definition"] = (
+        f"stable: E_hull <= 0.1 eV/atom against {len(ref_ok)} {dataset} training structures "
+        f"relaxed with {relaxer}; unique and novel against the {len(train.records)} training "
+        f"structures; over {len(relaxed)} relaxed samples"
+    )

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from custodian.vasp import handlers as custodian_handlers
 from jobflow import Flow, Maker
@@ -123,12 +124,66 @@ class VaspProfile:
         }
 
 
+class VaspMakerOptions(TypedDict, total=False):
+    """How every VASP job Maker of a chain is configured (:func:`configure_vasp_makers`).
+
+    Attributes
+    ----------
+    run_vasp_kwargs
+        Keyword arguments for ``run_vasp`` (see :meth:`VaspProfile.run_vasp_kwargs`), merged
+        into each VASP Maker's ``run_vasp_kwargs``.
+    user_incar_settings
+        INCAR overrides, merged into each input-set generator's ``user_incar_settings``.
+    handle_unsuccessful
+        atomate2's toggle for a run that finished but did not converge (default ``False``: go on,
+        the result is then reported as not converged; ``True`` stops later jobs, ``"error"``
+        raises), set as ``stop_children_kwargs["handle_unsuccessful"]``.
+    """
+
+    run_vasp_kwargs: dict[str, Any] | None
+    user_incar_settings: dict[str, Any] | None
+    handle_unsuccessful: bool | str
+
+
+INPUT_SET_MAKERS: dict[tuple[str, str], tuple[str, str]] = {
+    ("double relax", "mp-gga"): ("atomate2.vasp.flows.mp", "MPGGADoubleRelaxMaker"),
+    ("double relax", "atomate2"): ("atomate2.vasp.flows.core", "DoubleRelaxMaker"),
+    ("static", "mp-gga"): ("atomate2.vasp.jobs.mp", "MPGGAStaticMaker"),
+    ("static", "atomate2"): ("atomate2.vasp.jobs.core", "StaticMaker"),
+}
+"""(kind, input set) -> (atomate2 module, Maker class)."""
+
+
+def input_set_maker(kind: str, input_set: str, **maker_kwargs: Any) -> Maker:
+    """Instantiate atomate2's Maker of one kind of VASP job for an input-set family.
+
+    Parameters
+    ----------
+    kind
+        ``"double relax"`` or ``"static"``.
+    input_set
+        ``"mp-gga"`` or ``"atomate2"``.
+    **maker_kwargs
+        Passed to the Maker's constructor.
+
+    Returns
+    -------
+    Maker
+        The (not yet configured) Maker of :data:`INPUT_SET_MAKERS`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown input set or kind.
+    """
+    if (kind, input_set) not in INPUT_SET_MAKERS:
+        raise ValueError(f"unknown VASP input set {input_set!r}; use 'mp-gga' or 'atomate2'")
+    module, name = INPUT_SET_MAKERS[(kind, input_set)]
+    return getattr(importlib.import_module(module), name)(**maker_kwargs)
+
+
 def double_relax_maker(
-    input_set: InputSetName = "mp-gga",
-    *,
-    run_vasp_kwargs: dict[str, Any] | None = None,
-    user_incar_settings: dict[str, Any] | None = None,
-    handle_unsuccessful: bool | str = False,
+    input_set: InputSetName = "mp-gga", **options: Unpack[VaspMakerOptions]
 ) -> Maker:
     """Build atomate2's VASP double-relaxation Maker for an input-set family.
 
@@ -139,56 +194,27 @@ def double_relax_maker(
         names ``"MP GGA relax 1"``/``"MP GGA relax 2"``); ``"atomate2"``:
         :class:`~atomate2.vasp.flows.core.DoubleRelaxMaker` of two ``RelaxMaker`` (job names
         ``"relax 1"``/``"relax 2"``).
-    run_vasp_kwargs
-        Keyword arguments for ``run_vasp`` (see :meth:`VaspProfile.run_vasp_kwargs`).
-    user_incar_settings
-        INCAR overrides applied to both relaxations.
-    handle_unsuccessful
-        atomate2's toggle for a run that finished but did not converge: ``False`` goes on (the
-        result is then reported as not converged), ``True`` stops later jobs, ``"error"`` raises.
+    **options
+        :class:`VaspMakerOptions` (``run_vasp_kwargs``, ``user_incar_settings``,
+        ``handle_unsuccessful``).
 
     Returns
     -------
     Maker
         The configured double-relaxation Maker.
     """
-    if input_set == "mp-gga":
-        from atomate2.vasp.flows.mp import MPGGADoubleRelaxMaker
-
-        maker: Maker = MPGGADoubleRelaxMaker()
-    elif input_set == "atomate2":
-        from atomate2.vasp.flows.core import DoubleRelaxMaker
-
-        maker = DoubleRelaxMaker()
-    else:
-        raise ValueError(f"unknown VASP input set {input_set!r}; use 'mp-gga' or 'atomate2'")
-    return configure_vasp_makers(
-        maker,
-        run_vasp_kwargs=run_vasp_kwargs,
-        user_incar_settings=user_incar_settings,
-        handle_unsuccessful=handle_unsuccessful,
-    )
+    return configure_vasp_makers(input_set_maker("double relax", input_set), **options)
 
 
-def configure_vasp_makers(
-    maker: Maker,
-    *,
-    run_vasp_kwargs: dict[str, Any] | None = None,
-    user_incar_settings: dict[str, Any] | None = None,
-    handle_unsuccessful: bool | str = False,
-) -> Maker:
+def configure_vasp_makers(maker: Maker, **options: Unpack[VaspMakerOptions]) -> Maker:
     """Return a copy of ``maker`` with every nested VASP job Maker configured.
 
     Parameters
     ----------
     maker
         A VASP job Maker or a flow Maker holding VASP Makers as fields.
-    run_vasp_kwargs
-        Merged into each VASP Maker's ``run_vasp_kwargs``.
-    user_incar_settings
-        Merged into each input-set generator's ``user_incar_settings``.
-    handle_unsuccessful
-        Set as ``stop_children_kwargs["handle_unsuccessful"]``.
+    **options
+        :class:`VaspMakerOptions`.
 
     Returns
     -------
@@ -199,6 +225,7 @@ def configure_vasp_makers(
 
     if isinstance(maker, BaseVaspMaker):
         generator = maker.input_set_generator
+        user_incar_settings = options.get("user_incar_settings")
         if user_incar_settings:
             generator = copy.deepcopy(generator)
             generator.user_incar_settings = {
@@ -208,32 +235,21 @@ def configure_vasp_makers(
         return dataclasses.replace(
             maker,
             input_set_generator=generator,
-            run_vasp_kwargs={**maker.run_vasp_kwargs, **(run_vasp_kwargs or {})},
+            run_vasp_kwargs={**maker.run_vasp_kwargs, **(options.get("run_vasp_kwargs") or {})},
             stop_children_kwargs={
                 **maker.stop_children_kwargs,
-                "handle_unsuccessful": handle_unsuccessful,
+                "handle_unsuccessful": options.get("handle_unsuccessful", False),
             },
         )
     updates = {}
     for f in dataclasses.fields(maker):
         value = getattr(maker, f.name)
         if isinstance(value, Maker):
-            updates[f.name] = configure_vasp_makers(
-                value,
-                run_vasp_kwargs=run_vasp_kwargs,
-                user_incar_settings=user_incar_settings,
-                handle_unsuccessful=handle_unsuccessful,
-            )
+            updates[f.name] = configure_vasp_makers(value, **options)
     return dataclasses.replace(maker, **updates) if updates else maker
 
 
-def static_maker(
-    input_set: InputSetName = "mp-gga",
-    *,
-    run_vasp_kwargs: dict[str, Any] | None = None,
-    user_incar_settings: dict[str, Any] | None = None,
-    handle_unsuccessful: bool | str = False,
-) -> Maker:
+def static_maker(input_set: InputSetName = "mp-gga", **options: Unpack[VaspMakerOptions]) -> Maker:
     """Build atomate2's VASP static Maker that follows a relaxation (reusing its WAVECAR/CHGCAR).
 
     Parameters
@@ -241,8 +257,8 @@ def static_maker(
     input_set
         ``"mp-gga"``: :class:`~atomate2.vasp.jobs.mp.MPGGAStaticMaker` (``"MP GGA static"``);
         ``"atomate2"``: :class:`~atomate2.vasp.jobs.core.StaticMaker` (``"static"``).
-    run_vasp_kwargs, user_incar_settings, handle_unsuccessful
-        As in :func:`double_relax_maker`.
+    **options
+        :class:`VaspMakerOptions`, as in :func:`double_relax_maker`.
 
     Returns
     -------
@@ -250,22 +266,8 @@ def static_maker(
         The configured static Maker.
     """
     reuse = {"additional_vasp_files": ("WAVECAR", "CHGCAR")}
-    if input_set == "mp-gga":
-        from atomate2.vasp.jobs.mp import MPGGAStaticMaker
-
-        maker: Maker = MPGGAStaticMaker(copy_vasp_kwargs=reuse)
-    elif input_set == "atomate2":
-        from atomate2.vasp.jobs.core import StaticMaker
-
-        maker = StaticMaker(copy_vasp_kwargs=reuse)
-    else:
-        raise ValueError(f"unknown VASP input set {input_set!r}; use 'mp-gga' or 'atomate2'")
-    return configure_vasp_makers(
-        maker,
-        run_vasp_kwargs=run_vasp_kwargs,
-        user_incar_settings=user_incar_settings,
-        handle_unsuccessful=handle_unsuccessful,
-    )
+    maker = input_set_maker("static", input_set, copy_vasp_kwargs=reuse)
+    return configure_vasp_makers(maker, **options)
 
 
 def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:

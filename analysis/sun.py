@@ -42,12 +42,15 @@ structures to the same volume, so a compressed copy still matches.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
@@ -265,24 +268,36 @@ class NoveltyReference:
         return None, n_fits
 
 
-_REFERENCE_CACHE: list[tuple[Sequence[Structure], StructureMatcher | None, NoveltyReference]] = []
+_REFERENCE_CACHE: list[tuple[str, NoveltyReference]] = []
+"""The last two references built inside :func:`sun_flags`, keyed by content and matcher."""
+
+
+def _content_key(structures: Sequence[Structure], matcher: StructureMatcher) -> str:
+    """Digest of the structures' species, lattices and coordinates and of the matcher settings."""
+    digest = hashlib.sha256(json.dumps(matcher_settings(matcher), sort_keys=True).encode())
+    for structure in structures:
+        if isinstance(structure, Structure):
+            digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(structure.lattice.matrix, dtype=float).tobytes())
+            digest.update(np.ascontiguousarray(structure.frac_coords, dtype=float).tobytes())
+        else:
+            digest.update(f"<{type(structure).__name__}>".encode())
+    return digest.hexdigest()
 
 
 def _novelty_reference(
     train: Sequence[Structure] | NoveltyReference, matcher: StructureMatcher | None
 ) -> NoveltyReference:
-    """Return a NoveltyReference, reusing one built for the same list object and matcher."""
+    """Return a NoveltyReference, reusing one built from identical structures and matcher."""
     if isinstance(train, NoveltyReference):
         return train
-    for cached_train, cached_matcher, reference in _REFERENCE_CACHE:
-        if (
-            cached_train is train
-            and cached_matcher is matcher
-            and reference.n_structures == len(train)
-        ):
+    matcher = matcher or StructureMatcher()
+    key = _content_key(train, matcher)
+    for cached_key, reference in _REFERENCE_CACHE:
+        if cached_key == key:
             return reference
     reference = NoveltyReference(train, matcher=matcher)
-    _REFERENCE_CACHE.append((train, matcher, reference))
+    _REFERENCE_CACHE.append((key, reference))
     del _REFERENCE_CACHE[:-2]
     return reference
 
@@ -306,8 +321,9 @@ def sun_flags(
         Energy above the reference hull of each (eV/atom), ``None`` when unknown.
     train_structures
         The training split, or a prebuilt :class:`NoveltyReference` (faster when several
-        models are compared against the same split; a list is also cached by identity for the
-        last two calls, so do not mutate it between calls).
+        models are compared against the same split). A list is reduced once and kept for the
+        next calls with identical structures (species, lattice and coordinates; the last two
+        such references are kept).
     stability_threshold_eV
         ``stable`` means ``E_hull < stability_threshold_eV``.
     matcher
@@ -334,6 +350,7 @@ def sun_flags(
         raise ValueError(f"{len(names)} ids for {n} structures")
     reference = _novelty_reference(train_structures, matcher)
     matcher = matcher or reference.matcher
+    same_matcher = matcher_settings(matcher) == matcher_settings(reference.matcher)
     thresholds = {
         "stable": f"E_hull < {stability_threshold_eV} eV/atom",
         "stable_strict": f"E_hull <= 0 eV/atom (tolerance {STRICT_TOLERANCE_EV})",
@@ -393,9 +410,7 @@ def sun_flags(
                     break
             flag["unique"] = flag["duplicate_of"] is None
             novel_item = (
-                item
-                if reference.matcher is matcher
-                else reduce_for_matching(structures[i], reference.matcher)
+                item if same_matcher else reduce_for_matching(structures[i], reference.matcher)
             )
             match, n_fits = reference.match(novel_item)
             flag["n_fits"] += n_fits

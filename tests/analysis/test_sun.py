@@ -157,3 +157,21 @@ def test_full_carbon_24_training_split_timing(data_dir: Path) -> None:
     assert not reference.errors
     assert summary["n"] == 100 and 0 < summary["n_novel"] < 100
     assert matched < 600
+
+
+def test_reference_is_reused_for_identical_training_structures(train_150) -> None:
+    from analysis import sun as sun_module
+
+    _, train = train_150
+    batch = [train[3]]
+    first = sun_flags(batch, [0.0], [s.copy() for s in train[:30]])
+    reference = sun_module._REFERENCE_CACHE[-1][1]
+    second = sun_flags(batch, [0.0], [s.copy() for s in train[:30]], matcher=StructureMatcher())
+    assert sun_module._REFERENCE_CACHE[-1][1] is reference
+    assert first[0]["novel_match"] == second[0]["novel_match"] == "3"
+    changed = [s.copy() for s in train[:30]]
+    changed[0].perturb(0.01, seed=1)
+    sun_flags(batch, [0.0], changed)
+    assert sun_module._REFERENCE_CACHE[-1][1] is not reference
+    loose = sun_flags(batch, [0.0], train[:30], matcher=StructureMatcher(stol=0.5, ltol=0.3))
+    assert loose[0]["thresholds"]["novelty_matcher"]["stol"] == 0.5

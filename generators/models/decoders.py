@@ -29,7 +29,6 @@ lattice. ``docs/cdvae.md`` compares the two decoders on the memorisation test.
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models.dimenet import BesselBasisLayer, InteractionPPBlock
 from torch_geometric.utils import scatter
 
-from generators.crystal import MAX_ATOMIC_NUMBER
+from generators.models.decoder_base import LatentConditionedDecoder
 from generators.models.dimenet_pbc import PeriodicSphericalBasis, periodic_geometry
 from generators.models.gemnet_t import GemNetTDecoder
 
@@ -64,7 +63,7 @@ class _EdgeOutput(nn.Module):
         return vector, atom
 
 
-class PeriodicDirectionalDecoder(nn.Module):
+class PeriodicDirectionalDecoder(LatentConditionedDecoder):
     """Periodic equivariant denoiser conditioned on z: coordinate vectors and type logits.
 
     Parameters
@@ -108,11 +107,8 @@ class PeriodicDirectionalDecoder(nn.Module):
         super().__init__()
         self.cutoff = cutoff
         self.max_neighbors = max_neighbors
-        self.type_head_sees_conditioning = type_head_sees_conditioning
         act = nn.functional.silu
-        self.atom_emb = nn.Embedding(MAX_ATOMIC_NUMBER + 1, hidden_dim)
-        nn.init.uniform_(self.atom_emb.weight, -math.sqrt(3), math.sqrt(3))
-        self.atom_latent_emb = nn.Linear(hidden_dim + latent_dim + extra_atom_dim, hidden_dim)
+        self.init_conditioning(hidden_dim, latent_dim, extra_atom_dim)
         self.rbf = BesselBasisLayer(num_radial, cutoff, envelope_exponent)
         self.sbf = PeriodicSphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
         self.edge_rbf = nn.Linear(num_radial, hidden_dim)
@@ -133,41 +129,18 @@ class PeriodicDirectionalDecoder(nn.Module):
         self.outputs = nn.ModuleList(
             _EdgeOutput(num_radial, hidden_dim, num_output_layers) for _ in range(num_blocks + 1)
         )
-        type_in = hidden_dim + (latent_dim + extra_atom_dim if type_head_sees_conditioning else 0)
-        self.fc_atom = nn.Linear(type_in, MAX_ATOMIC_NUMBER)
+        self.init_type_head(hidden_dim, latent_dim, extra_atom_dim, type_head_sees_conditioning)
 
-    def forward(
-        self,
-        z: Tensor,
-        frac_coords: Tensor,
-        atom_types: Tensor,
-        lattice: Tensor,
-        num_atoms: Tensor,
-        batch: Tensor,
-        extra_atom_features: Tensor | None = None,
+    def propagate(
+        self, h: Tensor, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Predict per-atom Cartesian vectors [N, 3] and type logits [N, 100].
-
-        Parameters
-        ----------
-        z
-            [B, latent_dim] latent codes.
-        frac_coords, atom_types, lattice, num_atoms, batch
-            The (noisy) crystal batch.
-        extra_atom_features
-            [N, extra_atom_dim] or ``None``.
-        """
+        """Directional message passing: per-atom vectors [N, 3] and summed atom features."""
         geometry = periodic_geometry(
             frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors
         )
         graph, tri = geometry.graph, geometry.triplets
         j, i = graph.edge_index
-        n = len(atom_types)
-        conditioning = [z[batch]]
-        if extra_atom_features is not None:
-            conditioning.append(extra_atom_features)
-        cond = torch.cat(conditioning, dim=-1)
-        h = self.atom_latent_emb(torch.cat([self.atom_emb(atom_types), cond], dim=-1))
+        n = len(h)
         rbf = self.rbf(graph.distances)
         sbf = self.sbf(graph.distances, geometry.angles, tri.idx_kj)
         act = nn.functional.silu
@@ -179,8 +152,7 @@ class PeriodicDirectionalDecoder(nn.Module):
             v, a = output(m, rbf, unit, i, n)
             vector = vector + v
             atom = atom + a
-        type_input = torch.cat([atom, cond], dim=-1) if self.type_head_sees_conditioning else atom
-        return vector, self.fc_atom(type_input)
+        return vector, atom
 
 
 DECODER_TYPES: dict[str, type[nn.Module]] = {

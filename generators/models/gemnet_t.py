@@ -58,8 +58,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from generators.crystal import MAX_ATOMIC_NUMBER
 from generators.graphs import PeriodicGraph
+from generators.models.decoder_base import LatentConditionedDecoder
 from generators.models.dimenet_pbc import (
     Triplets,
     periodic_geometry,
@@ -402,11 +402,11 @@ class ForceOutput(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the decoder
-class GemNetTDecoder(nn.Module):
+class GemNetTDecoder(LatentConditionedDecoder):
     """Periodic GemNet-T conditioned on z: Cartesian coordinate vectors and type logits.
 
-    Same call signature and outputs as
-    :class:`~generators.models.decoders.PeriodicDirectionalDecoder`.
+    Conditioning and type head are :class:`~generators.models.decoder_base.
+    LatentConditionedDecoder`'s (shared with the DimeNet++-style decoder).
 
     Parameters
     ----------
@@ -453,10 +453,7 @@ class GemNetTDecoder(nn.Module):
         self.max_neighbors = max_neighbors
         self.num_spherical = num_spherical
         self.emb_size_cbf = emb_size_cbf
-        self.type_head_sees_conditioning = type_head_sees_conditioning
-        self.atom_emb = nn.Embedding(MAX_ATOMIC_NUMBER + 1, hidden_dim)
-        nn.init.uniform_(self.atom_emb.weight, -math.sqrt(3), math.sqrt(3))
-        self.atom_latent_emb = nn.Linear(hidden_dim + latent_dim + extra_atom_dim, hidden_dim)
+        self.init_conditioning(hidden_dim, latent_dim, extra_atom_dim)
         self.rbf = GaussianRBF(num_radial, cutoff, envelope_exponent)
         self.edge_emb = EdgeEmbedding(hidden_dim, num_radial, hidden_dim)
         # Shared by all blocks, as in GemNet: rbf projections and the cbf down-projection.
@@ -482,31 +479,13 @@ class GemNetTDecoder(nn.Module):
         self.outputs = nn.ModuleList(
             ForceOutput(hidden_dim, emb_size_rbf, num_atom) for _ in range(num_blocks + 1)
         )
-        type_in = hidden_dim + (latent_dim + extra_atom_dim if type_head_sees_conditioning else 0)
-        self.fc_atom = nn.Linear(type_in, MAX_ATOMIC_NUMBER)
+        self.init_type_head(hidden_dim, latent_dim, extra_atom_dim, type_head_sees_conditioning)
 
-    def forward(
-        self,
-        z: Tensor,
-        frac_coords: Tensor,
-        atom_types: Tensor,
-        lattice: Tensor,
-        num_atoms: Tensor,
-        batch: Tensor,
-        extra_atom_features: Tensor | None = None,
+    def propagate(
+        self, h: Tensor, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Predict per-atom Cartesian vectors [N, 3] and type logits [N, 100].
-
-        Parameters
-        ----------
-        z
-            [B, latent_dim] latent codes.
-        frac_coords, atom_types, lattice, num_atoms, batch
-            The (noisy) crystal batch.
-        extra_atom_features
-            [N, extra_atom_dim] or ``None``.
-        """
-        n = len(atom_types)
+        """GemNet-T on the periodic graph: direct vectors [N, 3] and the final atom embedding."""
+        n = len(h)
         capped = periodic_geometry(
             frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors
         ).graph
@@ -516,12 +495,6 @@ class GemNetTDecoder(nn.Module):
         num_edges = graph.edge_index.shape[1]
         basis = TripletBasis(triplets, angles, num_edges, self.num_spherical)
         src, dst = graph.edge_index
-
-        conditioning = [z[batch]]
-        if extra_atom_features is not None:
-            conditioning.append(extra_atom_features)
-        cond = torch.cat(conditioning, dim=-1)
-        h = self.atom_latent_emb(torch.cat([self.atom_emb(atom_types), cond], dim=-1))
         rbf = self.rbf(graph.distances)
         m = self.edge_emb(h, rbf, src, dst)
         rbf3 = self.mlp_rbf3(rbf)
@@ -535,8 +508,7 @@ class GemNetTDecoder(nn.Module):
             scalar = scalar + output(m, rbf_out)
         unit = graph.edge_vectors / graph.distances.unsqueeze(-1)
         vector = scatter(scalar * unit, dst, dim=0, dim_size=n, reduce="sum")
-        type_input = torch.cat([h, cond], dim=-1) if self.type_head_sees_conditioning else h
-        return vector, self.fc_atom(type_input)
+        return vector, h
 
     def scale_factors(self) -> list[ScaleFactor]:
         """The scale factors in the order they are applied in a forward pass."""

@@ -111,10 +111,50 @@ def relax_chunk(
     torch.set_num_threads(int(os.environ.get("DFTLOOP_TORCH_THREADS", "1")))
     relaxer = get_relaxer_cached(relaxer_name, relaxer_settings)
     pairs = [(sid, Structure.from_dict(d)) for sid, d in items]
-    results = [r.model_dump(mode="json") for r in relax_per_item(relaxer, pairs)]
+    inputs = [(sid, right_handed(s)) for sid, s in pairs]
+    results = [r.model_dump(mode="json") for r in relax_per_item(relaxer, inputs)]
     if ledger:
         append_ledger(ledger, relaxer_name, pairs, results)
     return results
+
+
+def right_handed(structure: Structure) -> Structure:
+    """Return the same crystal on a right-handed basis (the structure itself if it is one).
+
+    Generators return lattices with either handedness (DiffCSP's lattice DDPM is
+    unconstrained), while the relaxers' input check rejects a non-positive determinant and
+    stress and volume conventions assume a positive one. A left-handed cell (a, b, c) becomes
+    (a, b, −c) with the third fractional coordinate negated: every atom keeps its Cartesian
+    position, so energies, the relaxed structure and its comparison with the sample are those
+    of the same crystal.
+
+    Parameters
+    ----------
+    structure
+        Any periodic structure.
+
+    Returns
+    -------
+    Structure
+        A structure whose lattice matrix has a positive determinant (or the input, unchanged,
+        when its determinant is not negative, e.g. a degenerate cell left to the input check).
+    """
+    import numpy as np
+    from pymatgen.core import Lattice
+
+    matrix = np.array(structure.lattice.matrix, dtype=float)
+    if not np.all(np.isfinite(matrix)) or np.linalg.det(matrix) >= 0:
+        return structure
+    matrix[2] = -matrix[2]
+    frac = np.array(structure.frac_coords, dtype=float)
+    frac[:, 2] = np.mod(-frac[:, 2], 1.0)
+    return Structure(
+        Lattice(matrix, pbc=structure.lattice.pbc),
+        structure.species_and_occu,
+        frac,
+        site_properties=structure.site_properties or None,
+        properties=getattr(structure, "properties", None),
+    )
 
 
 def relax_per_item(relaxer: Any, pairs: list[tuple[str, Structure]]) -> list[Any]:

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from flows.hashing import dict_hash
-from flows.relax_stage import run_relax_stage, samples_provenance
+from flows.relax_stage import (
+    StageOptions,
+    flow_run_provenance,
+    relax_samples,
+    run_relax_stage,
+)
 from flows.store import Provenance, ResultStore, dftloop_home
 from flows.tasks import (
     analyze_task,
@@ -38,11 +42,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _run_id() -> str | None:
-    value = flow_run.get_id()
-    return str(value) if value else None
 
 
 def default_checkpoint_dir(
@@ -190,8 +189,7 @@ def sample_structures(
         steps=steps,
         split=split,
     )
-    prov = samples_provenance(sample_dir, {"n": n, "seed": seed})
-    prov.flow_run_id = _run_id()
+    prov = flow_run_provenance(sample_dir, {"n": n, "seed": seed})
     stored = store_samples_task(sample_dir, prov.__dict__, home)
     get_run_logger().info("%d samples in %s, stored in the result store", stored, sample_dir)
     return sample_dir
@@ -216,15 +214,11 @@ def relax_structures(
         The :class:`~flows.relax_stage.StageSummary` as a dict.
     """
     items, _ = load_sample_items(sample_dir)
-    from flows.hashing import structure_hash
-
-    prov = samples_provenance(sample_dir, {})
-    prov.flow_run_id = _run_id()
-    summary = run_relax_stage(
-        [(sid, s, structure_hash(s)) for sid, s in items],
+    summary = relax_samples(
+        items,
         relaxer,
         relaxer_settings,
-        prov,
+        flow_run_provenance(sample_dir, {}),
         home=home,
         chunk_size=chunk_size,
         cluster=cluster,
@@ -276,8 +270,7 @@ def analyze(
     from flows.artifacts import artifact_key, publish_run_artifacts
     from generators.sample_io import read_index
 
-    prov = samples_provenance(sample_dir, {})
-    prov.flow_run_id = _run_id()
+    prov = flow_run_provenance(sample_dir, {})
     info = describe_relaxer(relaxer, relaxer_settings)
     prov.relaxer, prov.relaxer_settings = relaxer, info["settings"]
     dft_hash = None
@@ -412,40 +405,20 @@ def generate_and_relax(
     items, errors = load_sample_items(sample_dir)
     if errors:
         logger.warning("%d samples have no structure: %s", len(errors), errors[:3])
-    from flows.hashing import structure_hash
-
-    prov = samples_provenance(sample_dir, {"n": n, "seed": seed})
-    prov.flow_run_id = _run_id()
-    hashes = {sid: structure_hash(s) for sid, s in items}
-    stages = [
-        run_relax_stage(
-            [(sid, s, hashes[sid]) for sid, s in items],
-            relaxer,
-            relaxer_settings,
-            prov,
-            home=home,
-            chunk_size=chunk_size,
-            cluster=cluster,
-            cluster_kwargs=cluster_kwargs,
-            retry_failed=retry_failed,
-        )
-    ]
+    prov = flow_run_provenance(sample_dir, {"n": n, "seed": seed})
+    options = StageOptions(
+        home=home,
+        chunk_size=chunk_size,
+        cluster=cluster,
+        cluster_kwargs=cluster_kwargs,
+        retry_failed=retry_failed,
+    )
+    stages = [relax_samples(items, relaxer, relaxer_settings, prov, **options)]
     if dft != "none":
         first = stages[0].settings_hash
         dft_items = relaxed_inputs(items, first, home, max_structures=dft_max_structures)
-        stages.append(
-            run_relax_stage(
-                dft_items,
-                dft,
-                dft_settings,
-                prov,
-                home=home,
-                chunk_size=1,
-                cluster=cluster,
-                cluster_kwargs=cluster_kwargs,
-                retry_failed=retry_failed,
-            )
-        )
+        options["chunk_size"] = 1
+        stages.append(run_relax_stage(dft_items, dft, dft_settings, prov, **options))
     result = analyze(
         sample_dir,
         relaxer,

@@ -12,16 +12,27 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from prefect import get_run_logger
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from pymatgen.core import Structure
 
 from flows.hashing import structure_hash
 from flows.runners import build_task_runner
 from flows.store import Provenance, ResultStore, dftloop_home
 from flows.tasks import describe_relaxer, relax_chunk
+
+
+class StageOptions(TypedDict, total=False):
+    """Where a relaxation stage keeps its results and how it fans out (:func:`run_relax_stage`)."""
+
+    home: str | None
+    chunk_size: int
+    cluster: str
+    cluster_kwargs: dict[str, Any] | None
+    retry_failed: bool
 
 
 @dataclass
@@ -174,3 +185,51 @@ def samples_provenance(sample_dir: str | Path, config: dict[str, Any]) -> Proven
         dataset=index.get("dataset"),
         config={**config, "sample_dir": str(sample_dir), "mode": index.get("mode")},
     )
+
+
+def flow_run_provenance(sample_dir: str | Path, config: dict[str, Any]) -> Provenance:
+    """Return :func:`samples_provenance` with the id of the current flow run (``None`` outside).
+
+    Parameters
+    ----------
+    sample_dir
+        The sample directory (its ``index.json`` names model, dataset and checkpoint).
+    config
+        The run's configuration recorded with the documents.
+
+    Returns
+    -------
+    Provenance
+        The provenance, ``flow_run_id`` filled in.
+    """
+    prov = samples_provenance(sample_dir, config)
+    run_id = flow_run.get_id()
+    prov.flow_run_id = str(run_id) if run_id else None
+    return prov
+
+
+def relax_samples(
+    items: list[tuple[str, Structure]],
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    provenance: Provenance,
+    **options: Unpack[StageOptions],
+) -> StageSummary:
+    """Relax generated samples as they are: :func:`run_relax_stage` with each own hash as source.
+
+    Parameters
+    ----------
+    items
+        ``(sample id, structure)`` (:func:`flows.tasks.load_sample_items`).
+    relaxer, relaxer_settings, provenance
+        As :func:`run_relax_stage`.
+    **options
+        :class:`StageOptions`.
+
+    Returns
+    -------
+    StageSummary
+        What the stage did.
+    """
+    triples = [(sid, s, structure_hash(s)) for sid, s in items]
+    return run_relax_stage(triples, relaxer, relaxer_settings, provenance, **options)

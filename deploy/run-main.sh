@@ -18,10 +18,11 @@ fi
 installed=$(date +%s)
 export DFTLOOP_HOME=${DFTLOOP_HOME:-$here/dftloop-runs}
 mkdir -p "$DFTLOOP_HOME"
-# Prefect state of this run (ephemeral API database, logs) inside the project directory
+# Prefect state of this run (ephemeral API database, logs) inside the project directory; the
+# ephemeral API server may take minutes to start on a loaded 2-core box (it timed out at 240 s)
 export PREFECT_HOME=${PREFECT_HOME:-$DFTLOOP_HOME/prefect}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-240}
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-900}
 export PREFECT_LOGGING_LEVEL=${PREFECT_LOGGING_LEVEL:-WARNING}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export DFTLOOP_TORCH_THREADS=${DFTLOOP_TORCH_THREADS:-1}

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "temperature_start": 1.0,
     "temperature_end": 1e-3,
     "max_image_range": 6,
+    "data_start_fraction": 0.0,
+    "data_start_temperature": 0.01,
     "progress": False,
     "sample_progress": True,
 }
@@ -196,6 +198,8 @@ class ContinuouSP(CrystalGenerator):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool | None = None,
+        start: tuple[Tensor, Tensor] | None = None,
+        schedule: MalaSchedule | None = None,
     ) -> MalaResult:
         """One annealed MALA chain per composition, in eval mode (parameters untouched).
 
@@ -211,13 +215,21 @@ class ContinuouSP(CrystalGenerator):
             Random generator (initial state, proposals, acceptance).
         progress
             Progress bar (default: the config's ``progress``).
+        start
+            Initial (Cartesian positions [N, 3], cells [B, 3, 3]); default: random crystals
+            (:meth:`initial_state`).
+        schedule
+            MALA schedule; default: the config's annealing over ``steps`` steps.
         """
         was_training = self.training
         self.eval()
         counts = num_atoms.to(self.device)
         types = atom_types.to(self.device)
         try:
-            cart, lattice = self.initial_state(counts, generator)
+            if start is None:
+                cart, lattice = self.initial_state(counts, generator)
+            else:
+                cart, lattice = (t.detach().to(self.device) for t in start)
 
             def energy_fn(x: Tensor, cell: Tensor) -> Tensor:
                 return self.energy(x, types, cell, counts)
@@ -230,7 +242,7 @@ class ContinuouSP(CrystalGenerator):
                 cart,
                 lattice,
                 counts,
-                self.schedule(int(steps or self.config["mcmc_steps"])),
+                schedule or self.schedule(int(steps or self.config["mcmc_steps"])),
                 generator=generator,
                 reduce=True,
                 admissible=admissible,
@@ -325,14 +337,71 @@ class ContinuouSP(CrystalGenerator):
             counts_out.append(len(unit) * k)
         return torch.cat(types_out).to(self.device), torch.tensor(counts_out, device=self.device)
 
+    def tail_schedule(self, steps: int, temperature: float) -> MalaSchedule:
+        """The config's annealing restricted to temperatures ≤ ``temperature``, over ``steps``.
+
+        Step size and temperature follow the same log-linear path as :meth:`schedule`; the
+        chain starts where the full schedule reaches ``temperature``.
+        """
+        cfg = self.config
+        t0, t1 = float(cfg["temperature_start"]), float(cfg["temperature_end"])
+        s0, s1 = float(cfg["step_size_start"]), float(cfg["step_size_end"])
+        if not t1 <= temperature <= t0:
+            raise ValueError(
+                f"continuousp: data_start_temperature {temperature} not in [{t1}, {t0}]"
+            )
+        fraction = math.log(t0 / temperature) / math.log(t0 / t1) if t0 != t1 else 0.0
+        return MalaSchedule(
+            steps=int(steps),
+            step_start=s0 * (s1 / s0) ** fraction,
+            step_end=s1,
+            temperature_start=float(temperature),
+            temperature_end=t1,
+        )
+
+    def data_started_chains(
+        self, batch: Batch, steps: int, generator: torch.Generator | None = None
+    ) -> MalaResult:
+        """Chains started AT the training crystals, run over the low-temperature tail.
+
+        Classic contrastive divergence (Hinton's CD-k): the energy is raised wherever the chain
+        drifts from a training crystal, so training crystals become local minima, a necessary
+        condition for memorisation that noise-started chains alone teach slowly.
+        """
+        cart = frac_to_cart(batch.frac_coords, batch.lattice, batch.num_atoms)
+        dtype = next(self.parameters()).dtype
+        return self.run_chains(
+            batch.atom_types,
+            batch.num_atoms,
+            generator=generator,
+            start=(cart.to(dtype), batch.lattice.to(dtype)),
+            schedule=self.tail_schedule(steps, float(self.config["data_start_temperature"])),
+        )
+
     def contrastive_divergence(
         self, batch: Batch, steps: int, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """The CD loss of one batch with negatives from ``steps`` MALA steps."""
+        """The CD loss of one batch with negatives from ``steps`` MALA steps.
+
+        Negatives come from noise-started annealed chains (the paper). With
+        ``data_start_fraction`` f > 0 (a non-default CPU-scale option), additionally
+        round(f·B) chains start at the first crystals of the batch and run the tail of the
+        schedule from ``data_start_temperature``; their energies join E(sample).
+        """
         types, counts = self.negative_compositions(batch, generator)
         chains = self.run_chains(types, counts, steps=steps, generator=generator)
         energy_real = self.batch_energy(batch)
         energy_sample = self.energy(chains.cart_coords, types, chains.lattice, counts)
+        acceptance = chains.acceptance
+        n_data = round(float(self.config["data_start_fraction"]) * int(batch.num_graphs))
+        if n_data > 0:
+            head = Batch.from_data_list(batch.index_select(list(range(n_data))))
+            local = self.data_started_chains(head, steps, generator)
+            local_energy = self.energy(
+                local.cart_coords, head.atom_types, local.lattice, head.num_atoms
+            )
+            energy_sample = torch.cat([energy_sample, local_energy])
+            acceptance = torch.cat([acceptance, local.acceptance])
         cd = energy_real.mean() - energy_sample.mean()
         regulariser = (energy_real**2).mean() + (energy_sample**2).mean()
         loss = cd + float(self.config["regularization_lambda"]) * regulariser
@@ -342,7 +411,7 @@ class ContinuouSP(CrystalGenerator):
             "regulariser": regulariser.detach(),
             "energy_real": energy_real.mean().detach(),
             "energy_sample": energy_sample.mean().detach(),
-            "acceptance": chains.acceptance.mean().detach(),
+            "acceptance": acceptance.mean().detach(),
         }
 
     def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -214,6 +214,69 @@ def test_training_loss_is_contrastive_divergence_with_gradients() -> None:
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
+def test_tail_schedule_follows_the_annealing_path() -> None:
+    model = _model()
+    full = model.schedule(1000)
+    tail = model.tail_schedule(20, 0.01)
+    temps, steps = full.temperatures(), full.step_sizes()
+    at = 666  # T = 1e-2 exactly two thirds of the way down (999 intervals)
+    assert float(temps[at]) == pytest.approx(0.01)
+    assert float(tail.temperatures()[0]) == pytest.approx(0.01)
+    assert float(tail.step_sizes()[0]) == pytest.approx(float(steps[at]), rel=1e-6)
+    assert float(tail.temperatures()[-1]) == pytest.approx(1e-3)
+    assert float(tail.step_sizes()[-1]) == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="data_start_temperature"):
+        model.tail_schedule(20, 2.0)
+
+
+def test_data_started_negatives_start_at_the_training_crystal() -> None:
+    """CD-k option: chains that start AT the crystal stay near it at low temperature, and
+    their energies join E(sample) (one extra negative per data-started crystal)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    model = _model(data_start_fraction=0.5, data_start_temperature=1e-3, train_mcmc_steps=4)
+    crystal = _crystal()
+    batch = structures_to_batch([crystal, crystal.make_supercell([1, 1, 2], in_place=False)])
+    batch.frac_coords = batch.frac_coords.double()
+    batch.lattice = batch.lattice.double()
+    head = structures_to_batch([crystal])
+    head.frac_coords = head.frac_coords.double()
+    head.lattice = head.lattice.double()
+    result = model.data_started_chains(head, 4, torch.Generator().manual_seed(0))
+    moved = Structure(
+        Lattice(result.lattice[0].numpy()),
+        crystal.species,
+        result.cart_coords.numpy(),
+        coords_are_cartesian=True,
+    )
+    rms = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(crystal, moved)
+    assert rms is not None and rms[0] < 0.1
+    # a random start at the same schedule would not be near the crystal
+    random = model.run_chains(
+        head.atom_types,
+        head.num_atoms,
+        generator=torch.Generator().manual_seed(0),
+        schedule=model.tail_schedule(4, 1e-3),
+    )
+    far = Structure(
+        Lattice(random.lattice[0].numpy()),
+        crystal.species,
+        random.cart_coords.numpy(),
+        coords_are_cartesian=True,
+    )
+    assert StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(crystal, far) is None
+    model.train()
+    generator = torch.Generator().manual_seed(3)
+    terms = model.contrastive_divergence(batch, 4, generator)
+    plain = _model(train_mcmc_steps=4).train()
+    plain_terms = plain.contrastive_divergence(batch, 4, torch.Generator().manual_seed(3))
+    # same noise-started negatives (same seed, drawn first), plus one data-started chain
+    assert float(terms["energy_real"]) == pytest.approx(float(plain_terms["energy_real"]))
+    assert float(terms["energy_sample"]) != pytest.approx(float(plain_terms["energy_sample"]))
+    terms["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_csp_sampling_keeps_compositions() -> None:
     model = _model(seed=2)
     crystal = _crystal()
@@ -283,11 +346,16 @@ def memorisation_run(
     n_structures: int,
     minutes: float,
     k: int,
-    sample_steps: int,
+    sample_steps: int | None = None,
     seed: int = 0,
     with_baseline: bool = False,
+    config_name: str = "cpu-small",
+    model_overrides: dict | None = None,
 ) -> dict:
-    """Train cpu-small on the first perov_5 training structures, CSP-sample them, match."""
+    """Train ``config_name`` on the first perov_5 training structures, CSP-sample them, match.
+
+    ``sample_steps`` None samples with the config's ``mcmc_steps``.
+    """
     from analysis.matching import csp_match
     from generators.configs import load_config
     from generators.data import load_split
@@ -299,15 +367,16 @@ def memorisation_run(
     data = [structure_to_data(r.structure, r.material_id) for r in split.records]
     config = load_config(
         "continuousp",
-        "cpu-small",
+        config_name,
         "perov_5",
         {
+            "model": dict(model_overrides or {}),
             "train": {
                 "max_minutes": minutes,
                 "max_epochs": 10_000,
                 "checkpoint_every": 50,
                 "seed": seed,
-            }
+            },
         },
     )
     model = build_model("continuousp", config["model"])
@@ -315,6 +384,7 @@ def memorisation_run(
     result = fit(model, config, data, [], out_dir / "run", dataset="perov_5", progress=False)
     train_s = time.monotonic() - tic
     model = result.model.eval()
+    sample_steps = int(sample_steps or config["model"]["mcmc_steps"])
     items = plan_items("csp", records=split.records, k=k)
     tic = time.monotonic()
     run_sampling(
@@ -363,6 +433,8 @@ def memorisation_run(
         baseline = {"untrained_match_rate_k": base["match_rate"].value}
     summary = {
         **baseline,
+        "config": config_name,
+        "model_overrides": model_overrides or {},
         "n_structures": n_structures,
         "k": k,
         "sample_steps": sample_steps,

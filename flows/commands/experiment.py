@@ -1,0 +1,196 @@
+r"""``dftloop experiment``: run the ``stability-experiment`` flow (DP-CDVAE's ΔE experiment).
+
+::
+
+    dftloop experiment --checkpoint cdvae=runs/cdvae/best.pt --checkpoint dpcdvae=runs/dp/best.pt \\
+        --n 100 --dft espresso --dft-per-model 10 --home runs/science
+    dftloop experiment --train-max-minutes 120 --n 100          # train both models first
+
+The flow runs in this process (an ephemeral Prefect API unless ``PREFECT_API_URL`` is set);
+a rerun with the same options skips every finished relaxation (the store) and sample.
+JSON options (``--relaxer-settings``, ``--dft-settings``, ``--train-overrides``,
+``--cluster-kwargs``) take a JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _json_option(name: str, text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{name}: not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{name}: expected a JSON object, got {text!r}")
+    return value
+
+
+def _checkpoints(pairs: list[str]) -> dict[str, str] | None:
+    out = {}
+    for pair in pairs:
+        model, sep, path = pair.partition("=")
+        if not sep or not model or not path:
+            raise typer.BadParameter(f"--checkpoint: expected MODEL=PATH, got {pair!r}")
+        if not Path(path).is_file():
+            raise typer.BadParameter(f"--checkpoint {model}: no such file {path}")
+        out[model.strip()] = path
+    return out or None
+
+
+def experiment(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Generator to compare (repeat; default: cdvae and dpcdvae)."),
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset (training, novelty, hull).")] = "carbon_24",
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=PATH: use this checkpoint, do not train (repeat)."),
+    ] = None,
+    train_config: Annotated[
+        str, typer.Option(help="Training configuration of models without a checkpoint.")
+    ] = "cpu-small",
+    train_max_minutes: Annotated[
+        float | None,
+        typer.Option(help="CPU budget per training, minutes (required without a checkpoint)."),
+    ] = None,
+    train_overrides: Annotated[
+        str | None, typer.Option(help='Training config overrides, JSON ({"train": {...}}).')
+    ] = None,
+    n: Annotated[int, typer.Option(help="Structures generated per model.")] = 100,
+    seed: Annotated[int, typer.Option(help="Sampling / selection / bootstrap seed.")] = 0,
+    sample_steps: Annotated[
+        int | None,
+        typer.Option(help="Sampling steps (default: the model's; CDVAE: steps // 50 per level)."),
+    ] = None,
+    relaxer: Annotated[str, typer.Option(help="Force field relaxing every structure.")] = "chgnet",
+    relaxer_settings: Annotated[
+        str | None, typer.Option(help='Force-field settings, JSON (e.g. {"fmax": 0.05}).')
+    ] = None,
+    dft: Annotated[str, typer.Option(help="DFT stage: espresso, vasp or none.")] = "espresso",
+    dft_settings: Annotated[
+        str | None,
+        typer.Option(
+            help="DFT settings, JSON, merged over the defaults "
+            '({"kspacing": 0.5, "conv_thr_per_atom": 1e-8, "nstep": 60, "timeout_s": 2400}).'
+        ),
+    ] = None,
+    dft_per_model: Annotated[
+        int, typer.Option(help="Structures per model relaxed with force field + DFT.")
+    ] = 10,
+    dft_selection: Annotated[
+        str,
+        typer.Option(
+            help="Which structures get DFT: smallest (fewest atoms first), random (seeded), "
+            "lowest_energy (force-field energy)."
+        ),
+    ] = "smallest",
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Hull reference: a material id of the dataset or a structure file (repeat; "
+            "default for carbon_24: diamond and graphite of the training split)."
+        ),
+    ] = None,
+    n_reference: Annotated[
+        int, typer.Option(help="Lowest-energy references of datasets without a default.")
+    ] = 4,
+    sun: Annotated[bool, typer.Option(help="Compute S.U.N. (novelty vs the training split).")] = (
+        True
+    ),
+    novelty_limit: Annotated[
+        int | None, typer.Option(help="Only the first N training structures for novelty.")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(help="Structures per force-field task.")] = 4,
+    workers: Annotated[int, typer.Option(help="Dask worker processes, force-field stage.")] = 1,
+    dft_workers: Annotated[
+        int, typer.Option(help="Dask worker processes, DFT stage (one serial pw.x each).")
+    ] = 1,
+    cluster: Annotated[str, typer.Option(help="Dask cluster: local or slurm.")] = "local",
+    cluster_kwargs: Annotated[
+        str | None, typer.Option(help="Dask cluster overrides, JSON.")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Relax again structures whose stored relaxation failed.")
+    ] = False,
+    run_name: Annotated[
+        str | None,
+        typer.Option(help="Report directory name (default: UTC time + flow run name)."),
+    ] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="Project directory (default $DFTLOOP_HOME).")
+    ] = None,
+) -> None:
+    """Generated versus relaxed structures per model: ΔE, RMSD, E_hull, S.U.N., report.
+
+    Writes <home>/reports/experiment/<run>/ (rows.json, summary.json, report.md, PNGs) and
+    publishes Prefect artifacts (experiment-<dataset>-summary, -comparison, -sun,
+    -per-structure, -plots).
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if dft not in ("espresso", "vasp", "none"):
+        raise typer.BadParameter(f"--dft must be espresso, vasp or none, not {dft!r}")
+    if dft_selection not in ("smallest", "random", "lowest_energy"):
+        raise typer.BadParameter(f"--dft-selection: unknown {dft_selection!r}")
+    params = dict(
+        models=model or None,
+        dataset=dataset,
+        train_config=train_config,
+        train_max_minutes=train_max_minutes,
+        train_overrides=_json_option("--train-overrides", train_overrides),
+        checkpoints=_checkpoints(checkpoint or []),
+        n=n,
+        seed=seed,
+        sample_steps=sample_steps,
+        relaxer=relaxer,
+        relaxer_settings=_json_option("--relaxer-settings", relaxer_settings),
+        dft=dft,
+        dft_settings=_json_option("--dft-settings", dft_settings),
+        dft_per_model=dft_per_model,
+        dft_selection=dft_selection,
+        reference_structures=reference or None,
+        n_reference=n_reference,
+        sun=sun,
+        novelty_limit=novelty_limit,
+        chunk_size=chunk_size,
+        workers=workers,
+        dft_workers=dft_workers,
+        cluster=cluster,
+        cluster_kwargs=_json_option("--cluster-kwargs", cluster_kwargs),
+        retry_failed=retry_failed,
+        run_name=run_name,
+        home=str(home) if home else None,
+    )
+    from flows.experiment import stability_experiment
+
+    out = stability_experiment(**params)
+    summary = out["summary"]
+    for label, path in out["files"].items():
+        typer.echo(f"{label}: {path}")
+    for model_name, error in summary.get("model_errors", {}).items():
+        console.print(f"[red]{model_name} did not finish:[/red] {error}")
+    for row in out["tables"]["comparison"]:
+        typer.echo(json.dumps(row, ensure_ascii=False))
+    if summary.get("model_errors") and len(summary["model_errors"]) == len(summary["models"]):
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``experiment`` command to the ``dftloop`` application.
+
+    Parameters
+    ----------
+    app
+        The typer application of :mod:`flows.cli`.
+    """
+    app.command("experiment")(experiment)

@@ -171,6 +171,7 @@ def nightly_benchmark(
     relax: bool = True,
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
+    cluster_kwargs: dict[str, Any] | None = None,
     home: str | None = None,
     sample_steps: int | dict[str, int] | None = None,
     eval_limit: int | None = None,
@@ -206,6 +207,9 @@ def nightly_benchmark(
         Relax the samples (``relax-structures`` stage) and report ΔE/RMSD to the relaxed ones.
     relaxer, relaxer_settings
         The relaxer of that stage.
+    cluster_kwargs
+        For the relaxations' local Dask cluster (e.g. ``{"processes": false}``: threads of the
+        flow process, CHGNet loaded once).
     home
         Project directory.
     sample_steps
@@ -216,8 +220,10 @@ def nightly_benchmark(
     generate
         Run the generation stage.
     sun_reference
-        Training structures relaxed with the same relaxer as the hull reference of S.U.N.
-        (0: S.U.N. is not computed and the column says so).
+        The first ``sun_reference`` training structures, relaxed with the same relaxer, are the
+        hull reference of S.U.N. (``analysis.hull``; every element needs an elemental entry);
+        novelty is against the whole training split. 0: S.U.N. is not computed and the note
+        says so.
     write_docs
         Write the markdown table into ``docs_path`` between the (dataset, scale) markers.
     docs_path
@@ -235,6 +241,7 @@ def nightly_benchmark(
 
     logger = get_run_logger()
     rows: list[dict[str, Any]] = []
+    novelty_cache: dict[str, Any] = {}
     for model in models or list(GENERATORS):
         start = time.perf_counter()
         row: dict[str, Any] = {
@@ -259,12 +266,14 @@ def nightly_benchmark(
                 relax=relax,
                 relaxer=relaxer,
                 relaxer_settings=relaxer_settings,
+                cluster_kwargs=cluster_kwargs,
                 home=home,
                 steps=_steps(sample_steps, model),
                 eval_limit=eval_limit,
                 eval_coverage=eval_coverage,
                 generate=generate,
                 sun_reference=sun_reference,
+                novelty_cache=novelty_cache,
             )
             failed = [k for k, v in row["notes"].items() if v.startswith("failed")]
             row["status"] = f"partial: {', '.join(failed)} failed" if failed else "ok"
@@ -305,12 +314,14 @@ def _benchmark_model(
     relax: bool,
     relaxer: str,
     relaxer_settings: dict[str, Any] | None,
+    cluster_kwargs: dict[str, Any] | None,
     home: str | None,
     steps: int | None,
     eval_limit: int | None,
     eval_coverage: bool,
     generate: bool,
     sun_reference: int,
+    novelty_cache: dict[str, Any],
 ) -> None:
     """Fill ``row`` with one generator's stages; a failed stage is a note, the others go on.
 
@@ -380,27 +391,34 @@ def _benchmark_model(
         return
     row["relaxed_samples"] = relax_set
     try:
-        _relax_and_analyze(row, relax_dir, relaxer, relaxer_settings, home, n)
+        _relax_and_analyze(row, relax_dir, (relaxer, relaxer_settings, cluster_kwargs), home, n)
     except Exception as exc:
         logger.error("%s relax stage failed: %s", model, exc)
         notes["relax"] = f"failed: {_error(exc)}"
         return
     try:
-        _sun_stage(row, relax_dir, relaxer, relaxer_settings, home, sun_reference)
+        _sun_stage(
+            row,
+            relax_dir,
+            (relaxer, relaxer_settings, cluster_kwargs),
+            home,
+            sun_reference,
+            novelty_cache,
+        )
     except Exception as exc:
         logger.error("%s S.U.N. failed: %s", model, exc)
         notes["sun_rate"] = f"failed: {_error(exc)}"
 
 
+RelaxSpec = tuple[str, dict[str, Any] | None, dict[str, Any] | None]
+"""``(relaxer, relaxer_settings, cluster_kwargs)``."""
+
+
 def _relax_and_analyze(
-    row: dict[str, Any],
-    sample_dir: str,
-    relaxer: str,
-    relaxer_settings: dict[str, Any] | None,
-    home: str | None,
-    n: int,
+    row: dict[str, Any], sample_dir: str, relax_spec: RelaxSpec, home: str | None, n: int
 ) -> None:
     """Relax one sample directory (skipping what the store has) and add ΔE / RMSD to ``row``."""
+    relaxer, relaxer_settings, cluster_kwargs = relax_spec
     from flows.hashing import structure_hash
     from flows.relax_stage import run_relax_stage, samples_provenance
     from flows.tasks import load_sample_items
@@ -414,6 +432,7 @@ def _relax_and_analyze(
         relaxer_settings,
         prov,
         home=home,
+        cluster_kwargs=cluster_kwargs,
     )
     row["n_relaxed"] = stage.n_ok + stage.n_skipped
     result = analyze(sample_dir, relaxer, relaxer_settings, home=home, evaluate_metrics=False)
@@ -424,22 +443,30 @@ def _relax_and_analyze(
 def _sun_stage(
     row: dict[str, Any],
     sample_dir: str,
-    relaxer: str,
-    relaxer_settings: dict[str, Any] | None,
+    relax_spec: RelaxSpec,
     home: str | None,
     sun_reference: int,
+    novelty_cache: dict[str, Any],
 ) -> None:
-    """S.U.N. rate of the relaxed samples (``analysis.sun``), or a note saying why not."""
+    """S.U.N. rate of the relaxed samples (``analysis.sun``), or a note saying why not.
+
+    The hull reference is the first ``sun_reference`` training structures relaxed with the same
+    relaxer (``analysis.hull``: every element needs an elemental entry, so a dataset without
+    elemental structures gives no hull and the note says which element is missing). Novelty is
+    against the whole training split (one ``NoveltyReference`` per dataset and flow run, kept in
+    ``novelty_cache``).
+    """
+    relaxer, relaxer_settings, cluster_kwargs = relax_spec
     try:
         from analysis.hull import build_hull, energy_above_hull, reference_entries
-        from analysis.sun import sun_flags, sun_rate
+        from analysis.sun import NoveltyReference, sun_flags, sun_rate
     except ImportError as exc:
-        row["notes"]["sun_rate"] = f"analysis.sun / analysis.hull not available yet ({exc})"
+        row["notes"]["sun_rate"] = f"analysis.sun / analysis.hull not available ({exc})"
         return
     if sun_reference <= 0:
         row["notes"]["sun_rate"] = (
-            "no hull reference (sun_reference=0: no training structures relaxed with "
-            f"{relaxer} as the reference)"
+            f"not computed (sun_reference=0: no training structures relaxed with {relaxer} "
+            "as the hull reference)"
         )
         return
     from pymatgen.core import Structure
@@ -451,45 +478,66 @@ def _sun_stage(
     from generators.data import load_split
 
     dataset = row["dataset"]
-    train = load_split(dataset, "train", progress=False)
-    refs = train.records[:sun_reference]
+    refs = load_split(dataset, "train", limit=sun_reference, progress=False).records
     ref_items = [(r.material_id, r.structure, structure_hash(r.structure)) for r in refs]
     run_relax_stage(
         ref_items,
         relaxer,
         relaxer_settings,
-        Provenance(model="dataset", dataset=dataset, config={"split": "train", "hull": True}),
+        Provenance(model="dataset", dataset=dataset, config={"split": "train", "role": "hull"}),
         home=home,
+        cluster_kwargs=cluster_kwargs,
     )
     settings_hash = describe_relaxer(relaxer, relaxer_settings)["settings_hash"]
     items, _ = load_sample_items(sample_dir)
     with ResultStore(home=home) as store:
         ref_docs = store.get_relaxations([h for *_, h in ref_items], settings_hash)
         docs = store.get_relaxations([structure_hash(s) for _, s in items], settings_hash)
-    ref_ok = [d for d in ref_docs.values() if d.get("final_structure") and not d.get("error")]
-    hull = build_hull(
-        reference_entries(
-            [Structure.from_dict(d["final_structure"]) for d in ref_ok],
-            [d.get("final_energy_per_atom_eV") for d in ref_ok],
+    ref_ok = [
+        (sid, ref_docs[h])
+        for sid, _, h in ref_items
+        if h in ref_docs and ref_docs[h].get("final_structure") and not ref_docs[h].get("error")
+    ]
+    try:
+        hull = build_hull(
+            reference_entries(
+                [Structure.from_dict(d["final_structure"]) for _, d in ref_ok],
+                [d.get("final_energy_per_atom_eV") for _, d in ref_ok],
+                ids=[sid for sid, _ in ref_ok],
+            )
         )
-    )
-    relaxed, e_hull = [], []
-    for _sid, structure in items:
+    except ValueError as exc:
+        row["notes"]["sun_rate"] = (
+            f"no reference hull from {len(ref_ok)} relaxed training structures: {exc}"
+        )
+        return
+    ids, relaxed, e_hull, outside = [], [], [], 0
+    for sid, structure in items:
         doc = docs.get(structure_hash(structure))
         if not doc or doc.get("error") or not doc.get("final_structure"):
             continue
         final = Structure.from_dict(doc["final_structure"])
+        ids.append(sid)
+        relaxed.append(final)
         try:
             e_hull.append(energy_above_hull(final, doc["final_energy_per_atom_eV"], hull))
-            relaxed.append(final)
-        except ValueError as exc:  # outside the reference's chemical system: not counted stable
-            row["notes"].setdefault("sun_rate", f"some samples outside the hull: {exc}")
-            relaxed.append(final)
-            e_hull.append(float("inf"))
-    flags = sun_flags(relaxed, e_hull, [r.structure for r in train.records])
-    row["sun_rate"] = sun_rate(flags)
+        except ValueError:  # outside the reference's chemical system: stability unknown
+            e_hull.append(None)
+            outside += 1
+    if dataset not in novelty_cache:
+        train = load_split(dataset, "train", progress=False).records
+        novelty_cache[dataset] = NoveltyReference(
+            [r.structure for r in train], ids=[r.material_id for r in train]
+        )
+    reference = novelty_cache[dataset]
+    summary = sun_rate(sun_flags(relaxed, e_hull, reference, ids=ids))
+    row["sun_rate"] = summary["rate"]
+    row["sun"] = {k: v for k, v in summary.items() if k != "thresholds"}
     row["sun_definition"] = (
-        f"stable: E_hull <= 0.1 eV/atom against {len(ref_ok)} {dataset} training structures "
-        f"relaxed with {relaxer}; unique and novel against the {len(train.records)} training "
-        f"structures; over {len(relaxed)} relaxed samples"
+        f"MatterGen S.U.N. over {summary['n']} relaxed samples: stable E_hull < "
+        f"{summary['thresholds'].get('stability_threshold_eV')} eV/atom against {len(ref_ok)} "
+        f"{dataset} training structures relaxed with {relaxer} ({outside} outside its chemical "
+        f"system: not stable); unique in the batch; novel against {reference.n_structures} "
+        "training structures (StructureMatcher defaults)"
     )
+    row["notes"]["sun_rate"] = row["sun_definition"]

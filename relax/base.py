@@ -280,6 +280,15 @@ def check_structure(
     volume = float(np.linalg.det(matrix))
     if not math.isfinite(volume) or volume <= 1e-6:
         return f"cell volume is zero or negative ({volume:.4g} Å^3)"
+    if min_distance > 0 and volume / n < min_distance**3 / math.sqrt(2):
+        # spheres of diameter min_distance pack at most to pi/sqrt(18): a denser cell must have
+        # two atoms closer than min_distance. Checked before the neighbour search, whose cost
+        # explodes for nearly flat, strongly sheared cells.
+        return (
+            f"atoms overlap: {volume / n:.3g} Å^3 per atom is below "
+            f"{min_distance**3 / math.sqrt(2):.3g} Å^3, the densest packing of atoms "
+            f"{min_distance:.3f} Å apart (a nearly flat or sheared cell)"
+        )
     if supported_elements is not None:
         species = {el.symbol for el in structure.composition.elements}
         unsupported = sorted(species - supported_elements)
@@ -415,7 +424,10 @@ class Relaxer(ABC):
         results: list[RelaxResult | None] = [None] * len(items)
         valid: list[int] = []
         for i, (sid, structure) in enumerate(items):
-            reason = self.check(structure)
+            try:
+                reason = self.check(structure)
+            except Exception as exc:  # e.g. MemoryError in the neighbour search of a wild cell
+                reason = f"the input check itself failed ({type(exc).__name__}: {exc})"
             if reason is None:
                 valid.append(i)
             else:

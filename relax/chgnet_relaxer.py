@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from relax.base import DEFAULT_MAX_ATOMS, DEFAULT_MIN_DISTANCE, Relaxer, RelaxResult
 from relax.batched_fire import Evaluation, FireOutcome, FireParameters, batched_fire
+from relax.chgnet_graphs import DEFAULT_SKIN, GraphCache
 from relax.chgnet_model import (
+    evaluate_graphs,
     evaluate_structures,
     load_chgnet,
     make_structure,
@@ -29,6 +31,9 @@ from relax.chgnet_model import (
 )
 
 Mode = Literal["batched", "sequential"]
+
+DEFAULT_RELAX_BATCH_ATOMS = 32
+"""Atoms per CHGNet pass in batched relaxations (measured fastest per atom on a 2-core CPU)."""
 
 
 class CHGNetRelaxer(Relaxer):
@@ -48,11 +53,21 @@ class CHGNetRelaxer(Relaxer):
     model_name
         CHGNet version shipped in the wheel (``"0.3.0"``).
     max_batch_atoms
-        Largest number of atoms in one forward pass.
+        Largest number of atoms in one CHGNet forward pass of the batched relaxation (the FIRE
+        step is always one call for all structures). On this 2-core CPU small passes are
+        fastest per atom (docs/benchmarks.md); on a GPU use thousands.
+    neighbor_skin
+        Verlet skin (Å) of the neighbour candidates reused between FIRE steps
+        (:class:`relax.chgnet_graphs.GraphCache`); ``0`` searches again at every step. It does
+        not change results (the graph of a geometry is the same either way).
     fire
         Overrides of :class:`relax.batched_fire.FireParameters` (ASE's FIRE defaults).
     max_atoms, min_distance
         Input-check limits (see :func:`relax.base.check_structure`).
+    workers
+        Processes for the batched mode: the structures are split into this many groups of
+        about equal atom count, each relaxed by its own batched FIRE in a spawned process with
+        one torch thread (does not change results: every structure follows its own FIRE).
     progress
         Show a progress bar (not part of the settings: it does not change results).
     """
@@ -67,13 +82,29 @@ class CHGNetRelaxer(Relaxer):
         relax_cell: bool = True,
         mode: Mode = "batched",
         model_name: str = "0.3.0",
-        max_batch_atoms: int = 2048,
+        max_batch_atoms: int = DEFAULT_RELAX_BATCH_ATOMS,
+        neighbor_skin: float = DEFAULT_SKIN,
         fire: dict[str, float] | None = None,
         max_atoms: int = DEFAULT_MAX_ATOMS,
         min_distance: float = DEFAULT_MIN_DISTANCE,
+        workers: int = 1,
         progress: bool = False,
     ) -> None:
         super().__init__(max_atoms=max_atoms, min_distance=min_distance)
+        self._init_kwargs: dict[str, Any] = {
+            "fmax": fmax,
+            "max_steps": max_steps,
+            "relax_cell": relax_cell,
+            "model_name": model_name,
+            "max_batch_atoms": max_batch_atoms,
+            "neighbor_skin": neighbor_skin,
+            "fire": fire,
+            "max_atoms": max_atoms,
+            "min_distance": min_distance,
+        }
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = int(workers)
         if mode not in ("batched", "sequential"):
             raise ValueError(f"CHGNet mode must be 'batched' or 'sequential', not {mode!r}")
         if fmax <= 0 or max_steps < 0:
@@ -84,6 +115,9 @@ class CHGNetRelaxer(Relaxer):
         self.mode: Mode = mode
         self.model_name = model_name
         self.max_batch_atoms = int(max_batch_atoms)
+        if neighbor_skin < 0:
+            raise ValueError(f"neighbor_skin must be >= 0, got {neighbor_skin}")
+        self.neighbor_skin = float(neighbor_skin)
         self.fire = FireParameters(**(fire or {}))
         self.progress = progress
 
@@ -108,7 +142,29 @@ class CHGNetRelaxer(Relaxer):
     def _relax_valid(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         if self.mode == "sequential":
             return [self._relax_one_ase(sid, s) for sid, s in self._progress_iter(items)]
+        if self.workers > 1 and len(items) > 1:
+            return self._relax_in_processes(items)
         return self._relax_batched(items)
+
+    def _relax_in_processes(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
+        """Split ``items`` into ``workers`` groups of similar atom count, one process each."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        groups = split_by_atoms([len(s) for _, s in items], self.workers)
+        results: list[RelaxResult | None] = [None] * len(items)
+        context = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
+            futures = [
+                pool.submit(_relax_group, self._init_kwargs, [items[i] for i in group])
+                for group in groups
+            ]
+            for group, future in zip(groups, futures, strict=True):
+                for i, res in zip(group, future.result(), strict=True):
+                    results[i] = res.model_copy(
+                        update={"extra": {**res.extra, "workers": len(groups)}}
+                    )
+        return [r for r in results if r is not None]
 
     def _progress_iter(self, items: Sequence[tuple[str, Structure]]) -> Any:
         return tqdm(items, desc="CHGNet relax (sequential)", disable=not self.progress)
@@ -116,17 +172,26 @@ class CHGNetRelaxer(Relaxer):
     def _relax_batched(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         model = load_chgnet(self.model_name)
         species = [[site.specie.symbol for site in s] for _, s in items]
+        converter = model.graph_converter
+        graphs = GraphCache(
+            [[site.specie.Z for site in s] for _, s in items],
+            atom_cutoff=converter.atom_graph_cutoff,
+            bond_cutoff=converter.bond_graph_cutoff,
+            skin=self.neighbor_skin,
+        )
         start = time.perf_counter()
 
         def evaluate(
             idx: Sequence[int], carts: Sequence[np.ndarray], cells: Sequence[np.ndarray]
         ) -> list[Evaluation]:
-            structures = [
-                make_structure(species[i], pos, cell)
-                for i, pos, cell in zip(idx, carts, cells, strict=True)
-            ]
-            return evaluate_structures(
-                model, structures, max_batch_atoms=self.max_batch_atoms, stress=self.relax_cell
+            batch: list[Any] = []
+            for i, pos, cell in zip(idx, carts, cells, strict=True):
+                try:
+                    batch.append(graphs.graph(i, pos, cell, graph_id=items[i][0]))
+                except Exception as exc:  # this structure fails, the others go on
+                    batch.append(exc)
+            return evaluate_graphs(
+                model, batch, max_batch_atoms=self.max_batch_atoms, stress=self.relax_cell
             )
 
         bar = tqdm(
@@ -155,7 +220,14 @@ class CHGNetRelaxer(Relaxer):
         elapsed = time.perf_counter() - start
         share = elapsed / max(len(items), 1)
         return [
-            self._result(sid, s, species[i], out, share, {"batch_wall_time_s": elapsed})
+            self._result(
+                sid,
+                s,
+                species[i],
+                out,
+                share,
+                {"batch_wall_time_s": elapsed, "batch_neighbor_searches": graphs.n_searches},
+            )
             for i, ((sid, s), out) in enumerate(zip(items, outcomes, strict=True))
         ]
 
@@ -290,3 +362,37 @@ class CHGNetRelaxer(Relaxer):
                 )
             results.append(res)
         return results
+
+
+def split_by_atoms(n_atoms: Sequence[int], n_groups: int) -> list[list[int]]:
+    """Split item indices into at most ``n_groups`` groups of about equal total atoms.
+
+    Parameters
+    ----------
+    n_atoms
+        Atoms of each item.
+    n_groups
+        Wanted number of groups.
+
+    Returns
+    -------
+    list of list of int
+        Non-empty groups of indices, each in increasing order (largest items placed first,
+        each into the group with the fewest atoms so far).
+    """
+    n_groups = max(1, min(n_groups, len(n_atoms)))
+    groups: list[list[int]] = [[] for _ in range(n_groups)]
+    load = [0] * n_groups
+    for i in sorted(range(len(n_atoms)), key=lambda k: -n_atoms[k]):
+        g = load.index(min(load))
+        groups[g].append(i)
+        load[g] += n_atoms[i]
+    return [sorted(g) for g in groups if g]
+
+
+def _relax_group(kwargs: dict[str, Any], items: list[tuple[str, Structure]]) -> list[RelaxResult]:
+    """Worker-process entry: relax one group with a one-thread batched CHGNetRelaxer."""
+    import torch
+
+    torch.set_num_threads(1)
+    return CHGNetRelaxer(mode="batched", workers=1, **kwargs)._relax_batched(items)

@@ -95,6 +95,38 @@ def test_relax_reports_bad_items_and_continues() -> None:
     assert by_id["good-1"].settings_hash == relaxer.settings_hash
 
 
+def test_sheared_near_zero_volume_cell_is_rejected_before_the_neighbour_search() -> None:
+    # volume 9e-3 A^3 for one atom passes the zero-volume test; pymatgen's neighbour search on
+    # this cell runs for minutes. The packing bound rejects it at once, naming the reason.
+    sheared = Structure(Lattice([[3, 0, 0], [1e3, 1e-3, 0], [0, 0, 3]]), ["C"], [[0, 0, 0]])
+    reason = check_structure(sheared)
+    assert "overlap" in reason and "per atom" in reason
+    long_cell = Structure(Lattice([[1e5, 0, 0], [0, 3, 0], [0, 0, 3]]), ["C"], [[0, 0, 0]])
+    assert check_structure(long_cell) is None  # sparse but legal: only the relaxer can judge
+
+
+class MemoryHungryCheckRelaxer(EchoRelaxer):
+    """The input check of structures with a lattice vector over 1e4 A runs out of memory."""
+
+    def check(self, structure):
+        if structure is not None and structure.lattice.abc[0] > 1e4:
+            raise MemoryError("cannot allocate the neighbour-search cell list")
+        return super().check(structure)
+
+
+def test_an_input_check_that_raises_fails_only_its_structure() -> None:
+    sheared = Structure(Lattice([[3, 0, 0], [1e3, 1e-3, 0], [0, 0, 3]]), ["C"], [[0, 0, 0]])
+    huge = Structure(Lattice([[1e5, 0, 0], [0, 3, 0], [0, 0, 3]]), ["C"], [[0, 0, 0]])
+    items = [("good", diamond()), ("huge", huge), ("sheared", sheared), ("good-2", diamond(3.6))]
+    results = MemoryHungryCheckRelaxer().relax(items)
+    assert [r.structure_id for r in results] == [sid for sid, _ in items]
+    by_id = {r.structure_id: r for r in results}
+    assert by_id["good"].ok and by_id["good-2"].ok
+    assert by_id["huge"].status == "invalid_input"
+    assert by_id["huge"].error.startswith("huge:") and "MemoryError" in by_id["huge"].error
+    assert by_id["sheared"].status == "invalid_input" and "overlap" in by_id["sheared"].error
+
+
 def test_registry_names_and_errors() -> None:
     assert set(available_relaxers()) >= {
         "chgnet",

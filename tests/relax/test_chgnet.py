@@ -7,7 +7,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from relax import get_relaxer
-from relax.chgnet_relaxer import CHGNetRelaxer
+from relax.chgnet_relaxer import CHGNetRelaxer, split_by_atoms
 
 A_DIAMOND = 3.57
 
@@ -109,3 +109,18 @@ def test_atomate2_chgnet_maker_runs_with_jobflow() -> None:
     assert abs(result.n_ionic_steps - ours.n_ionic_steps) <= 3
     with store:
         assert store.query_one({"uuid": job.uuid}) is not None
+
+
+def test_split_by_atoms_balances_groups() -> None:
+    groups = split_by_atoms([24, 6, 8, 24, 12, 10], 2)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert [sum([24, 6, 8, 24, 12, 10][i] for i in g) for g in groups] == [42, 42]
+    assert split_by_atoms([5], 4) == [[0]]
+
+
+def test_worker_processes_give_the_batched_result(items, batched) -> None:
+    parallel = CHGNetRelaxer(fmax=0.05, max_steps=200, workers=2).relax(items)
+    for b, p in zip(batched, parallel, strict=True):
+        assert p.error is None and p.extra["workers"] == 2
+        assert p.structure_id == b.structure_id and p.n_ionic_steps == b.n_ionic_steps
+        assert abs(p.final_energy_per_atom_eV - b.final_energy_per_atom_eV) < 1e-5

@@ -168,8 +168,25 @@ def check_structure(item: Any, item_id: str = "?") -> CheckedStructure:
 
 
 def _classify(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "element" in text or "species" in text or "symbol" in text:
+    return classify_reason(str(exc))
+
+
+def classify_reason(text: str) -> str:
+    """Category of a failure to build a structure from its description.
+
+    Parameters
+    ----------
+    text
+        The error message.
+
+    Returns
+    -------
+    str
+        ``"unknown_element"`` when the message is about an element, species or symbol, else
+        ``"malformed_input"``.
+    """
+    lowered = text.lower()
+    if "element" in lowered or "species" in lowered or "symbol" in lowered:
         return "unknown_element"
     return "malformed_input"
 

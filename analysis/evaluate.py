@@ -14,7 +14,6 @@ and reason; the evaluation goes on.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 from pymatgen.core import Structure
 
-from analysis.construction import CheckedStructure, check_structure
+from analysis.construction import CheckedStructure, check_structure, classify_reason
 from analysis.coverage import Criterion, coverage_from_fingerprints, fingerprint_diversity
 from analysis.datasets import cov_cutoffs
 from analysis.distributions import (
@@ -74,16 +73,20 @@ class EvalItem:
     def checked(self) -> CheckedStructure:
         """Run the construction checks, keeping the sampler's own error when it has one."""
         if self.structure is None and self.error:
-            return CheckedStructure(self.sample_id, None, f"missing_structure: {self.error}")
+            from generators.sample_io import UNREADABLE
+
+            # the sampler made nothing, or the file's row could not be read back
+            kind = classify_reason(self.error) if UNREADABLE in self.error else "missing_structure"
+            return CheckedStructure(self.sample_id, None, f"{kind}: {self.error}")
         return check_structure(self.structure, self.sample_id)
 
 
 def read_sample_dir(directory: str | Path) -> tuple[dict[str, Any], list[EvalItem]]:
-    """Read a sample directory (docs/architecture.md §4) leniently.
+    """Read a sample directory (docs/architecture.md §4) through ``generators.sample_io``.
 
-    Uses ``generators.sample_io.read_index`` for the index; chunk rows are read here (not with
-    ``load_samples``) so that one malformed structure dict is reported for its sample instead
-    of failing the whole directory.
+    ``load_samples`` is tolerant per item: a row it cannot read comes back without a structure
+    and with the reason, and is reported for its sample (:meth:`EvalItem.checked`) while the
+    rest of the directory is evaluated.
 
     Parameters
     ----------
@@ -95,25 +98,9 @@ def read_sample_dir(directory: str | Path) -> tuple[dict[str, Any], list[EvalIte
     tuple
         ``(index, items)``.
     """
-    from generators.sample_io import read_index
+    from generators.sample_io import load_samples, read_index
 
-    directory = Path(directory)
-    index = read_index(directory)
-    items: list[EvalItem] = []
-    for name in index.get("chunks", []):
-        rows = json.loads((directory / name).read_text())
-        for row_no, row in enumerate(rows):
-            sample_id = str(row.get("sample_id", f"{name}-{row_no}"))
-            items.append(
-                EvalItem(
-                    sample_id=sample_id,
-                    structure=row.get("structure"),
-                    target_id=None if row.get("target_id") is None else str(row["target_id"]),
-                    candidate=int(row.get("candidate") or 0),
-                    error=row.get("error"),
-                )
-            )
-    return index, items
+    return read_index(directory), _as_items(load_samples(directory))
 
 
 def _as_items(samples: Sequence[Any]) -> list[EvalItem]:

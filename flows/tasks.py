@@ -344,7 +344,9 @@ def load_sample_items(sample_dir: str) -> tuple[list[tuple[str, Structure]], lis
     Returns
     -------
     tuple
-        ``(items, errors)``; samples without a structure are listed in ``errors``.
+        ``(items, errors)``; samples without a structure are listed in ``errors`` as
+        ``{"id", "reason"}``: those the sampler could not build, and rows or chunk files that
+        ``generators.sample_io.load_samples`` could not read (the rest still load).
     """
     from generators.sample_io import load_samples
 

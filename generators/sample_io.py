@@ -70,7 +70,7 @@ class SampleRecord:
             sample_id=str(data["sample_id"]),
             structure=None if structure is None else Structure.from_dict(structure),
             target_id=data.get("target_id"),
-            candidate=int(data.get("candidate", 0)),
+            candidate=int(data.get("candidate") or 0),
             error=data.get("error"),
         )
 
@@ -143,24 +143,92 @@ def write_chunk(directory: str | Path, number: int, records: Iterable[SampleReco
     return name
 
 
+UNREADABLE = "unreadable sample"
+"""Start of the ``error`` of a record whose row could not be read (see :func:`load_samples`)."""
+
+
+def record_from_row(row: Any, default_id: str) -> SampleRecord:
+    """Read one chunk row; a row that cannot be read becomes a record without a structure.
+
+    Parameters
+    ----------
+    row
+        One element of a chunk file (``SampleRecord.to_dict()`` when written by this module).
+    default_id
+        The sample id to report when the row has none (``"<chunk file>-<row>"``).
+
+    Returns
+    -------
+    SampleRecord
+        The record; for a bad row ``structure`` is ``None`` and ``error`` starts with
+        :data:`UNREADABLE` and names the problem.
+    """
+    try:
+        if not isinstance(row, dict):
+            raise TypeError(f"a row is a JSON object, not {type(row).__name__}")
+        return SampleRecord.from_dict({"sample_id": default_id, **row})
+    except Exception as exc:  # one bad row is reported, the rest of the chunk loads
+        fields = row if isinstance(row, dict) else {}
+        sample_id = str(fields.get("sample_id") or default_id)
+        target_id = fields.get("target_id")
+        candidate = fields.get("candidate")
+        return SampleRecord(
+            sample_id=sample_id,
+            structure=None,
+            target_id=None if target_id is None else str(target_id),
+            candidate=candidate if isinstance(candidate, int) else 0,
+            error=f"{UNREADABLE} {sample_id}: {type(exc).__name__}: {exc}",
+        )
+
+
 def load_samples(directory: str | Path) -> list[SampleRecord]:
-    """All samples of the finished chunks of a sample directory, in chunk order."""
+    """All samples of the finished chunks of a sample directory, in chunk order.
+
+    Reading is tolerant per item: a row that cannot be read (malformed structure dict, unknown
+    element, not a JSON object) comes back as a record without a structure whose ``error``
+    names the sample and the reason (:func:`record_from_row`); a chunk file that cannot be
+    read at all comes back as one such record with the chunk's name as its id. The rest loads.
+
+    Parameters
+    ----------
+    directory
+        The sample directory.
+
+    Returns
+    -------
+    list[SampleRecord]
+        One record per row of every chunk listed in the index.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the directory has no readable index (:func:`read_index`).
+    """
     index = read_index(directory)
     records: list[SampleRecord] = []
     for name in index.get("chunks", []):
-        payload = json.loads((Path(directory) / name).read_text())
-        records.extend(SampleRecord.from_dict(item) for item in payload)
+        try:
+            rows = json.loads((Path(directory) / name).read_text())
+            if not isinstance(rows, list):
+                raise ValueError(f"a chunk is a JSON list, not {type(rows).__name__}")
+        except (OSError, ValueError) as exc:
+            error = f"{UNREADABLE} {name}: unreadable chunk: {type(exc).__name__}: {exc}"
+            records.append(SampleRecord(sample_id=name, structure=None, error=error))
+            continue
+        records.extend(record_from_row(row, f"{name}-{number}") for number, row in enumerate(rows))
     return records
 
 
 __all__ = [
     "FORMAT",
+    "UNREADABLE",
     "SampleRecord",
     "atomic_write_json",
     "chunk_name",
     "is_complete",
     "load_samples",
     "read_index",
+    "record_from_row",
     "write_chunk",
     "write_index",
 ]

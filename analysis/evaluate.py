@@ -91,12 +91,12 @@ def read_sample_dir(directory: str | Path) -> tuple[dict[str, Any], list[EvalIte
     Parameters
     ----------
     directory
-        The sample directory.
+        Written by ``generators.sampler`` (or any writer of that format).
 
     Returns
     -------
     tuple
-        ``(index, items)``.
+        ``(index, items)``: the ``index.json`` dict and one :class:`EvalItem` per row.
     """
     from generators.sample_io import load_samples, read_index
 

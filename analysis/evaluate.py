@@ -562,19 +562,17 @@ def evaluate_split(
     ids, structures, errors = load_ground_truth(dataset, split, data_dir, limit, progress)
     timings = {"load_split_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
+    common: dict[str, Any] = {
+        "gt": structures,
+        "gt_ids": ids,
+        "gt_split": split,
+        "oxidation_states_set": oxidation_states_set,
+        "n_jobs": n_jobs,
+        "progress": progress,
+        "log": log,
+    }
     csp_items = [EvalItem(mid, s, mid, 0) for mid, s in zip(ids, structures, strict=True)]
-    results = evaluate_samples(
-        csp_items,
-        dataset,
-        mode="csp",
-        gt=structures,
-        gt_ids=ids,
-        gt_split=split,
-        oxidation_states_set=oxidation_states_set,
-        n_jobs=n_jobs,
-        progress=progress,
-        log=log,
-    )
+    results = evaluate_samples(csp_items, dataset, mode="csp", **common)
     timings["csp_metrics_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gen_items = [EvalItem(mid, s) for mid, s in zip(ids, structures, strict=True)]
@@ -582,16 +580,10 @@ def evaluate_split(
         gen_items,
         dataset,
         mode="generate",
-        gt=structures,
-        gt_ids=ids,
-        gt_split=split,
         with_coverage=with_coverage,
         coverage_criterion=coverage_criterion,
-        oxidation_states_set=oxidation_states_set,
         fingerprint_cache=fingerprint_cache,
-        n_jobs=n_jobs,
-        progress=progress,
-        log=log,
+        **common,
     )
     timings["generation_metrics_s"] = time.perf_counter() - t0
     results.update(gen)

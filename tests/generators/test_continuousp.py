@@ -341,6 +341,29 @@ def test_trainer_and_sampler_run_continuousp(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- memorisation
 
 
+def stay_count(model: ContinuouSP, structures: list, seed: int = 0, steps: int = 50) -> int:
+    """Training crystals still matched after a chain started AT them over the schedule's tail
+    from T = 0.01 (``data_started_chains``): a necessary condition for memorisation."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    model.eval()
+    batch = structures_to_batch(structures)
+    result = model.data_started_chains(batch, steps, torch.Generator().manual_seed(seed))
+    matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    count, start = 0, 0
+    for b, crystal in enumerate(structures):
+        n = len(crystal)
+        moved = Structure(
+            Lattice(result.lattice[b].detach().double().numpy()),
+            crystal.species,
+            result.cart_coords[start : start + n].detach().double().numpy(),
+            coords_are_cartesian=True,
+        )
+        start += n
+        count += matcher.get_rms_dist(crystal, moved) is not None
+    return count
+
+
 def memorisation_run(
     out_dir: Path,
     n_structures: int,
@@ -430,8 +453,12 @@ def memorisation_run(
         for s in load_samples(out_dir / "baseline"):
             base_by_target[s.target_id].append(s.structure)
         base = csp_match([base_by_target[i] for i in ids], split.structures, "continuousp", ids=ids)
-        baseline = {"untrained_match_rate_k": base["match_rate"].value}
+        baseline = {
+            "untrained_match_rate_k": base["match_rate"].value,
+            "untrained_stay": stay_count(untrained, split.structures, seed, sample_steps),
+        }
     summary = {
+        "stay": stay_count(model, split.structures, seed, sample_steps),
         **baseline,
         "config": config_name,
         "model_overrides": model_overrides or {},
@@ -456,6 +483,7 @@ def test_memorisation_pipeline_smoke(tmp_path: Path) -> None:
     assert summary["epochs"] >= 1
     assert 0.0 <= summary["match_rate_k"] <= 100.0
     assert summary["match_rate_k"] >= summary["match_rate_1"]
+    assert 0 <= summary["stay"] <= 4
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -199,6 +200,135 @@ def _hull(references: list[tuple[str, Structure]], docs: dict[str, Any]) -> tupl
     return hull, info
 
 
+COUNTS: tuple[str, ...] = (
+    "n_input",
+    "n_skipped",
+    "n_submitted",
+    "n_stored",
+    "n_ok",
+    "n_errors",
+    "n_crashed_chunks",
+)
+
+
+def _accumulate(stages: dict[str, dict[str, Any]], key: str, stage: dict[str, Any]) -> None:
+    """Add a stage summary (one DFT round) to the running total under ``key``."""
+    if key not in stages:
+        stages[key] = {**stage, "errors": list(stage["errors"])}
+        return
+    total = stages[key]
+    for name in COUNTS:
+        total[name] += stage[name]
+    total["errors"] += stage["errors"]
+
+
+@dataclass
+class ModelRun:
+    """One model's samples and rows inside the experiment."""
+
+    model: str
+    sample_dir: str
+    items: list[tuple[str, Structure]]
+    provenance: Provenance
+    hashes: dict[str, str] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)
+
+    @property
+    def structures(self) -> dict[str, Structure]:
+        """``{sample id: generated structure}``."""
+        return dict(self.items)
+
+
+def _sample_model(
+    model: str,
+    dataset: str,
+    checkpoints: dict[str, str] | None,
+    train_config: str,
+    train_max_minutes: float | None,
+    train_overrides: dict[str, Any] | None,
+    n: int,
+    seed: int,
+    sample_steps: int | None,
+    run: str,
+    home: str | None,
+    timings: dict[str, float],
+) -> ModelRun:
+    """Checkpoint (given or trained) and samples of one model."""
+    start = time.perf_counter()
+    checkpoint = _checkpoint_for(
+        model, checkpoints, dataset, train_config, train_max_minutes, train_overrides, home
+    )
+    timings["train_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    sample_dir = sample_structures(
+        model,
+        dataset,
+        n,
+        checkpoint,
+        seed,
+        home=home,
+        mode=None if checkpoint is None else "generate",
+        steps=sample_steps,
+    )
+    timings["sample_s"] = time.perf_counter() - start
+    items, errors = load_sample_items(sample_dir)
+    if errors:
+        get_run_logger().warning(
+            "%s: %d samples have no structure: %s", model, len(errors), errors[:3]
+        )
+    prov = samples_provenance(sample_dir, {"n": n, "seed": seed, "experiment": run})
+    prov.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    hashes = {sid: structure_hash(s) for sid, s in items}
+    return ModelRun(model, sample_dir, items, prov, hashes)
+
+
+def _force_field_rows(mr: ModelRun, settings_hash: str, home: str | None) -> list[dict[str, Any]]:
+    """``analyze_task`` rows of one model plus its model name and force-field energies."""
+    rows = analyze_task(mr.sample_dir, settings_hash, home, mr.provenance.__dict__, None)
+    with ResultStore(home=home) as store:
+        docs = store.get_relaxations(list(mr.hashes.values()), settings_hash)
+    for row in rows:
+        doc = docs.get(row.get("structure_hash", ""))
+        row["model"] = mr.model
+        row["energy_per_atom_eV"] = usable_energy(doc)
+        row["initial_energy_per_atom_eV"] = (doc or {}).get("initial_energy_per_atom_eV")
+        row["dft_selected"] = False
+    return rows
+
+
+def _candidates(mr: ModelRun) -> list[dict[str, Any]]:
+    """DFT candidates of one model: rows whose force-field relaxation gave an energy."""
+    structures = mr.structures
+    return [
+        {
+            "structure_id": r["structure_id"],
+            "n_sites": r.get("n_sites") or len(structures[r["structure_id"]]),
+            "energy_per_atom_eV": r["energy_per_atom_eV"],
+        }
+        for r in mr.rows
+        if r.get("energy_per_atom_eV") is not None and r["structure_id"] in structures
+    ]
+
+
+def _add_dft_fields(mr: ModelRun, settings_hash: str, home: str | None) -> None:
+    """Mark the chosen rows and add their DFT fields from the store."""
+    if not mr.chosen:
+        return
+    with ResultStore(home=home) as store:
+        docs = store.get_relaxations([mr.hashes[sid] for sid in mr.chosen], settings_hash)
+    chosen, structures = set(mr.chosen), mr.structures
+    for row in mr.rows:
+        sid = row["structure_id"]
+        if sid in chosen:
+            row["dft_selected"] = True
+            h = mr.hashes[sid]
+            if h in docs:
+                row.update(dft_fields(structures[sid], docs[h]))
+            else:
+                row.update(dft_status="not_relaxed", dft_error=f"{sid}: no DFT result in the store")
+
+
 @flow(name="stability-experiment")
 def stability_experiment(
     models: list[str] | None = None,
@@ -324,107 +454,53 @@ def stability_experiment(
     two_stage = dft_relaxer_spec(relaxer, relaxer_settings, dft, dft_settings)
     two_stage_info = describe_relaxer(*two_stage) if dft != "none" else None
 
-    timings: dict[str, dict[str, float]] = {}
+    timings: dict[str, dict[str, float]] = {m: {} for m in models}
     stages: dict[str, dict[str, Any]] = {}
     model_errors: dict[str, str] = {}
-    per_model_items: dict[str, list[tuple[str, Structure]]] = {}
-    rows: list[dict[str, Any]] = []
+    runs: dict[str, ModelRun] = {}
+    # phase 1: checkpoints and samples of every model
     for model in models:
-        t: dict[str, float] = {}
-        timings[model] = t
         try:
-            start = time.perf_counter()
-            checkpoint = _checkpoint_for(
-                model, checkpoints, dataset, train_config, train_max_minutes, train_overrides, home
-            )
-            t["train_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            sample_dir = sample_structures(
+            runs[model] = _sample_model(
                 model,
                 dataset,
+                checkpoints,
+                train_config,
+                train_max_minutes,
+                train_overrides,
                 n,
-                checkpoint,
                 seed,
-                home=home,
-                mode=None if checkpoint is None else "generate",
-                steps=sample_steps,
+                sample_steps,
+                run,
+                home,
+                timings[model],
             )
-            t["sample_s"] = time.perf_counter() - start
-            items, errors = load_sample_items(sample_dir)
-            if errors:
-                logger.warning(
-                    "%s: %d samples have no structure: %s", model, len(errors), errors[:3]
-                )
-            per_model_items[model] = items
-            prov = samples_provenance(sample_dir, {"n": n, "seed": seed, "experiment": run})
-            prov.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-            hashes = {sid: structure_hash(s) for sid, s in items}
+        except Exception as exc:  # one model failing leaves the others in the report
+            logger.error("%s: %s: %s", model, type(exc).__name__, exc)
+            model_errors[model] = f"{type(exc).__name__}: {exc}"
+    # phase 2: the force field on every structure of every model
+    for model, mr in list(runs.items()):
+        try:
             start = time.perf_counter()
-            ff_stage = run_relax_stage(
-                [(sid, s, hashes[sid]) for sid, s in items],
+            stage = run_relax_stage(
+                [(sid, s, mr.hashes[sid]) for sid, s in mr.items],
                 relaxer,
                 relaxer_settings,
-                prov,
+                mr.provenance,
                 home=home,
                 chunk_size=chunk_size,
                 cluster=cluster,
                 cluster_kwargs=ff_kwargs,
                 retry_failed=retry_failed,
             )
-            t["force_field_s"] = time.perf_counter() - start
-            stages[f"{model}:{relaxer}"] = ff_stage.as_dict()
-            model_rows = analyze_task(sample_dir, ff_stage.settings_hash, home, prov.__dict__, None)
-            with ResultStore(home=home) as store:
-                ff_docs = store.get_relaxations(list(hashes.values()), ff_stage.settings_hash)
-            structures = dict(items)
-            for row in model_rows:
-                doc = ff_docs.get(row.get("structure_hash", ""))
-                row["model"] = model
-                row["energy_per_atom_eV"] = usable_energy(doc)
-                row["initial_energy_per_atom_eV"] = (doc or {}).get("initial_energy_per_atom_eV")
-                row["dft_selected"] = False
-            if dft != "none" and dft_per_model > 0 and two_stage_info is not None:
-                candidates = [
-                    {
-                        "structure_id": r["structure_id"],
-                        "n_sites": r.get("n_sites") or len(structures[r["structure_id"]]),
-                        "energy_per_atom_eV": r["energy_per_atom_eV"],
-                    }
-                    for r in model_rows
-                    if r.get("energy_per_atom_eV") is not None and r["structure_id"] in structures
-                ]
-                chosen = select_for_dft(candidates, dft_per_model, dft_selection, seed)
-                logger.info("%s: DFT for %s", model, ", ".join(chosen))
-                start = time.perf_counter()
-                dft_stage = run_relax_stage(
-                    [(sid, structures[sid], hashes[sid]) for sid in chosen],
-                    two_stage[0],
-                    two_stage[1],
-                    prov,
-                    home=home,
-                    chunk_size=1,
-                    cluster=cluster,
-                    cluster_kwargs=dft_kwargs,
-                    retry_failed=retry_failed,
-                )
-                t["dft_s"] = time.perf_counter() - start
-                stages[f"{model}:{two_stage[0]}"] = dft_stage.as_dict()
-                with ResultStore(home=home) as store:
-                    dft_docs = store.get_relaxations(
-                        [hashes[sid] for sid in chosen], dft_stage.settings_hash
-                    )
-                chosen_set = set(chosen)
-                for row in model_rows:
-                    sid = row["structure_id"]
-                    if sid in chosen_set:
-                        row["dft_selected"] = True
-                        row.update(dft_fields(structures[sid], dft_docs.get(hashes[sid])))
-            rows.extend(model_rows)
-        except Exception as exc:  # one model failing leaves the others in the report
+            timings[model]["force_field_s"] = time.perf_counter() - start
+            stages[f"{model}:{relaxer}"] = stage.as_dict()
+            mr.rows = _force_field_rows(mr, stage.settings_hash, home)
+        except Exception as exc:
             logger.error("%s: %s: %s", model, type(exc).__name__, exc)
             model_errors[model] = f"{type(exc).__name__}: {exc}"
-
-    # -- reference hull, energies above it -------------------------------------------------
+            del runs[model]
+    # reference hull, before the DFT phase (cheap, and every row needs it)
     reference_info: dict[str, Any] = {}
     start = time.perf_counter()
     try:
@@ -445,6 +521,44 @@ def stability_experiment(
         ff_hull = dft_hull = None
     timings["reference"] = {"reference_s": time.perf_counter() - start}
 
+    # phase 3: DFT on the chosen structures, round robin over the models (dft_workers per
+    # model per round), so that a run stopped early has DFT results for every model
+    if two_stage_info is not None and dft_per_model > 0:
+        for model, mr in runs.items():
+            mr.chosen = select_for_dft(_candidates(mr), dft_per_model, dft_selection, seed)
+            logger.info("%s: DFT for %s", model, ", ".join(mr.chosen))
+        per_round = max(1, dft_workers)
+        n_rounds = max((len(mr.chosen) for mr in runs.values()), default=0)
+        for first in range(0, n_rounds, per_round):
+            for model, mr in runs.items():
+                batch = mr.chosen[first : first + per_round]
+                if not batch:
+                    continue
+                start = time.perf_counter()
+                try:
+                    stage = run_relax_stage(
+                        [(sid, mr.structures[sid], mr.hashes[sid]) for sid in batch],
+                        two_stage[0],
+                        two_stage[1],
+                        mr.provenance,
+                        home=home,
+                        chunk_size=1,
+                        cluster=cluster,
+                        cluster_kwargs=dft_kwargs,
+                        retry_failed=retry_failed,
+                    )
+                except Exception as exc:  # reported; the rows say "not relaxed"
+                    logger.error("%s DFT: %s: %s", model, type(exc).__name__, exc)
+                    model_errors[f"{model} DFT"] = f"{type(exc).__name__}: {exc}"
+                    continue
+                t = timings[model]
+                t["dft_s"] = t.get("dft_s", 0.0) + time.perf_counter() - start
+                _accumulate(stages, f"{model}:{two_stage[0]}", stage.as_dict())
+        for mr in runs.values():
+            _add_dft_fields(mr, two_stage_info["settings_hash"], home)
+    per_model_items = {model: mr.items for model, mr in runs.items()}
+    rows = [row for mr in runs.values() for row in mr.rows]
+
     relaxed_structures = _relaxed_structures(rows, home, ff_info["settings_hash"])
     values, reasons = hull_energies(
         relaxed_structures, [r.get("energy_per_atom_eV") for r in rows], ff_hull
@@ -458,7 +572,11 @@ def stability_experiment(
         row["e_above_hull_reason"] = reason
         row["e_above_hull_generated_eV"] = gen_value
     if dft_hull is not None:
-        dft_rows = [r for r in rows if r.get("dft_energy_per_atom_eV") is not None]
+        dft_rows = [
+            r
+            for r in rows
+            if r.get("_dft_structure") and r.get("dft_energy_per_atom_eV") is not None
+        ]
         dft_values, _ = hull_energies(
             [Structure.from_dict(r["_dft_structure"]) for r in dft_rows],
             [r["dft_energy_per_atom_eV"] for r in dft_rows],

@@ -12,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 @pytest.fixture(scope="module")
 def harness() -> None:
-    with prefect_test_harness(server_startup_timeout=240):
+    with prefect_test_harness(server_startup_timeout=600):
         yield
 
 
@@ -85,3 +85,43 @@ def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -
     assert table.type == "table" and "match_rate_paper" in str(table.data)
     assert "52.02" in str(table.data) and "no checkpoint" in str(table.data)
     assert markdown.type == "markdown" and "| – / 52.02 | – / 0.0760 |" in str(markdown.data)
+
+
+def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
+    """The S.U.N. glue: samples relaxed with CHGNet, a hull of 4 relaxed training structures,
+    novelty against a (small, prebuilt) training reference; thresholds written beside it."""
+    from prefect import flow
+
+    from analysis.sun import NoveltyReference
+    from flows.nightly import _relax_and_analyze, _sun_stage
+    from flows.smoke_model import sample_from_dataset
+    from generators.data import load_split
+
+    from .conftest import TINY_CHGNET
+
+    sample_dir = str(sample_from_dataset("carbon_24", 3, tmp_path / "samples", seed=1))
+    train = load_split("carbon_24", "train", limit=30, progress=False).records
+    cache = {
+        "carbon_24": NoveltyReference(
+            [r.structure for r in train], ids=[r.material_id for r in train]
+        )
+    }
+    spec = ("chgnet", TINY_CHGNET, {"processes": False})
+
+    @flow
+    def run() -> dict:
+        row = {"model": "dataset", "dataset": "carbon_24", "scale": "t", "notes": {}}
+        row["relaxed_samples"] = "generated"
+        _relax_and_analyze(row, sample_dir, spec, str(tmp_path), 3)
+        _sun_stage(row, sample_dir, spec, str(tmp_path), 4, cache)
+        return row
+
+    row = run()
+    assert row["n_relaxed"] == 3 and row["mean_delta_e_mev_per_atom"] > 0  # rattled: downhill
+    assert row["sun"]["n"] == 3 and row["sun"]["n_errors"] == 0
+    assert row["sun_rate"] == row["sun"]["n_sun"] / 3
+    # val structures are not in the first 30 training structures; rattled copies differ
+    assert row["sun"]["n_novel"] == 3 and row["sun"]["n_unique"] == 3
+    note = row["notes"]["sun_rate"]
+    assert "stable E_hull < 0.1 eV/atom against 4 carbon_24 training structures" in note
+    assert "relaxed with chgnet" in note and "novel against 30 training structures" in note

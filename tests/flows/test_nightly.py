@@ -87,9 +87,14 @@ def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -
     assert markdown.type == "markdown" and "| – / 52.02 | – / 0.0760 |" in str(markdown.data)
 
 
+@pytest.mark.slow
 def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
     """The S.U.N. glue: samples relaxed with CHGNet, a hull of 4 relaxed training structures,
-    novelty against a (small, prebuilt) training reference; thresholds written beside it."""
+    novelty against a (small, prebuilt) training reference; thresholds written beside it.
+
+    Slow: 314 s (call) under `nice -n 10` at load average ~13 on the 2-core box (7 CHGNet
+    relaxations of carbon_24 cells in the flow process).
+    """
     from prefect import flow
 
     from analysis.sun import NoveltyReference

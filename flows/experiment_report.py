@@ -234,8 +234,13 @@ def render_report(summary: dict[str, Any], tables: dict[str, list[dict[str, Any]
         f"# Stability experiment {s['run']} ({s['dataset']})",
         "",
         f"Models: {', '.join(s['models'])}; n = {s['n']} per model, seed {s['seed']}; "
-        f"force field `{s['relaxer']}`; DFT `{s['dft']}` on {s['dft_per_model']} per model "
-        f"(selection `{s['dft_selection']}`).",
+        f"force field `{s['relaxer']}`; "
+        + (
+            "no DFT."
+            if s["dft"] == "none"
+            else f"DFT `{s['dft']}` on {s['dft_per_model']} per model "
+            f"(selection `{s['dft_selection']}`)."
+        ),
         "",
         "ΔE = E(as generated) − E(relaxed) per atom, both energies from the same method "
         "(force field: its own energies; DFT: a pw.x single point of the generated structure and "

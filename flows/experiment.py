@@ -429,8 +429,7 @@ def stability_experiment(
         ``report_dir``, ``files``, ``artifacts``, ``summary`` (``summary.json`` without its
         tables), ``tables`` (summary, comparison, sun rows) and ``rows``.
     """
-    from analysis.stability import compare_models, summarize_by_model
-    from flows.experiment_reference import resolve_reference_structures
+    from analysis.stability import summarize_by_model
     from flows.experiment_report import (
         QUANTITIES,
         comparison_table,
@@ -501,89 +500,38 @@ def stability_experiment(
             model_errors[model] = f"{type(exc).__name__}: {exc}"
             del runs[model]
     # reference hull, before the DFT phase (cheap, and every row needs it)
-    reference_info: dict[str, Any] = {}
     start = time.perf_counter()
-    try:
-        references, reference_info = resolve_reference_structures(
-            dataset, reference_structures, n_reference
-        )
-        ref_stages = [(relaxer, relaxer_settings or {})]
-        if two_stage_info is not None:
-            ref_stages.append(two_stage)
-        relaxed_refs = _relax_reference(references, ref_stages, dataset, home, cluster, dft_kwargs)
-        ff_hull, reference_info["force_field"] = _hull(references, relaxed_refs[relaxer]["docs"])
-        dft_hull = None
-        if two_stage_info is not None:
-            dft_hull, reference_info["dft"] = _hull(references, relaxed_refs[two_stage[0]]["docs"])
-    except Exception as exc:  # the ΔE part stands without a hull
-        logger.error("reference hull: %s: %s", type(exc).__name__, exc)
-        reference_info["error"] = f"{type(exc).__name__}: {exc}"
-        ff_hull = dft_hull = None
+    ref_stages = [(relaxer, relaxer_settings or {})]
+    if two_stage_info is not None:
+        ref_stages.append(two_stage)
+    ff_hull, dft_hull, reference_info = _reference_hulls(
+        dataset, reference_structures, n_reference, ref_stages, home, cluster, dft_kwargs
+    )
     timings["reference"] = {"reference_s": time.perf_counter() - start}
 
-    # phase 3: DFT on the chosen structures, round robin over the models (dft_workers per
-    # model per round), so that a run stopped early has DFT results for every model
+    # phase 3: DFT on the chosen structures, round robin over the models
     if two_stage_info is not None and dft_per_model > 0:
         for model, mr in runs.items():
             mr.chosen = select_for_dft(_candidates(mr), dft_per_model, dft_selection, seed)
             logger.info("%s: DFT for %s", model, ", ".join(mr.chosen))
-        per_round = max(1, dft_workers)
-        n_rounds = max((len(mr.chosen) for mr in runs.values()), default=0)
-        for first in range(0, n_rounds, per_round):
-            for model, mr in runs.items():
-                batch = mr.chosen[first : first + per_round]
-                if not batch:
-                    continue
-                start = time.perf_counter()
-                try:
-                    stage = run_relax_stage(
-                        [(sid, mr.structures[sid], mr.hashes[sid]) for sid in batch],
-                        two_stage[0],
-                        two_stage[1],
-                        mr.provenance,
-                        home=home,
-                        chunk_size=1,
-                        cluster=cluster,
-                        cluster_kwargs=dft_kwargs,
-                        retry_failed=retry_failed,
-                    )
-                except Exception as exc:  # reported; the rows say "not relaxed"
-                    logger.error("%s DFT: %s: %s", model, type(exc).__name__, exc)
-                    model_errors[f"{model} DFT"] = f"{type(exc).__name__}: {exc}"
-                    continue
-                t = timings[model]
-                t["dft_s"] = t.get("dft_s", 0.0) + time.perf_counter() - start
-                _accumulate(stages, f"{model}:{two_stage[0]}", stage.as_dict())
+        _dft_rounds(
+            runs,
+            two_stage,
+            dft_workers,
+            home,
+            cluster,
+            dft_kwargs,
+            retry_failed,
+            stages,
+            timings,
+            model_errors,
+        )
         for mr in runs.values():
             _add_dft_fields(mr, two_stage_info["settings_hash"], home)
-    per_model_items = {model: mr.items for model, mr in runs.items()}
     rows = [row for mr in runs.values() for row in mr.rows]
 
     relaxed_structures = _relaxed_structures(rows, home, ff_info["settings_hash"])
-    values, reasons = hull_energies(
-        relaxed_structures, [r.get("energy_per_atom_eV") for r in rows], ff_hull
-    )
-    generated = [dict(per_model_items.get(r["model"], [])).get(r["structure_id"]) for r in rows]
-    as_generated, _ = hull_energies(
-        generated, [r.get("initial_energy_per_atom_eV") for r in rows], ff_hull
-    )
-    for row, value, reason, gen_value in zip(rows, values, reasons, as_generated, strict=True):
-        row["e_above_hull_eV"] = value
-        row["e_above_hull_reason"] = reason
-        row["e_above_hull_generated_eV"] = gen_value
-    if dft_hull is not None:
-        dft_rows = [
-            r
-            for r in rows
-            if r.get("_dft_structure") and r.get("dft_energy_per_atom_eV") is not None
-        ]
-        dft_values, _ = hull_energies(
-            [Structure.from_dict(r["_dft_structure"]) for r in dft_rows],
-            [r["dft_energy_per_atom_eV"] for r in dft_rows],
-            dft_hull,
-        )
-        for row, value in zip(dft_rows, dft_values, strict=True):
-            row["dft_e_above_hull_eV"] = value
+    _attach_hull(rows, relaxed_structures, runs, ff_hull, dft_hull)
 
     # -- S.U.N. --------------------------------------------------------------------------------
     sun_rates: dict[str, dict[str, Any]] = {}
@@ -601,21 +549,8 @@ def stability_experiment(
     # -- summaries, comparisons, plots, report -------------------------------------------------
     keys = tuple(QUANTITIES)
     per_model = summarize_by_model(rows, keys=keys, seed=seed)
-    comparisons = []
     present = [m for m in models if m in per_model]
-    for other in present[1:]:
-        for key in ("delta_e_mev_per_atom", "dft_delta_e_mev_per_atom", "rmsd", "dft_rmsd"):
-            a = values_of([r for r in rows if r["model"] == other], key)
-            b = values_of([r for r in rows if r["model"] == present[0]], key)
-            if a and b:
-                comparisons.append(
-                    {
-                        "a": other,
-                        "b": present[0],
-                        "key": key,
-                        "result": compare_models(a, b, seed=seed),
-                    }
-                )
+    comparisons = _comparisons(rows, present, seed)
     plots = _plots(rows, present, report_dir)
     tables = {
         "summary": summary_table(per_model),
@@ -664,6 +599,129 @@ def stability_experiment(
         "tables": tables,
         "rows": rows,
     }
+
+
+def _reference_hulls(
+    dataset: str,
+    reference_structures: list[str] | None,
+    n_reference: int,
+    ref_stages: list[tuple[str, dict[str, Any]]],
+    home: str | None,
+    cluster: str,
+    cluster_kwargs: dict[str, Any] | None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Relax the hull references with each stage; return (force-field hull, DFT hull, info).
+
+    A hull that cannot be built is ``None`` and ``info`` says why (the ΔE part stands alone).
+    """
+    from flows.experiment_reference import resolve_reference_structures
+
+    info: dict[str, Any] = {}
+    try:
+        references, info = resolve_reference_structures(dataset, reference_structures, n_reference)
+        relaxed = _relax_reference(references, ref_stages, dataset, home, cluster, cluster_kwargs)
+        ff_hull, info["force_field"] = _hull(references, relaxed[ref_stages[0][0]]["docs"])
+        dft_hull = None
+        if len(ref_stages) > 1:
+            dft_hull, info["dft"] = _hull(references, relaxed[ref_stages[1][0]]["docs"])
+    except Exception as exc:
+        get_run_logger().error("reference hull: %s: %s", type(exc).__name__, exc)
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        return None, None, info
+    return ff_hull, dft_hull, info
+
+
+def _dft_rounds(
+    runs: dict[str, ModelRun],
+    two_stage: tuple[str, dict[str, Any]],
+    dft_workers: int,
+    home: str | None,
+    cluster: str,
+    cluster_kwargs: dict[str, Any] | None,
+    retry_failed: bool,
+    stages: dict[str, dict[str, Any]],
+    timings: dict[str, dict[str, float]],
+    model_errors: dict[str, str],
+) -> None:
+    """DFT-relax each model's chosen structures, ``dft_workers`` per model per round.
+
+    Round robin, so that a run stopped early has DFT results for every model; each round's
+    results are in the store as soon as they finish (a rerun skips them).
+    """
+    per_round = max(1, dft_workers)
+    n_rounds = max((len(mr.chosen) for mr in runs.values()), default=0)
+    for first in range(0, n_rounds, per_round):
+        for model, mr in runs.items():
+            batch = mr.chosen[first : first + per_round]
+            if not batch:
+                continue
+            start = time.perf_counter()
+            try:
+                stage = run_relax_stage(
+                    [(sid, mr.structures[sid], mr.hashes[sid]) for sid in batch],
+                    two_stage[0],
+                    two_stage[1],
+                    mr.provenance,
+                    home=home,
+                    chunk_size=1,
+                    cluster=cluster,
+                    cluster_kwargs=cluster_kwargs,
+                    retry_failed=retry_failed,
+                )
+            except Exception as exc:  # reported; the rows say "not relaxed"
+                get_run_logger().error("%s DFT: %s: %s", model, type(exc).__name__, exc)
+                model_errors[f"{model} DFT"] = f"{type(exc).__name__}: {exc}"
+                continue
+            t = timings[model]
+            t["dft_s"] = t.get("dft_s", 0.0) + time.perf_counter() - start
+            _accumulate(stages, f"{model}:{two_stage[0]}", stage.as_dict())
+
+
+def _attach_hull(
+    rows: list[dict[str, Any]],
+    relaxed: list[Structure | None],
+    runs: dict[str, ModelRun],
+    ff_hull: Any,
+    dft_hull: Any,
+) -> None:
+    """Add the energies above the hulls to the rows (force field: relaxed and as generated; DFT)."""
+    values, reasons = hull_energies(relaxed, [r.get("energy_per_atom_eV") for r in rows], ff_hull)
+    structures = {model: mr.structures for model, mr in runs.items()}
+    generated = [structures.get(r["model"], {}).get(r["structure_id"]) for r in rows]
+    as_generated, _ = hull_energies(
+        generated, [r.get("initial_energy_per_atom_eV") for r in rows], ff_hull
+    )
+    for row, value, reason, gen_value in zip(rows, values, reasons, as_generated, strict=True):
+        row["e_above_hull_eV"] = value
+        row["e_above_hull_reason"] = reason
+        row["e_above_hull_generated_eV"] = gen_value
+    if dft_hull is None:
+        return
+    dft_rows = [
+        r for r in rows if r.get("_dft_structure") and r.get("dft_energy_per_atom_eV") is not None
+    ]
+    dft_values, _ = hull_energies(
+        [Structure.from_dict(r["_dft_structure"]) for r in dft_rows],
+        [r["dft_energy_per_atom_eV"] for r in dft_rows],
+        dft_hull,
+    )
+    for row, value in zip(dft_rows, dft_values, strict=True):
+        row["dft_e_above_hull_eV"] = value
+
+
+def _comparisons(rows: list[dict[str, Any]], models: list[str], seed: int) -> list[dict[str, Any]]:
+    """Every model against the first: ΔE and RMSD (force field and DFT) differences of means."""
+    from analysis.stability import compare_models
+
+    out = []
+    for other in models[1:]:
+        for key in ("delta_e_mev_per_atom", "dft_delta_e_mev_per_atom", "rmsd", "dft_rmsd"):
+            a = values_of([r for r in rows if r["model"] == other], key)
+            b = values_of([r for r in rows if r["model"] == models[0]], key)
+            if a and b:
+                result = compare_models(a, b, seed=seed)
+                out.append({"a": other, "b": models[0], "key": key, "result": result})
+    return out
 
 
 def _relaxed_structures(

@@ -5,10 +5,15 @@ The default tests are short (a few training crystals, a short chain) and assert 
 measured on this machine (docs/cdvae.md); the ``slow`` ones are the full version (32 crystals,
 minutes of training, the thresholds of the issue: >= 90 % reconstructed, >= 95 % of 100 generated
 structures valid).
+
+Environment of the slow test: ``DFTLOOP_MEMORISATION_DECODER=gemnet_t`` trains the narrow
+GemNet-T decoder instead of cpu-small's DimeNet++-style one; ``DFTLOOP_MEMORISATION_KEEP=DIR``
+keeps the trained model (``DIR/<model>.pt``) for ``benchmarks/cdvae_memorised_sampling.py``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +104,20 @@ SHORT_CHAIN = {"cdvae": {"steps_per_level": 2}, "dpcdvae": {"steps": 50}}
 FULL_EPOCHS = 2000
 FULL_MINUTES = 14.0
 FULL_CHAIN = {"cdvae": {"steps_per_level": 10}, "dpcdvae": {"steps": 200}}
+GEMNET_CPU_DECODER: dict[str, Any] = {
+    "type": "gemnet_t",
+    "hidden_dim": 64,
+    "num_blocks": 2,
+    "num_spherical": 7,
+    "num_radial": 32,
+    "emb_size_trip": 32,
+    "emb_size_rbf": 16,
+    "emb_size_cbf": 16,
+    "emb_size_bil_trip": 32,
+    "num_atom": 2,
+}
+"""The narrow GemNet-T measured against cpu-small's DimeNet++-style decoder (docs/cdvae.md);
+the slow test uses it when ``DFTLOOP_MEMORISATION_DECODER=gemnet_t``."""
 """Reduced chains (the paper's are 50 x 100 and 999 steps): 500 Langevin / 200 DDPM steps for
 the reconstructions, and the short chains for the 100 generated crystals' validity."""
 
@@ -130,9 +149,18 @@ def test_heads_memorise_and_reconstruction_starts(model_name: str, data_dir: Pat
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> None:
     records = small_carbon(data_dir, 32)
+    decoder = os.environ.get("DFTLOOP_MEMORISATION_DECODER")
+    overrides = {"decoder": GEMNET_CPU_DECODER} if decoder == "gemnet_t" else None
     model, epochs, seconds = train_on(
-        model_name, records, tmp_path, epochs=FULL_EPOCHS, minutes=FULL_MINUTES
+        model_name, records, tmp_path, epochs=FULL_EPOCHS, minutes=FULL_MINUTES, model=overrides
     )
+    keep = os.environ.get("DFTLOOP_MEMORISATION_KEEP")
+    if keep:  # keep the trained model for sampler experiments (docs/cdvae.md)
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"model": model_name, "config": model.config, "state_dict": model.state_dict()},
+            Path(keep) / f"{model_name}.pt",
+        )
     start = time.perf_counter()
     model.configure_sampling(**FULL_CHAIN[model_name])
     match = reconstruction_rate(model, records)

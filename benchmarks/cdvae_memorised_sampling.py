@@ -1,0 +1,93 @@
+"""Re-sample a memorised CDVAE / DP-CDVAE with other chains: reconstruction and validity rates.
+
+The slow memorisation test (``tests/generators/test_cdvae_memorisation.py``) keeps its trained
+model when ``DFTLOOP_MEMORISATION_KEEP=DIR`` is set (``DIR/<model>.pt``). This script loads it
+and measures, on the same 32 carbon_24 training crystals (≤ 8 atoms) and with the same matcher
+(``analysis.matching.rms_dist``) and validity check (``analysis.validity.structure_is_valid``),
+the reconstruction rate and the validity of 100 generated crystals for the chain lengths given.
+
+Usage::
+
+    DFTLOOP_MEMORISATION_KEEP=/tmp/keep .venv/bin/pytest -m slow -k "full and not dpcdvae" \
+        tests/generators/test_cdvae_memorisation.py
+    .venv/bin/python benchmarks/cdvae_memorised_sampling.py /tmp/keep/cdvae.pt \
+        --recon-chain steps_per_level=20 --gen-chain steps_per_level=10 --reconstruct-from mu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from analysis.matching import rms_dist
+from analysis.validity import structure_is_valid
+from generators.crystal import batch_to_structures, data_list_to_batch
+from generators.data import load_split
+from generators.registry import build_model
+from generators.trainer import structures_to_data_list
+
+
+def chain_options(text: str | None) -> dict[str, int]:
+    """``"steps_per_level=20"`` or ``"steps=200"`` → keyword arguments of configure_sampling."""
+    if not text:
+        return {}
+    key, value = text.split("=")
+    return {key: int(value)}
+
+
+def main() -> None:
+    """Load the kept model, reconstruct the training crystals, generate 100, print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--n", type=int, default=32, help="training crystals (≤ 8 atoms)")
+    parser.add_argument("--recon-chain", default=None, help="e.g. steps_per_level=20, steps=999")
+    parser.add_argument("--gen-chain", default=None, help="chain for the generated crystals")
+    parser.add_argument("--generate", type=int, default=100, help="0 skips generation")
+    parser.add_argument("--reconstruct-from", choices=["mu", "sample"], default="mu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    payload = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    config = {**payload["config"], "reconstruct_from": args.reconstruct_from, "progress": False}
+    model = build_model(payload.get("model", args.checkpoint.stem), config)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+
+    split = load_split("carbon_24", "train", data_dir=args.data_dir, limit=400, progress=False)
+    records = [r for r in split.records if len(r.structure) <= 8][: args.n]
+    data, _ = structures_to_data_list(records)
+    result: dict[str, object] = {"checkpoint": str(args.checkpoint), "n": len(records)}
+
+    start = time.perf_counter()
+    model.configure_sampling(**chain_options(args.recon_chain))
+    out = model.reconstruct(data_list_to_batch(data), torch.Generator().manual_seed(0))
+    structures, _ = batch_to_structures(out)
+    matched = sum(
+        1
+        for pred, rec in zip(structures, records, strict=True)
+        if pred is not None and rms_dist(pred, rec.structure) is not None
+    )
+    result["recon_chain"] = args.recon_chain
+    result["reconstruction"] = matched / len(records)
+    result["reconstruction_minutes"] = round((time.perf_counter() - start) / 60, 2)
+
+    if args.generate:
+        start = time.perf_counter()
+        model.configure_sampling(**chain_options(args.gen_chain))
+        generated = model.sample_generate(args.generate, torch.Generator().manual_seed(1))
+        structures, _ = batch_to_structures(generated)
+        valid = sum(1 for s in structures if s is not None and structure_is_valid(s))
+        result["gen_chain"] = args.gen_chain
+        result["validity"] = valid / args.generate
+        result["generation_minutes"] = round((time.perf_counter() - start) / 60, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ from .conftest import DEPLOY, TINY_CHGNET
 
 @pytest.fixture(scope="module")
 def harness() -> None:
-    with prefect_test_harness(server_startup_timeout=240):
+    with prefect_test_harness(server_startup_timeout=600):
         yield
 
 

@@ -144,9 +144,7 @@ def publish_run_artifacts(
     png_path = report_dir / "delta_e_histogram.png"
     png_path.write_bytes(png)
     metrics_csv = write_csv(report_dir / "metrics.csv", metric_rows)
-    rows_csv = write_csv(
-        report_dir / "per_structure.csv", table_rows(rows, PER_STRUCTURE_COLUMNS)
-    )
+    rows_csv = write_csv(report_dir / "per_structure.csv", table_rows(rows, PER_STRUCTURE_COLUMNS))
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
     create_markdown_artifact(
         f"### ΔE histogram ({len(values)} structures)\n\n![delta-e histogram]({data_uri})\n\n"

@@ -6,9 +6,10 @@
 structures and computes the papers' CSP metrics (match rate and RMSE against the 16 targets),
 all through the Prefect flow ``generate-and-relax`` (ephemeral Prefect API, embedded MontyStore
 under ``$DFTLOOP_HOME``). Sampling the training compositions makes it a *memorisation* check:
-it shows the generator, the relaxation and the metrics working end to end in ~20 minutes on a
-2-core CPU, not the model's generalisation (set ``DFTLOOP_MAIN_SPLIT=test`` for held-out
-targets; a 16-crystal model will not match those).
+it shows the generator, the relaxation and the metrics working end to end (45 min measured on
+the shared 2-core box under load 13-15, see README; sized for ~15-25 min on an idle one), not
+the model's generalisation (``DFTLOOP_MAIN_SPLIT=test`` for held-out targets; a 16-crystal
+model will not match those).
 
 Options are environment variables (defaults in :data:`DEFAULTS`):
 

@@ -233,7 +233,7 @@ def test_experiment_with_real_pw_x_on_the_smallest_structure(
         n=3,
         relaxer_settings=TINY_CHGNET,
         dft="espresso",
-        dft_settings={"kspacing": 0.8, "pseudo_dir": str(pseudo_dir), "nstep": 20},
+        dft_settings={"kspacing": 0.8, "pseudo_dir": str(pseudo_dir)},  # nstep 60: see docs
         dft_per_model=1,
         reference_structures=["C-130526-2423-9"],  # diamond only: graphite's PBE c axis drifts
         sun=False,

@@ -50,7 +50,6 @@ DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
     "espresso": {
         "kspacing": 0.5,
         "conv_thr_per_atom": 1e-8,
-        "nstep": 60,
         "timeout_s": 2400.0,
     },
     "vasp": {},
@@ -59,7 +58,9 @@ DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
 
 ``kspacing`` 0.5 Å⁻¹ instead of 0.3 (2-atom diamond: 7³ instead of 11³ k-points; an 8-atom cell
 4×4×4); SSSP cutoffs unchanged (C: 45/360 Ry); SCF threshold 1e-8 Ry per atom instead of 1e-9;
-at most 60 BFGS steps (then ``not_converged``, energies of the last geometry are kept); 2400 s
+pw.x's own ``nstep`` default of 100 kept (pw.x 6.7 counts the final SCF of a vc-relax against
+it and stops with status 3 when that SCF hits the limit: a small ``nstep`` turns converged
+relaxations into failures); 2400 s
 per pw.x calculation (the single point and the vc-relax each; ``timeout_s`` is a machine setting,
 not in the settings hash, so changing it does not invalidate stored results)."""
 

@@ -80,7 +80,7 @@ def experiment(
         str | None,
         typer.Option(
             help="DFT settings, JSON, merged over the defaults "
-            '({"kspacing": 0.5, "conv_thr_per_atom": 1e-8, "nstep": 60, "timeout_s": 2400}).'
+            '({"kspacing": 0.5, "conv_thr_per_atom": 1e-8, "timeout_s": 2400}).'
         ),
     ] = None,
     dft_per_model: Annotated[

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -419,25 +420,124 @@ def _relax_and_analyze(
 ) -> None:
     """Relax one sample directory (skipping what the store has) and add ΔE / RMSD to ``row``."""
     relaxer, relaxer_settings, cluster_kwargs = relax_spec
-    from flows.hashing import structure_hash
-    from flows.relax_stage import run_relax_stage, samples_provenance
+    from flows.relax_stage import flow_run_provenance, relax_samples
     from flows.tasks import load_sample_items
 
     items, errors = load_sample_items(sample_dir)
     row["n_unbuilt"] = len(errors)
-    prov = samples_provenance(sample_dir, {"n": n, "scale": row["scale"]})
-    stage = run_relax_stage(
-        [(sid, s, structure_hash(s)) for sid, s in items],
-        relaxer,
-        relaxer_settings,
-        prov,
-        home=home,
-        cluster_kwargs=cluster_kwargs,
-    )
-    row["n_relaxed"] = stage.n_ok + stage.n_skipped
+    prov = flow_run_provenance(sample_dir, {"n": n, "scale": row["scale"]})
+    relax_samples(items, relaxer, relaxer_settings, prov, home=home, cluster_kwargs=cluster_kwargs)
     result = analyze(sample_dir, relaxer, relaxer_settings, home=home, evaluate_metrics=False)
-    metrics = {m["name"]: m.get("value") for m in result["metrics"]}
+    add_relax_outcome(row, result)
+
+
+RELAXED_STATUSES: frozenset[str] = frozenset({"ok", "not_converged"})
+"""Statuses of an analysis row whose sample was compared with its relaxed structure."""
+
+NOT_RELAXED_LABELS: dict[str, str] = {
+    "invalid_input": "rejected as invalid input",
+    "failed": "failed",
+    "unavailable": "not run (relaxer unavailable)",
+    "not_relaxed": "not in the store (crashed chunk; a rerun tries again)",
+    "no_structure": "could not be built from the sample",
+    "analysis_failed": "relaxed, but the comparison with the sample failed",
+}
+"""How the relax note names each analysis status (``flows.tasks.analyze_task`` rows) that has
+no ΔE / RMSD."""
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_REASON_CHARS = 160
+
+
+def _reason(row: dict[str, Any]) -> str:
+    """The row's error without the sample id and status prefixes the relaxers put in front."""
+    text = str(row.get("error") or "no reason recorded")
+    for prefix in (f"{row.get('structure_id')}: ", "invalid input: "):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def summarize_reasons(reasons: list[str]) -> str:
+    """Group messages that differ only in their numbers; give each group's numbers as ranges.
+
+    Parameters
+    ----------
+    reasons
+        Error messages, e.g. ``"atoms overlap: closest distance 0.012 Å is below ..."``.
+
+    Returns
+    -------
+    str
+        ``"atoms overlap: closest distance 0.012–0.040 Å is below ..."`` for one kind of
+        message, ``"5× <kind>; 3× <kind>"`` (most frequent first) for several; each kind cut
+        at 160 characters.
+    """
+    kinds: dict[str, list[list[str]]] = {}
+    for reason in reasons:
+        kinds.setdefault(_NUMBER.sub("\0", reason), []).append(_NUMBER.findall(reason))
+    parts = []
+    for template, numbers in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        pieces = template.split("\0")
+        text = pieces[0]
+        for i, piece in enumerate(pieces[1:]):
+            column = [found[i] for found in numbers]
+            low, high = min(column, key=float), max(column, key=float)
+            text += (low if float(low) == float(high) else f"{low}–{high}") + piece
+        if len(text) > _REASON_CHARS:
+            text = text[: _REASON_CHARS - 1] + "…"
+        parts.append(text if len(kinds) == 1 else f"{len(numbers)}× {text}")
+    return "; ".join(parts)
+
+
+def relax_outcome_note(rows: list[dict[str, Any]]) -> str | None:
+    """Say why no sample has a ΔE / RMSD, with the counts by failure reason.
+
+    Parameters
+    ----------
+    rows
+        Per-sample rows of the analysis (``flows.pipeline.analyze`` ``rows``: ``status``,
+        ``error``, ``structure_id``).
+
+    Returns
+    -------
+    str or None
+        ``None`` if at least one sample was compared with its relaxed structure, else e.g.
+        ``"0 of 8 relaxed; 8 rejected as invalid input (atoms overlap: closest distance
+        0.010–0.040 Å is below the threshold 0.500 Å)"``.
+    """
+    if any(r.get("status") in RELAXED_STATUSES and not r.get("error") for r in rows):
+        return None
+    by_status: dict[str, list[str]] = {}
+    for r in rows:
+        by_status.setdefault(str(r.get("status")), []).append(_reason(r))
+    parts = [f"0 of {len(rows)} relaxed"]
+    for status, reasons in sorted(by_status.items(), key=lambda kv: -len(kv[1])):
+        label = NOT_RELAXED_LABELS.get(status, f"status {status}")
+        parts.append(f"{len(reasons)} {label} ({summarize_reasons(reasons)})")
+    return "; ".join(parts)
+
+
+def add_relax_outcome(row: dict[str, Any], analysis: dict[str, Any]) -> None:
+    """Add the relax stage's figures to a nightly row from its analysis.
+
+    Parameters
+    ----------
+    row
+        The model's row; gets the :data:`STABILITY_METRIC_KEYS` there are, ``n_relaxed``
+        (samples compared with a relaxed structure) and, when that is 0,
+        ``notes["relax"]`` from :func:`relax_outcome_note`.
+    analysis
+        What ``flows.pipeline.analyze`` returned (``metrics``, ``rows``).
+    """
+    metrics = {m["name"]: m.get("value") for m in analysis["metrics"]}
     row.update({k: metrics[k] for k in STABILITY_METRIC_KEYS if k in metrics})
+    rows = analysis["rows"]
+    row["n_relaxed"] = sum(
+        1 for r in rows if r.get("status") in RELAXED_STATUSES and not r.get("error")
+    )
+    note = relax_outcome_note(rows)
+    if note:
+        row["notes"]["relax"] = note
 
 
 def _sun_stage(
@@ -472,16 +572,15 @@ def _sun_stage(
     from pymatgen.core import Structure
 
     from flows.hashing import structure_hash
-    from flows.relax_stage import run_relax_stage
+    from flows.relax_stage import relax_samples
     from flows.store import Provenance, ResultStore
     from flows.tasks import describe_relaxer, load_sample_items
     from generators.data import load_split
 
     dataset = row["dataset"]
     refs = load_split(dataset, "train", limit=sun_reference, progress=False).records
-    ref_items = [(r.material_id, r.structure, structure_hash(r.structure)) for r in refs]
-    run_relax_stage(
-        ref_items,
+    relax_samples(
+        [(r.material_id, r.structure) for r in refs],
         relaxer,
         relaxer_settings,
         Provenance(model="dataset", dataset=dataset, config={"split": "train", "role": "hull"}),
@@ -489,13 +588,14 @@ def _sun_stage(
         cluster_kwargs=cluster_kwargs,
     )
     settings_hash = describe_relaxer(relaxer, relaxer_settings)["settings_hash"]
+    ref_hashes = [(r.material_id, structure_hash(r.structure)) for r in refs]
     items, _ = load_sample_items(sample_dir)
     with ResultStore(home=home) as store:
-        ref_docs = store.get_relaxations([h for *_, h in ref_items], settings_hash)
+        ref_docs = store.get_relaxations([h for _, h in ref_hashes], settings_hash)
         docs = store.get_relaxations([structure_hash(s) for _, s in items], settings_hash)
     ref_ok = [
         (sid, ref_docs[h])
-        for sid, _, h in ref_items
+        for sid, h in ref_hashes
         if h in ref_docs and ref_docs[h].get("final_structure") and not ref_docs[h].get("error")
     ]
     try:

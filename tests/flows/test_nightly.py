@@ -87,6 +87,104 @@ def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -
     assert markdown.type == "markdown" and "| – / 52.02 | – / 0.0760 |" in str(markdown.data)
 
 
+def _overlapping_samples(path: Path, gaps: list[float]) -> str:
+    """A sample directory of 4 Å cubic NaCl cells whose two atoms are ``gaps`` Å apart, and one
+    sample the sampler could not build."""
+    from pymatgen.core import Lattice, Structure
+
+    from generators.sample_io import SampleRecord, write_chunk, write_index
+
+    records = [
+        SampleRecord(
+            f"s{i}", Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [gap / 4, 0, 0]])
+        )
+        for i, gap in enumerate(gaps)
+    ]
+    records.append(SampleRecord("s-nan", None, error="sampler produced NaN coordinates"))
+    chunk = write_chunk(path, 0, records)
+    write_index(
+        path,
+        {
+            "model": "diffcsp",
+            "dataset": "perov_5",
+            "mode": "generate",
+            "chunks": [chunk],
+            "total": len(records),
+        },
+    )
+    return str(path)
+
+
+def test_zero_relaxed_samples_are_a_note_with_the_reasons(tmp_path: Path) -> None:
+    """Every generated crystal rejected by the relaxer's input check: the relax note counts them
+    by reason instead of leaving the ΔE / RMSD cells empty without a word."""
+    from dataclasses import asdict
+
+    from analysis.benchmark_table import render_markdown
+    from analysis.stability import summarize_stability
+    from flows.hashing import structure_hash
+    from flows.nightly import add_relax_outcome
+    from flows.relax_stage import samples_provenance
+    from flows.store import Provenance, ResultStore
+    from flows.tasks import analyze_task, describe_relaxer, load_sample_items, relax_chunk
+
+    from .conftest import TINY_CHGNET
+
+    sample_dir = _overlapping_samples(tmp_path / "samples", [0.01, 0.04, 0.02])
+    items, errors = load_sample_items(sample_dir)
+    assert len(items) == 3 and len(errors) == 1
+    # the real CHGNet relaxer (its input check rejects all three before any model is loaded)
+    results = relax_chunk.fn("chgnet", TINY_CHGNET, [(sid, s.as_dict()) for sid, s in items])
+    assert [r["status"] for r in results] == ["invalid_input"] * 3
+    info = describe_relaxer("chgnet", TINY_CHGNET)
+    prov = samples_provenance(sample_dir, {})
+    prov = Provenance(**{**asdict(prov), "relaxer": "chgnet", "relaxer_settings": info["settings"]})
+    home = str(tmp_path / "home")
+    with ResultStore(home=home) as store:
+        store.put_relaxations(
+            [(structure_hash(s), r) for (_, s), r in zip(items, results, strict=True)], prov
+        )
+    rows = analyze_task.fn(sample_dir, info["settings_hash"], home, prov.__dict__, None)
+    analysis = {"metrics": [m.to_dict() for m in summarize_stability(rows)], "rows": rows}
+
+    row = {"model": "diffcsp", "dataset": "perov_5", "scale": "t", "status": "ok", "notes": {}}
+    add_relax_outcome(row, analysis)
+    assert row["n_relaxed"] == 0 and row.get("mean_delta_e_mev_per_atom") is None
+    assert row["notes"]["relax"] == (
+        "0 of 4 relaxed; 3 rejected as invalid input (atoms overlap: closest distance "
+        "0.010–0.040 Å is below the threshold 0.500 Å); 1 could not be built from the sample "
+        "(sampler produced NaN coordinates)"
+    )
+    markdown = render_markdown([row], "perov_5", "t")
+    assert (
+        "- diffcsp: relax: 0 of 4 relaxed; 3 rejected as invalid input (atoms overlap" in markdown
+    )
+
+    # one sample compared with its relaxed structure: the stage speaks through its numbers
+    relaxed = [{**rows[0], "status": "not_converged", "error": None}, *rows[1:]]
+    row = {"model": "diffcsp", "notes": {}}
+    add_relax_outcome(row, {"metrics": [], "rows": relaxed})
+    assert row["n_relaxed"] == 1 and "relax" not in row["notes"]
+
+
+def test_reasons_are_grouped_by_kind_with_their_numbers_as_ranges() -> None:
+    from flows.nightly import summarize_reasons
+
+    reasons = [
+        "atoms overlap: closest distance 0.012 Å is below the threshold 0.500 Å",
+        "cell volume is zero or negative (-3.2 Å^3)",
+        "atoms overlap: closest distance 0.300 Å is below the threshold 0.500 Å",
+        "atoms overlap: closest distance 0.150 Å is below the threshold 0.500 Å",
+        "element(s) not supported by this relaxer: Xe",
+    ]
+    assert summarize_reasons(reasons) == (
+        "3× atoms overlap: closest distance 0.012–0.300 Å is below the threshold 0.500 Å; "
+        "1× cell volume is zero or negative (-3.2 Å^3); "
+        "1× element(s) not supported by this relaxer: Xe"
+    )
+    assert summarize_reasons(["x" * 300]) == "x" * 159 + "…"
+
+
 @pytest.mark.slow
 def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
     """The S.U.N. glue: samples relaxed with CHGNet, a hull of 4 relaxed training structures,

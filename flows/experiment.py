@@ -7,9 +7,10 @@ energy) → per-structure rows. Across models: summaries with bootstrap interval
 differences beside the paper's figure, energies above a reference hull computed with the same
 methods, S.U.N. flags, plots, a report directory and Prefect artifacts.
 
-Every relaxation goes through :func:`flows.relax_stage.run_relax_stage`, so results land in the
-store as they finish and a rerun with the same parameters skips every finished structure
-(samples are reused from their sample directory, trainings from their ``best.pt``).
+Every relaxation goes through :func:`flows.relax_stage.relax_samples` (each structure relaxed as
+it is, its own hash as the source), so results land in the store as they finish and a rerun with
+the same parameters skips every finished structure (samples are reused from their sample
+directory, trainings from their ``best.pt``).
 
 The flow is thin: selection, rows and tables are in :mod:`flows.experiment_rows`,
 :mod:`flows.experiment_reference` and :mod:`flows.experiment_report`; the statistics, hull and
@@ -38,7 +39,7 @@ from flows.experiment_rows import (
 )
 from flows.hashing import structure_hash
 from flows.pipeline import sample_structures, train_generator
-from flows.relax_stage import run_relax_stage, samples_provenance
+from flows.relax_stage import flow_run_provenance, relax_samples
 from flows.store import Provenance, ResultStore, dftloop_home
 from flows.tasks import analyze_task, describe_relaxer, load_sample_items
 
@@ -151,11 +152,11 @@ def _relax_reference(
     """
     prov = Provenance(model="reference", dataset=dataset, config={"role": "hull reference"})
     prov.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-    items = [(rid, s, structure_hash(s)) for rid, s in references]
+    hashes = {rid: structure_hash(s) for rid, s in references}
     out: dict[str, dict[str, Any]] = {}
     for name, settings in stages:
-        stage = run_relax_stage(
-            items,
+        stage = relax_samples(
+            references,
             name,
             settings,
             prov,
@@ -165,11 +166,11 @@ def _relax_reference(
             cluster_kwargs=cluster_kwargs,
         )
         with ResultStore(home=home) as store:
-            found = store.get_relaxations([h for _, _, h in items], stage.settings_hash)
+            found = store.get_relaxations(list(hashes.values()), stage.settings_hash)
         out[name] = {
             "settings_hash": stage.settings_hash,
             "stage": stage.as_dict(),
-            "docs": {rid: found.get(h) for rid, _, h in items},
+            "docs": {rid: found.get(h) for rid, h in hashes.items()},
         }
     return out
 
@@ -278,8 +279,7 @@ def _sample_model(
         get_run_logger().warning(
             "%s: %d samples have no structure: %s", model, len(errors), errors[:3]
         )
-    prov = samples_provenance(sample_dir, {"n": n, "seed": seed, "experiment": run})
-    prov.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    prov = flow_run_provenance(sample_dir, {"n": n, "seed": seed, "experiment": run})
     hashes = {sid: structure_hash(s) for sid, s in items}
     return ModelRun(model, sample_dir, items, prov, hashes)
 
@@ -482,8 +482,8 @@ def stability_experiment(
     for model, mr in list(runs.items()):
         try:
             start = time.perf_counter()
-            stage = run_relax_stage(
-                [(sid, s, mr.hashes[sid]) for sid, s in mr.items],
+            stage = relax_samples(
+                mr.items,
                 relaxer,
                 relaxer_settings,
                 mr.provenance,
@@ -658,8 +658,8 @@ def _dft_rounds(
                 continue
             start = time.perf_counter()
             try:
-                stage = run_relax_stage(
-                    [(sid, mr.structures[sid], mr.hashes[sid]) for sid in batch],
+                stage = relax_samples(
+                    [(sid, mr.structures[sid]) for sid in batch],
                     two_stage[0],
                     two_stage[1],
                     mr.provenance,

@@ -235,6 +235,7 @@ class ModelRun:
     hashes: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     chosen: list[str] = field(default_factory=list)
+    dft_not_started: dict[str, str] = field(default_factory=dict)
 
     @property
     def structures(self) -> dict[str, Structure]:
@@ -326,6 +327,8 @@ def _add_dft_fields(mr: ModelRun, settings_hash: str, home: str | None) -> None:
             h = mr.hashes[sid]
             if h in docs:
                 row.update(dft_fields(structures[sid], docs[h]))
+            elif sid in mr.dft_not_started:
+                row.update(dft_status="not_started", dft_error=mr.dft_not_started[sid])
             else:
                 row.update(dft_status="not_relaxed", dft_error=f"{sid}: no DFT result in the store")
 
@@ -354,6 +357,7 @@ def stability_experiment(
     chunk_size: int = 4,
     workers: int = 1,
     dft_workers: int = 1,
+    dft_max_minutes: float | None = None,
     cluster: str = "local",
     cluster_kwargs: dict[str, Any] | None = None,
     retry_failed: bool = False,
@@ -415,6 +419,11 @@ def stability_experiment(
     workers, dft_workers
         Dask worker processes of the force-field and of the DFT stage (``cluster="local"``;
         each pw.x runs serially, so two DFT workers use both cores).
+    dft_max_minutes
+        Wall-time budget of the DFT phase: no new round starts once it is used up (a round in
+        flight finishes); the chosen structures not started are rows with ``dft_status``
+        ``"not_started"`` and the reason. ``None``: no budget. A rerun with a larger budget
+        continues where this one stopped (finished DFT results are in the store).
     cluster, cluster_kwargs
         Dask cluster of the relaxations (``"local"`` or ``"slurm"``) and its overrides.
     retry_failed
@@ -526,6 +535,7 @@ def stability_experiment(
             stages,
             timings,
             model_errors,
+            dft_max_minutes,
         )
         for mr in runs.values():
             _add_dft_fields(mr, two_stage_info["settings_hash"], home)
@@ -568,6 +578,8 @@ def stability_experiment(
         "dft": dft,
         "dft_per_model": dft_per_model,
         "dft_selection": dft_selection,
+        "dft_max_minutes": dft_max_minutes,
+        "dft_not_started": {m: sorted(mr.dft_not_started) for m, mr in runs.items()},
         "per_model": per_model,
         "comparisons": comparisons,
         "sun": sun_rates,
@@ -643,20 +655,27 @@ def _dft_rounds(
     stages: dict[str, dict[str, Any]],
     timings: dict[str, dict[str, float]],
     model_errors: dict[str, str],
+    max_minutes: float | None = None,
 ) -> None:
     """DFT-relax each model's chosen structures, ``dft_workers`` per model per round.
 
     Round robin, so that a run stopped early has DFT results for every model; each round's
-    results are in the store as soon as they finish (a rerun skips them).
+    results are in the store as soon as they finish (a rerun skips them). With ``max_minutes``,
+    no batch starts after that much wall time; its structures go to ``mr.dft_not_started``.
     """
     per_round = max(1, dft_workers)
     n_rounds = max((len(mr.chosen) for mr in runs.values()), default=0)
+    phase_start = time.perf_counter()
     for first in range(0, n_rounds, per_round):
         for model, mr in runs.items():
             batch = mr.chosen[first : first + per_round]
             if not batch:
                 continue
             start = time.perf_counter()
+            if max_minutes is not None and start - phase_start >= 60.0 * max_minutes:
+                reason = f"not started: the DFT budget of {max_minutes:g} min was used up"
+                mr.dft_not_started.update(dict.fromkeys(batch, reason))
+                continue
             try:
                 stage = relax_samples(
                     [(sid, mr.structures[sid]) for sid in batch],

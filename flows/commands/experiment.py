@@ -114,6 +114,10 @@ def experiment(
     dft_workers: Annotated[
         int, typer.Option(help="Dask worker processes, DFT stage (one serial pw.x each).")
     ] = 1,
+    dft_max_minutes: Annotated[
+        float | None,
+        typer.Option(help="Wall-time budget of the DFT phase; later structures are not started."),
+    ] = None,
     cluster: Annotated[str, typer.Option(help="Dask cluster: local or slurm.")] = "local",
     cluster_kwargs: Annotated[
         str | None, typer.Option(help="Dask cluster overrides, JSON.")
@@ -165,6 +169,7 @@ def experiment(
         chunk_size=chunk_size,
         workers=workers,
         dft_workers=dft_workers,
+        dft_max_minutes=dft_max_minutes,
         cluster=cluster,
         cluster_kwargs=_json_option("--cluster-kwargs", cluster_kwargs),
         retry_failed=retry_failed,

@@ -449,6 +449,11 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _REASON_CHARS = 160
 
 
+def _compared(row: dict[str, Any]) -> bool:
+    """Whether an analysis row's sample was compared with its relaxed structure."""
+    return row.get("status") in RELAXED_STATUSES and not row.get("error")
+
+
 def _reason(row: dict[str, Any]) -> str:
     """The row's error without the sample id and status prefixes the relaxers put in front."""
     text = str(row.get("error") or "no reason recorded")
@@ -505,7 +510,7 @@ def relax_outcome_note(rows: list[dict[str, Any]]) -> str | None:
         ``"0 of 8 relaxed; 8 rejected as invalid input (atoms overlap: closest distance
         0.010–0.040 Å is below the threshold 0.500 Å)"``.
     """
-    if any(r.get("status") in RELAXED_STATUSES and not r.get("error") for r in rows):
+    if any(_compared(r) for r in rows):
         return None
     by_status: dict[str, list[str]] = {}
     for r in rows:
@@ -532,9 +537,7 @@ def add_relax_outcome(row: dict[str, Any], analysis: dict[str, Any]) -> None:
     metrics = {m["name"]: m.get("value") for m in analysis["metrics"]}
     row.update({k: metrics[k] for k in STABILITY_METRIC_KEYS if k in metrics})
     rows = analysis["rows"]
-    row["n_relaxed"] = sum(
-        1 for r in rows if r.get("status") in RELAXED_STATUSES and not r.get("error")
-    )
+    row["n_relaxed"] = sum(1 for r in rows if _compared(r))
     note = relax_outcome_note(rows)
     if note:
         row["notes"]["relax"] = note

@@ -495,7 +495,7 @@ def summarize_reasons(reasons: list[str]) -> str:
 
 
 def relax_outcome_note(rows: list[dict[str, Any]]) -> str | None:
-    """Say why no sample has a ΔE / RMSD, with the counts by failure reason.
+    """Say how many samples have no ΔE / RMSD and why, with the counts by failure reason.
 
     Parameters
     ----------
@@ -506,16 +506,18 @@ def relax_outcome_note(rows: list[dict[str, Any]]) -> str | None:
     Returns
     -------
     str or None
-        ``None`` if at least one sample was compared with its relaxed structure, else e.g.
+        ``None`` if every sample was compared with its relaxed structure, else e.g.
         ``"0 of 8 relaxed; 8 rejected as invalid input (atoms overlap: closest distance
-        0.010–0.040 Å is below the threshold 0.500 Å)"``.
+        0.010–0.040 Å is below the threshold 0.500 Å)"``, or ``"6 of 8 relaxed; 2 failed
+        (...)"`` when the ΔE / RMSD figures cover only part of the samples.
     """
-    if any(_compared(r) for r in rows):
+    missing = [r for r in rows if not _compared(r)]
+    if not missing:
         return None
     by_status: dict[str, list[str]] = {}
-    for r in rows:
+    for r in missing:
         by_status.setdefault(str(r.get("status")), []).append(_reason(r))
-    parts = [f"0 of {len(rows)} relaxed"]
+    parts = [f"{len(rows) - len(missing)} of {len(rows)} relaxed"]
     for status, reasons in sorted(by_status.items(), key=lambda kv: -len(kv[1])):
         label = NOT_RELAXED_LABELS.get(status, f"status {status}")
         parts.append(f"{len(reasons)} {label} ({summarize_reasons(reasons)})")
@@ -529,7 +531,7 @@ def add_relax_outcome(row: dict[str, Any], analysis: dict[str, Any]) -> None:
     ----------
     row
         The model's row; gets the :data:`STABILITY_METRIC_KEYS` there are, ``n_relaxed``
-        (samples compared with a relaxed structure) and, when that is 0,
+        (samples compared with a relaxed structure) and, when that is not every sample,
         ``notes["relax"]`` from :func:`relax_outcome_note`.
     analysis
         What ``flows.pipeline.analyze`` returned (``metrics``, ``rows``).

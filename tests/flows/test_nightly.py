@@ -160,11 +160,27 @@ def test_zero_relaxed_samples_are_a_note_with_the_reasons(tmp_path: Path) -> Non
         "- diffcsp: relax: 0 of 4 relaxed; 3 rejected as invalid input (atoms overlap" in markdown
     )
 
-    # one sample compared with its relaxed structure: the stage speaks through its numbers
-    relaxed = [{**rows[0], "status": "not_converged", "error": None}, *rows[1:]]
+    # one sample compared with its relaxed structure: the note says the figures cover 1 of 4
+    first = next(i for i, r in enumerate(rows) if r["status"] == "invalid_input")
+    relaxed = [
+        {**r, "status": "not_converged", "error": None} if i == first else r
+        for i, r in enumerate(rows)
+    ]
     row = {"model": "diffcsp", "notes": {}}
     add_relax_outcome(row, {"metrics": [], "rows": relaxed})
-    assert row["n_relaxed"] == 1 and "relax" not in row["notes"]
+    assert row["n_relaxed"] == 1
+    assert row["notes"]["relax"].startswith(
+        "1 of 4 relaxed; 2 rejected as invalid input (atoms overlap"
+    ), row["notes"]["relax"]
+    assert row["notes"]["relax"].endswith(
+        "1 could not be built from the sample (sampler produced NaN coordinates)"
+    )
+
+    # every sample compared: the stage speaks through its numbers alone
+    every = [{**r, "status": "not_converged", "error": None} for r in rows]
+    row = {"model": "diffcsp", "notes": {}}
+    add_relax_outcome(row, {"metrics": [], "rows": every})
+    assert row["n_relaxed"] == 4 and "relax" not in row["notes"]
 
 
 def test_reasons_are_grouped_by_kind_with_their_numbers_as_ranges() -> None:

@@ -146,6 +146,32 @@ def test_teacher_forcing_switches_to_the_predicted_lattice(batch, make_vae_confi
     assert not torch.allclose(seen[1], batch.lattice, atol=1e-3)
 
 
+@pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
+def test_denoising_samples_average_independent_draws(
+    model_name: str, batch, make_vae_config
+) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    fresh = build_model(model_name, make_vae_config(model_name, denoising_samples=3)["model"])
+    fresh.fit_statistics(batch)
+    draws: list[dict[str, torch.Tensor]] = []
+    original = fresh.denoising_loss
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        draws.append(original(*args, **kwargs))
+        return draws[-1]
+
+    fresh.denoising_loss = recording  # type: ignore[method-assign]
+    terms = fresh.training_loss(batch, epoch=0)
+    assert len(draws) == 3
+    assert not torch.equal(draws[0]["coord"], draws[1]["coord"])  # independent noise
+    for key in ("coord", "type"):
+        assert torch.allclose(terms[key], torch.stack([d[key] for d in draws]).mean())
+    bad = build_model(model_name, make_vae_config(model_name, denoising_samples=0)["model"])
+    bad.fit_statistics(batch)
+    with pytest.raises(ValueError, match="denoising_samples must be >= 1"):
+        bad.training_loss(batch, epoch=0)
+
+
 def test_langevin_sampler_steps_and_outputs(model: CDVAE, make_crystals) -> None:  # type: ignore[no-untyped-def]
     model.fit_statistics(structures_to_batch(make_crystals(4, seed=5)))
     model.configure_sampling(steps=100)  # 2 steps per level

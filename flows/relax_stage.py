@@ -93,7 +93,8 @@ def run_relax_stage(
     cluster, cluster_kwargs
         See :func:`flows.runners.build_task_runner`.
     retry_failed
-        Relax again structures whose stored relaxation has status ``failed``.
+        Relax again structures whose stored relaxation has status ``failed``; their chunks
+        bypass Prefect's task cache (``refresh_cache``), which would hand back the failure.
 
     Returns
     -------
@@ -124,12 +125,14 @@ def run_relax_stage(
     chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
     width = max(1, int(math.log10(len(chunks))) + 1)
     ledger = ledger_path(home)
+    # a retry must really run: without refresh_cache Prefect would replay the cached failure
+    chunk_task = relax_chunk.with_options(refresh_cache=True) if retry_failed else relax_chunk
     with build_task_runner(cluster, cluster_kwargs) as runner:
         futures = {}
         for number, chunk in enumerate(chunks):
             payload = [(sid, s.as_dict()) for sid, s in chunk]
             future = runner.submit(
-                relax_chunk,
+                chunk_task,
                 parameters={
                     "relaxer_name": relaxer,
                     "relaxer_settings": relaxer_settings,

@@ -202,6 +202,9 @@ class CrystalVAE(CrystalGenerator):
         self.latent_dim = latent
         self.max_atoms = int(cfg["max_atoms"])
         self.progress = bool(cfg["progress"])
+        self.denoising_samples = int(cfg["denoising_samples"])
+        if self.denoising_samples < 1:
+            raise ValueError(f"model.denoising_samples must be >= 1, got {self.denoising_samples}")
         self.encoder = PeriodicDimeNetPP(out_channels=latent, **cfg["encoder"])
         self.fc_mu = nn.Linear(latent, latent)
         self.fc_var = nn.Linear(latent, latent)
@@ -371,35 +374,6 @@ class CrystalVAE(CrystalGenerator):
         """Weight of the coordinate loss at ``epoch``."""
         raise NotImplementedError
 
-    def averaged_denoising_loss(
-        self,
-        batch: Batch,
-        z: Tensor,
-        lattice: Tensor,
-        composition_logits: Tensor,
-        epoch: int,
-    ) -> dict[str, Tensor]:
-        """:meth:`denoising_loss` averaged over ``denoising_samples`` independent noise draws.
-
-        The papers draw one noise level and one noise sample per crystal and step
-        (``denoising_samples: 1``, the default). More draws reuse the one encoding of the batch
-        and lower the variance of the denoiser's gradient at the cost of one decoder pass each
-        (an option for short CPU trainings, docs/cdvae.md).
-
-        Raises
-        ------
-        ValueError
-            If ``denoising_samples`` is below 1.
-        """
-        samples = int(self.config["denoising_samples"])
-        if samples < 1:
-            raise ValueError(f"model.denoising_samples must be >= 1, got {samples}")
-        draws = [
-            self.denoising_loss(batch, z, lattice, composition_logits, epoch)
-            for _ in range(samples)
-        ]
-        return {key: torch.stack([d[key] for d in draws]).mean() for key in draws[0]}
-
     def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
         """All loss terms of one batch; ``"loss"`` is the paper-weighted sum."""
         cfg = self.config
@@ -425,7 +399,13 @@ class CrystalVAE(CrystalGenerator):
             decoder_lattice = self.unscale_lattice(lattice_pred.detach(), num_atoms)
             bad = degenerate_lattices(decoder_lattice, num_atoms)
             decoder_lattice = torch.where(bad.view(-1, 1, 1), lattice, decoder_lattice)
-        terms = self.averaged_denoising_loss(batch, z, decoder_lattice, comp_logits, epoch)
+        # the papers draw one noise sample per crystal and step (denoising_samples: 1); more
+        # draws reuse the one encoding and average the terms (an option for short CPU runs)
+        draws = [
+            self.denoising_loss(batch, z, decoder_lattice, comp_logits, epoch)
+            for _ in range(self.denoising_samples)
+        ]
+        terms = {key: torch.stack([d[key] for d in draws]).mean() for key in draws[0]}
         loss = (
             cfg["cost_natom"] * natom
             + cfg["cost_lattice"] * lattice_loss

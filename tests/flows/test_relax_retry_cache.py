@@ -17,6 +17,8 @@ from flows.tasks import describe_relaxer
 
 from .conftest import TINY_CHGNET
 
+DIAMOND = Structure(Lattice.cubic(3.57), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
 
 class _Future:
     def __init__(self, items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -41,9 +43,8 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_failed: bool) ->
     monkeypatch.setattr(relax_stage, "build_task_runner", runner)
     monkeypatch.setattr(relax_stage, "as_completed", lambda futures: iter(futures))
     monkeypatch.setattr(relax_stage, "get_run_logger", lambda: logging.getLogger("test"))
-    structure = Structure(Lattice.cubic(3.57), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]])
     relax_stage.run_relax_stage(
-        [("d", structure, structure_hash(structure))],
+        [("d", DIAMOND, structure_hash(DIAMOND))],
         "chgnet",
         TINY_CHGNET,
         Provenance(model="dataset"),
@@ -56,13 +57,12 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_failed: bool) ->
 def test_retry_failed_refreshes_the_task_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    structure = Structure(Lattice.cubic(3.57), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]])
     info = describe_relaxer("chgnet", TINY_CHGNET)
     with ResultStore(home=str(tmp_path)) as store:
         store.put_relaxations(
             [
                 (
-                    structure_hash(structure),
+                    structure_hash(DIAMOND),
                     {
                         "structure_id": "d",
                         "settings_hash": info["settings_hash"],

@@ -314,7 +314,11 @@ def _candidates(mr: ModelRun) -> list[dict[str, Any]]:
 
 
 def _add_dft_fields(mr: ModelRun, settings_hash: str, home: str | None) -> None:
-    """Mark the chosen rows and add their DFT fields from the store."""
+    """Mark the chosen rows and add their DFT fields from the store.
+
+    A chosen structure whose result an earlier run stored is reported with it and leaves
+    ``mr.dft_not_started`` (a rerun with a spent budget still reports every stored result).
+    """
     if not mr.chosen:
         return
     with ResultStore(home=home) as store:
@@ -325,7 +329,8 @@ def _add_dft_fields(mr: ModelRun, settings_hash: str, home: str | None) -> None:
         if sid in chosen:
             row["dft_selected"] = True
             h = mr.hashes[sid]
-            if h in docs:
+            if h in docs:  # stored by an earlier run: reported, whatever this run's budget
+                mr.dft_not_started.pop(sid, None)
                 row.update(dft_fields(structures[sid], docs[h]))
             elif sid in mr.dft_not_started:
                 row.update(dft_status="not_started", dft_error=mr.dft_not_started[sid])

@@ -7,7 +7,7 @@ from pathlib import Path
 from pymatgen.core import Lattice, Structure
 
 from flows.experiment import ModelRun, _add_dft_fields, _dft_rounds
-from flows.store import Provenance
+from flows.store import Provenance, ResultStore
 
 
 def _model_run(model: str, ids: list[str]) -> ModelRun:
@@ -56,3 +56,41 @@ def test_rows_without_budget_stop_are_not_relaxed(tmp_path: Path) -> None:
     mr = _model_run("cdvae", ["0-0"])
     _add_dft_fields(mr, "settings-hash", str(tmp_path))
     assert mr.rows[0]["dft_status"] == "not_relaxed"
+
+
+def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> None:
+    mr = _model_run("cdvae", ["0-0", "0-1"])
+    generated = mr.structures["0-0"]
+    relaxed = generated.copy()
+    relaxed.scale_lattice(generated.volume * 0.9)
+    doc = {
+        "structure_id": "0-0",
+        "settings_hash": "settings-hash",
+        "status": "ok",
+        "initial_energy_per_atom_eV": -9.0,
+        "final_energy_per_atom_eV": -9.5,
+        "final_structure": relaxed.as_dict(),
+    }
+    with ResultStore(home=str(tmp_path)) as store:
+        store.put_relaxations([("cdvae-0-0", doc)], Provenance(model="cdvae"))
+    # a rerun whose budget is spent: both chosen structures are "not started" by this run
+    _dft_rounds(
+        {"cdvae": mr},
+        ("chgnet+espresso", {}),
+        1,
+        str(tmp_path),
+        "local",
+        None,
+        False,
+        {},
+        {"cdvae": {}},
+        {},
+        max_minutes=0.0,
+    )
+    assert set(mr.dft_not_started) == {"0-0", "0-1"}
+    _add_dft_fields(mr, "settings-hash", str(tmp_path))
+    done, waiting = mr.rows
+    assert done["dft_status"] == "ok"
+    assert abs(done["dft_delta_e_mev_per_atom"] - 500.0) < 1e-6
+    assert waiting["dft_status"] == "not_started"
+    assert set(mr.dft_not_started) == {"0-1"}  # the summary lists only what has no result

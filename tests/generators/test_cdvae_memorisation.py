@@ -10,12 +10,15 @@ Environment of the slow test: ``DFTLOOP_MEMORISATION_DECODER=gemnet_t`` trains t
 GemNet-T decoder instead of cpu-small's DimeNet++-style one;
 ``DFTLOOP_MEMORISATION_DENOISING_SAMPLES=K`` averages the denoising loss over K noise draws per
 crystal and step (``model.denoising_samples``; the papers' 1 by default);
+``DFTLOOP_MEMORISATION_MODEL='{"decoder": {"num_radial": 64}}'`` deep-merges any other model
+settings (JSON) into the configuration;
 ``DFTLOOP_MEMORISATION_KEEP=DIR`` keeps the trained model (``DIR/<model>.pt``) for
 ``benchmarks/cdvae_memorised_sampling.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -157,6 +160,9 @@ def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> N
     samples = os.environ.get("DFTLOOP_MEMORISATION_DENOISING_SAMPLES")
     if samples:
         overrides["denoising_samples"] = int(samples)
+    extra = os.environ.get("DFTLOOP_MEMORISATION_MODEL")
+    if extra:
+        overrides = deep_merge(overrides, json.loads(extra))
     model, epochs, seconds = train_on(
         model_name, records, tmp_path, epochs=FULL_EPOCHS, minutes=FULL_MINUTES, model=overrides
     )

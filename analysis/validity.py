@@ -205,6 +205,26 @@ def composition_of(atomic_numbers: Sequence[int]) -> tuple[tuple[str, ...], tupl
     return tuple(Element.from_Z(z).symbol for z in zs), tuple(counter[z] for z in zs)
 
 
+def shortest_distance(structure: Structure) -> float | None:
+    """Smallest minimum-image distance between two different sites, Å (``None`` below 2 sites).
+
+    Parameters
+    ----------
+    structure
+        The crystal.
+
+    Returns
+    -------
+    float or None
+        The smallest off-diagonal entry of ``structure.distance_matrix``.
+    """
+    if len(structure) < 2:
+        return None
+    dist = np.array(structure.distance_matrix, dtype=float)
+    np.fill_diagonal(dist, np.inf)
+    return float(dist.min())
+
+
 def structure_is_valid(structure: Structure, cutoff: float = STRUCTURE_CUTOFF) -> bool:
     """CDVAE's ``structure_validity``: all distances >= cutoff and volume >= 0.1 Å³.
 
@@ -222,11 +242,8 @@ def structure_is_valid(structure: Structure, cutoff: float = STRUCTURE_CUTOFF) -
     """
     if structure.volume < MIN_VOLUME:
         return False
-    if len(structure) < 2:
-        return True
-    dist = np.array(structure.distance_matrix, dtype=float)
-    np.fill_diagonal(dist, np.inf)
-    return bool(dist.min() >= cutoff)
+    closest = shortest_distance(structure)
+    return closest is None or closest >= cutoff
 
 
 @dataclass

@@ -32,11 +32,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from analysis.matching import MATCHER_TOLERANCES, rms_dist
-from analysis.validity import structure_is_valid
+from analysis.validity import shortest_distance, structure_is_valid
 from generators.crystal import (
     batch_to_structures,
     data_list_to_batch,
@@ -100,46 +99,25 @@ def diagnose(model, data: list, records: list, structures: list) -> dict[str, ob
     own = matches(structures, records)
     with_truth = matches(forced_structures, records)
     loose = {**MATCHER_TOLERANCES, "stol": LOOSE_STOL}
-    rms_loose = [
-        None if pred is None else rms_dist(pred, rec.structure, loose)
-        for pred, rec in zip(forced_structures, records, strict=True)
-    ]
-    min_dist = [
-        None
-        if pred is None
-        else float(pred.distance_matrix[np.triu_indices(len(pred), 1)].min())
-        if len(pred) > 1
-        else None
-        for pred in forced_structures
-    ]
-    rows = [
-        {
-            "id": str(rec.material_id),
-            "atoms": int(n),
-            "natom_ok": bool(ok),
-            "max_length_err_A": round(float(le), 3),
-            "max_angle_err_deg": round(float(ae), 2),
-            "match": m,
-            "match_forced": f,
-            "composition_forced_ok": pred is not None
-            and pred.composition == rec.structure.composition,
-            "rms_forced_loose": None if r is None else round(float(r), 3),
-            "min_distance_forced_A": None if d is None else round(d, 2),
-        }
-        for rec, pred, n, ok, le, ae, m, f, r, d in zip(
-            records,
-            forced_structures,
-            num_atoms,
-            natom_ok,
-            length_err,
-            angle_err,
-            own,
-            with_truth,
-            rms_loose,
-            min_dist,
-            strict=True,
+    rows = []
+    for k, (rec, pred) in enumerate(zip(records, forced_structures, strict=True)):
+        rms = None if pred is None else rms_dist(pred, rec.structure, loose)
+        closest = None if pred is None else shortest_distance(pred)
+        rows.append(
+            {
+                "id": str(rec.material_id),
+                "atoms": int(num_atoms[k]),
+                "natom_ok": bool(natom_ok[k]),
+                "max_length_err_A": round(float(length_err[k]), 3),
+                "max_angle_err_deg": round(float(angle_err[k]), 2),
+                "match": own[k],
+                "match_forced": with_truth[k],
+                "composition_forced_ok": pred is not None
+                and pred.composition == rec.structure.composition,
+                "rms_forced_loose": None if rms is None else round(float(rms), 3),
+                "min_distance_forced_A": None if closest is None else round(closest, 2),
+            }
         )
-    ]
     return {
         "natom_right": int(natom_ok.sum()),
         "median_max_length_err_A": round(float(length_err.median()), 3),

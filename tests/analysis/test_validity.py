@@ -10,6 +10,7 @@ from analysis.validity import (
     composition_of,
     composition_validity,
     pauling_test_smact221,
+    shortest_distance,
     smact_valid,
     structure_is_valid,
     structure_validity,
@@ -34,6 +35,14 @@ def test_structural_validity_uses_periodic_images():
     assert structure_is_valid(s)
     s2 = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0.02, 0, 0], [0.97, 0, 0]])  # 0.25 Å
     assert not structure_is_valid(s2)
+
+
+def test_shortest_distance_is_between_different_sites_through_images():
+    s = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0.1, 0, 0], [0.95, 0, 0]])
+    assert shortest_distance(s) == pytest.approx(0.75)  # through the boundary, not 4.25 Å
+    assert shortest_distance(_pair(2.8)) == pytest.approx(2.8)
+    # one site: no pair (its 5 Å distance to its own image is not counted)
+    assert shortest_distance(Structure(Lattice.cubic(5.0), ["Na"], [[0, 0, 0]])) is None
 
 
 def test_composition_rules_by_hand():

@@ -85,6 +85,9 @@ def main() -> None:
     )
     parser.add_argument("--max-batch-atoms", type=int, default=None, help="batched pass size")
     parser.add_argument(
+        "--device", default=None, help="torch device of both paths (default: GPU if present)"
+    )
+    parser.add_argument(
         "--blocks",
         type=int,
         default=4,
@@ -96,13 +99,14 @@ def main() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from relax.chgnet_model import load_chgnet
+    from relax.chgnet_model import load_chgnet, resolve_device
     from relax.chgnet_relaxer import CHGNetRelaxer
 
     torch.set_num_threads(args.threads)
     items = load_structures(args.n, args.rattle, args.strain, args.seed)
-    load_chgnet()  # load once, outside the timings
-    common = {"fmax": args.fmax, "max_steps": args.max_steps}
+    device = resolve_device(args.device)
+    load_chgnet(device=device)  # load once, outside the timings
+    common = {"fmax": args.fmax, "max_steps": args.max_steps, "device": device}
     batched_kwargs = {**common, "workers": args.workers}
     if args.max_batch_atoms is not None:
         batched_kwargs["max_batch_atoms"] = args.max_batch_atoms
@@ -154,6 +158,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch_threads": args.threads,
             "batched_workers": args.workers,
+            "device": device,
         },
         "n_structures": len(items),
         "atoms_per_structure": {"min": min(n_atoms), "max": max(n_atoms), "total": sum(n_atoms)},

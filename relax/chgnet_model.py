@@ -27,23 +27,56 @@ def supported_elements() -> frozenset[str]:
     return frozenset(Element.from_Z(z).symbol for z in range(1, CHGNET_MAX_Z + 1))
 
 
+def resolve_device(device: str | None = None) -> str:
+    """The torch device CHGNet runs on: ``device`` if given, else CHGNet's own choice.
+
+    Parameters
+    ----------
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; ``None`` asks
+        ``chgnet.utils.determine_device`` (the ``CHGNET_DEVICE`` environment variable, else MPS
+        or CUDA when present, else the CPU).
+
+    Returns
+    -------
+    str
+        A device name ``torch.device`` accepts.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a torch device name.
+    """
+    import torch
+    from chgnet.utils import determine_device
+
+    name = determine_device(use_device=device)
+    try:
+        torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"CHGNet device {name!r} is not a torch device name: {exc}") from None
+    return name
+
+
 @functools.cache
-def load_chgnet(model_name: str = "0.3.0") -> CHGNet:
+def load_chgnet(model_name: str = "0.3.0", device: str = "cpu") -> CHGNet:
     """Load a pretrained CHGNet (weights ship in the wheel; no network) and cache it.
 
     Parameters
     ----------
     model_name
         CHGNet model version (``"0.3.0"``, ``"0.2.0"`` or ``"r2scan"``).
+    device
+        Torch device of the model (see :func:`resolve_device`); one cached model per device.
 
     Returns
     -------
     CHGNet
-        The model in evaluation mode on the CPU.
+        The model in evaluation mode on ``device``.
     """
     from chgnet.model import CHGNet
 
-    model = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+    model = CHGNet.load(model_name=model_name, use_device=device, verbose=False)
     model.eval()
     return model
 

@@ -27,6 +27,7 @@ from relax.chgnet_model import (
     evaluate_structures,
     load_chgnet,
     make_structure,
+    resolve_device,
     supported_elements,
 )
 
@@ -68,6 +69,11 @@ class CHGNetRelaxer(Relaxer):
         Processes for the batched mode: the structures are split into this many groups of
         about equal atom count, each relaxed by its own batched FIRE in a spawned process with
         one torch thread (does not change results: every structure follows its own FIRE).
+    device
+        Torch device of CHGNet (``"cpu"``, ``"cuda"``, ...); ``None`` (default) takes CUDA or
+        MPS when present, else the CPU (:func:`relax.chgnet_model.resolve_device`). Not part of
+        the settings: the result is the same up to float32 round-off; it is recorded in
+        ``extra["device"]``.
     progress
         Show a progress bar (not part of the settings: it does not change results).
     """
@@ -88,9 +94,11 @@ class CHGNetRelaxer(Relaxer):
         max_atoms: int = DEFAULT_MAX_ATOMS,
         min_distance: float = DEFAULT_MIN_DISTANCE,
         workers: int = 1,
+        device: str | None = None,
         progress: bool = False,
     ) -> None:
         super().__init__(max_atoms=max_atoms, min_distance=min_distance)
+        self.device = resolve_device(device)
         self._init_kwargs: dict[str, Any] = {
             "fmax": fmax,
             "max_steps": max_steps,
@@ -101,6 +109,7 @@ class CHGNetRelaxer(Relaxer):
             "fire": fire,
             "max_atoms": max_atoms,
             "min_distance": min_distance,
+            "device": self.device,
         }
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -170,7 +179,7 @@ class CHGNetRelaxer(Relaxer):
         return tqdm(items, desc="CHGNet relax (sequential)", disable=not self.progress)
 
     def _relax_batched(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
-        model = load_chgnet(self.model_name)
+        model = load_chgnet(self.model_name, self.device)
         species = [[site.specie.symbol for site in s] for _, s in items]
         converter = model.graph_converter
         graphs = GraphCache(
@@ -241,7 +250,9 @@ class CHGNetRelaxer(Relaxer):
         start = time.perf_counter()
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.calc = CHGNetCalculator(
-            model=load_chgnet(self.model_name), use_device="cpu", on_isolated_atoms="error"
+            model=load_chgnet(self.model_name, self.device),
+            use_device=self.device,
+            on_isolated_atoms="error",
         )
         try:
             initial = Evaluation(energy=float(atoms.get_potential_energy()))
@@ -329,7 +340,12 @@ class CHGNetRelaxer(Relaxer):
             warnings=[]
             if out.converged
             else [f"not converged after {out.n_steps} steps (max force {out.max_force:.3g})"],
-            extra={"max_generalised_force": out.max_force, "mode": self.mode, **extra},
+            extra={
+                "max_generalised_force": out.max_force,
+                "mode": self.mode,
+                "device": self.device,
+                **extra,
+            },
         )
 
     # -- single point --------------------------------------------------------------------------
@@ -340,7 +356,7 @@ class CHGNetRelaxer(Relaxer):
     def _single_point_valid(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         start = time.perf_counter()
         evals = evaluate_structures(
-            load_chgnet(self.model_name),
+            load_chgnet(self.model_name, self.device),
             [s for _, s in items],
             max_batch_atoms=self.max_batch_atoms,
         )

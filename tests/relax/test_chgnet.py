@@ -124,3 +124,19 @@ def test_worker_processes_give_the_batched_result(items, batched) -> None:
         assert p.error is None and p.extra["workers"] == 2
         assert p.structure_id == b.structure_id and p.n_ionic_steps == b.n_ionic_steps
         assert abs(p.final_energy_per_atom_eV - b.final_energy_per_atom_eV) < 1e-5
+
+
+def test_device_is_resolved_recorded_and_checked(items, batched, monkeypatch) -> None:
+    import torch
+
+    from relax.chgnet_model import resolve_device
+
+    monkeypatch.delenv("CHGNET_DEVICE", raising=False)
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    assert all(r.extra["device"] == CHGNetRelaxer().device for r in batched)
+    assert (CHGNetRelaxer().device != "cpu") == gpu
+    assert CHGNetRelaxer(device="cpu").device == "cpu"
+    monkeypatch.setenv("CHGNET_DEVICE", "cpu")  # CHGNet's own override is honoured
+    assert resolve_device(None) == "cpu"
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        CHGNetRelaxer(device="gpu0")

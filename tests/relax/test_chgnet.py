@@ -90,7 +90,7 @@ def test_bad_items_reported_while_others_relax() -> None:
     assert by_id["overlap"].status == "invalid_input" and "overlap" in by_id["overlap"].error
 
 
-def test_atomate2_chgnet_maker_runs_with_jobflow() -> None:
+def test_atomate2_chgnet_maker_runs_with_jobflow(tmp_path) -> None:
     from jobflow import JobStore, run_locally
     from maggma.stores import MemoryStore
 
@@ -99,7 +99,10 @@ def test_atomate2_chgnet_maker_runs_with_jobflow() -> None:
     s = rattled(5, 0.03)
     job = chgnet_relax_maker(fmax=0.05, steps=200).make(s)
     store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
-    responses = run_locally(job, store=store, ensure_success=True)
+    # atomate2 writes final_atoms_object.xyz into the job's folder: keep it out of the checkout
+    responses = run_locally(
+        job, store=store, create_folders=True, root_dir=tmp_path, ensure_success=True
+    )
     doc = responses[job.uuid][1].output
     assert doc.is_force_converged
     result = result_from_task_document("a2", s, doc, settings={"fmax": 0.05})

@@ -138,23 +138,20 @@ def level_losses(model, data: list, draws: int = 8) -> list[dict[str, float]]:  
     of a decoder that predicts zero, 0.5 |d/σ|². ``explained = 1 − loss / zero_loss``: 1 is a
     perfect score, 0 no better than zero.
     """
-    from generators.crystal import cart_to_frac, frac_to_cart
-    from generators.models.cdvae import min_image_difference
+    from generators.models.cdvae import noise_coordinates
 
     batch = data_list_to_batch(data)
     num_atoms = batch.num_atoms.view(-1)
     lattice = batch.lattice.view(-1, 3, 3)
     z, _ = model.encode(batch)
-    cart = frac_to_cart(batch.frac_coords, lattice, num_atoms)
     generator = torch.Generator().manual_seed(0)
     rows = []
     for sigma_value in model.sigmas.tolist():
         loss = zero = 0.0
         for _ in range(draws):
-            noise = torch.randn(cart.shape, generator=generator) * sigma_value
-            noisy = torch.remainder(cart_to_frac(cart + noise, lattice, num_atoms), 1.0)
+            noise = torch.randn(batch.frac_coords.shape, generator=generator) * sigma_value
+            noisy, target = noise_coordinates(batch.frac_coords, lattice, num_atoms, noise)
             pred, _ = model.decoder(z, noisy, batch.atom_types, lattice, num_atoms, batch.batch)
-            target = min_image_difference(batch.frac_coords, noisy, lattice, num_atoms)
             target = target / sigma_value
             loss += float(0.5 * ((pred - target) ** 2).sum(-1).mean())
             zero += float(0.5 * (target**2).sum(-1).mean())

@@ -76,6 +76,22 @@ def min_image_difference(
     return cart[torch.arange(len(cart), device=cart.device), best]
 
 
+def noise_coordinates(
+    frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor, noise: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Add Cartesian ``noise`` [N, 3] (Å) to a crystal batch: noisy coordinates and the way back.
+
+    Returns
+    -------
+    tuple of Tensor
+        The noisy fractional coordinates, wrapped into [0, 1), and the minimum-image Cartesian
+        displacement d from them back to ``frac_coords`` (CDVAE's score target is d / σ²).
+    """
+    cart = frac_to_cart(frac_coords, lattice, num_atoms)
+    noisy_frac = torch.remainder(cart_to_frac(cart + noise, lattice, num_atoms), 1.0)
+    return noisy_frac, min_image_difference(frac_coords, noisy_frac, lattice, num_atoms)
+
+
 class CDVAE(CrystalVAE):
     """Crystal Diffusion Variational Autoencoder (generation and reconstruction)."""
 
@@ -112,16 +128,14 @@ class CDVAE(CrystalVAE):
         type_level = torch.randint(0, len(self.type_sigmas), (b,), device=device)
         sigma = self.sigmas[level][batch.batch].unsqueeze(-1)
         type_sigma = self.type_sigmas[type_level][batch.batch]
-        cart = frac_to_cart(batch.frac_coords, lattice, num_atoms)
-        noisy_cart = cart + torch.randn_like(cart) * sigma
-        noisy_frac = torch.remainder(cart_to_frac(noisy_cart, lattice, num_atoms), 1.0)
+        noise = torch.randn_like(batch.frac_coords) * sigma
+        noisy_frac, target = noise_coordinates(batch.frac_coords, lattice, num_atoms, noise)
         noisy_types = self.noisy_atom_types(
             batch.atom_types, composition_logits, batch.batch, type_sigma
         )
         pred, type_logits = self.decoder(
             z, noisy_frac, noisy_types, lattice, num_atoms, batch.batch
         )
-        target = min_image_difference(batch.frac_coords, noisy_frac, lattice, num_atoms)
         target = target / sigma**2
         coord = 0.5 * ((pred / sigma - target) ** 2).sum(-1) * sigma.squeeze(-1) ** 2
         return self.denoising_terms(
@@ -182,4 +196,4 @@ class CDVAE(CrystalVAE):
         return frac, types
 
 
-__all__ = ["CDVAE", "CDVAE_DEFAULTS", "min_image_difference"]
+__all__ = ["CDVAE", "CDVAE_DEFAULTS", "min_image_difference", "noise_coordinates"]

@@ -2,7 +2,8 @@
 
 The slow memorisation test (``tests/generators/test_cdvae_memorisation.py``) keeps its trained
 model when ``DFTLOOP_MEMORISATION_KEEP=DIR`` is set (``DIR/<model>.pt``). This script loads it
-and measures, on the same 32 carbon_24 training crystals (≤ 8 atoms) and with the same matcher
+and measures, on the same 32 training crystals (carbon_24 by default, ≤ 8 atoms; ``--dataset``
+for a model kept with ``DFTLOOP_MEMORISATION_DATASET``) and with the same matcher
 (``analysis.matching.rms_dist``) and validity check (``analysis.validity.structure_is_valid``),
 the reconstruction rate and the validity of 100 generated crystals for the chain lengths given.
 
@@ -111,6 +112,8 @@ def diagnose(model, data: list, records: list, structures: list) -> dict[str, ob
                 "max_length_err_A": round(float(length_err[k]), 3),
                 "max_angle_err_deg": round(float(angle_err[k]), 2),
                 "match": own[k],
+                "composition_ok": structures[k] is not None
+                and structures[k].composition == rec.structure.composition,
                 "match_forced": with_truth[k],
                 "composition_forced_ok": pred is not None
                 and pred.composition == rec.structure.composition,
@@ -123,6 +126,7 @@ def diagnose(model, data: list, records: list, structures: list) -> dict[str, ob
         "median_max_length_err_A": round(float(length_err.median()), 3),
         "median_max_angle_err_deg": round(float(angle_err.median()), 2),
         "match": sum(own),
+        "composition_right": sum(row["composition_ok"] for row in rows),
         "match_forced": sum(with_truth),
         "crystals": rows,
     }
@@ -171,6 +175,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument(
+        "--dataset",
+        default="carbon_24",
+        help="whose training crystals the model memorised (DFTLOOP_MEMORISATION_DATASET)",
+    )
     parser.add_argument("--n", type=int, default=32, help="training crystals (≤ 8 atoms)")
     parser.add_argument("--recon-chain", default=None, help="e.g. steps_per_level=20, steps=999")
     parser.add_argument("--gen-chain", default=None, help="chain for the generated crystals")
@@ -200,7 +209,7 @@ def main() -> None:
     model.load_state_dict(payload["state_dict"])
     model.eval()
 
-    split = load_split("carbon_24", "train", data_dir=args.data_dir, limit=400, progress=False)
+    split = load_split(args.dataset, "train", data_dir=args.data_dir, limit=400, progress=False)
     records = [r for r in split.records if len(r.structure) <= 8][: args.n]
     data, _ = structures_to_data_list(records)
     result: dict[str, object] = {"checkpoint": str(args.checkpoint), "n": len(records)}

@@ -4,7 +4,9 @@ carbon_24 training crystals, reconstruct them and generate valid structures.
 The default tests are short (a few training crystals, a short chain) and assert thresholds
 measured on this machine (docs/cdvae.md); the ``slow`` ones are the full version (32 crystals,
 minutes of training, the thresholds of the issue: >= 90 % reconstructed, >= 95 % of 100 generated
-structures valid).
+structures valid). The slow tests fail below the validity threshold and are marked ``xfail`` (at
+run time, after the validity assertion) below the reconstruction threshold, which they do not
+reach on this CPU (docs/cdvae.md).
 
 Environment of the slow test: ``DFTLOOP_MEMORISATION_DECODER=gemnet_t`` trains the narrow
 GemNet-T decoder instead of cpu-small's DimeNet++-style one;
@@ -13,6 +15,8 @@ settings (JSON) into the configuration, e.g. ``'{"denoising_samples": 4}'`` aver
 denoising loss over 4 noise draws per crystal and step (the papers' 1 by default);
 ``DFTLOOP_MEMORISATION_TRAIN='{"batch_size": 8, "seed": 7}'`` deep-merges training settings
 (JSON; a ``seed`` also seeds the initial weights, 0 otherwise);
+``DFTLOOP_MEMORISATION_DATASET=perov_5`` memorises perov_5 training crystals instead of
+carbon_24 (the issue allows either; docs/cdvae.md compares them);
 ``DFTLOOP_MEMORISATION_KEEP=DIR`` keeps the trained model (``DIR/<model>.pt``) for
 ``benchmarks/cdvae_memorised_sampling.py``.
 """
@@ -37,9 +41,10 @@ from generators.registry import build_model
 from generators.trainer import fit, structures_to_data_list
 
 
-def small_carbon(data_dir: Path, n: int, max_atoms: int = 8):  # type: ignore[no-untyped-def]
-    """The first ``n`` carbon_24 training crystals with at most ``max_atoms`` atoms."""
-    split = load_split("carbon_24", "train", data_dir=data_dir, limit=400, progress=False)
+def small_crystals(data_dir: Path, n: int, max_atoms: int = 8, dataset: str = "carbon_24"):  # type: ignore[no-untyped-def]
+    """The first ``n`` training crystals of ``dataset`` (carbon_24 by default) with at most
+    ``max_atoms`` atoms."""
+    split = load_split(dataset, "train", data_dir=data_dir, limit=400, progress=False)
     chosen = [r for r in split.records if len(r.structure) <= max_atoms][:n]
     assert len(chosen) == n
     return chosen
@@ -53,13 +58,14 @@ def train_on(
     minutes: float,
     model: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    dataset: str = "carbon_24",
 ):  # type: ignore[no-untyped-def]
     """Training through ``generators.trainer.fit`` (cpu-small, full batch, teacher forcing on);
     ``model`` and ``train`` are deep-merged into the configuration's sections."""
     data, errors = structures_to_data_list(records)
     assert not errors
     config = deep_merge(
-        load_config(model_name, "cpu-small", "carbon_24"),
+        load_config(model_name, "cpu-small", dataset),
         {
             "model": {"progress": False, "teacher_forcing_max_epoch": 10**6, **(model or {})},
             "train": {
@@ -81,7 +87,7 @@ def train_on(
         data,
         [],
         tmp_path,
-        dataset="carbon_24",
+        dataset=dataset,
         progress=False,
     )
     return result.model.eval(), result.epochs, time.perf_counter() - start
@@ -138,7 +144,7 @@ the slow test uses it when ``DFTLOOP_MEMORISATION_DECODER=gemnet_t``."""
 
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_heads_memorise_and_reconstruction_starts(model_name: str, data_dir: Path, tmp_path: Path):
-    records = small_carbon(data_dir, 8)
+    records = small_crystals(data_dir, 8)
     model, epochs, _ = train_on(model_name, records, tmp_path, epochs=SHORT_EPOCHS, minutes=3)
     assert epochs >= 20
     data, _ = structures_to_data_list(records)
@@ -165,14 +171,10 @@ for (a 60-min ``max_minutes`` under the plain hour was cut off by the timeout)."
 
 @pytest.mark.slow
 @pytest.mark.timeout(FULL_TIMEOUT)
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured below target (docs/cdvae.md): CDVAE 65.6 % reconstructed / 93 % valid, "
-    "DP-CDVAE 65.6 % / 73 % after ~15 min of CPU training with reduced chains",
-)
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> None:
-    records = small_carbon(data_dir, 32)
+    dataset = os.environ.get("DFTLOOP_MEMORISATION_DATASET", "carbon_24")
+    records = small_crystals(data_dir, 32, dataset=dataset)
     decoder = os.environ.get("DFTLOOP_MEMORISATION_DECODER")
     overrides: dict[str, Any] = {"decoder": GEMNET_CPU_DECODER} if decoder == "gemnet_t" else {}
     extra = os.environ.get("DFTLOOP_MEMORISATION_MODEL")
@@ -187,6 +189,7 @@ def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> N
         minutes=FULL_MINUTES,
         model=overrides,
         train=train,
+        dataset=dataset,
     )
     keep = os.environ.get("DFTLOOP_MEMORISATION_KEEP")
     if keep:  # keep the trained model for sampler experiments (docs/cdvae.md)
@@ -205,5 +208,9 @@ def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> N
         f"{model_name}: {epochs} epochs in {seconds / 60:.1f} min, reconstruction {match:.1%}, "
         f"validity {validity:.1%}, sampling {(time.perf_counter() - start) / 60:.1f} min"
     )
-    assert match >= 0.9
     assert validity >= 0.95
+    if match < 0.9:  # the validity above is enforced; this target is a measured gap
+        pytest.xfail(
+            f"reconstruction {match:.1%} < 90 %: below target on this CPU (docs/cdvae.md; "
+            "2026-12-03: CDVAE 81.2 %, DP-CDVAE 71.9 %, both 100 % valid)"
+        )

@@ -64,20 +64,20 @@ def train_on(
     ``model`` and ``train`` are deep-merged into the configuration's sections."""
     data, errors = structures_to_data_list(records)
     assert not errors
-    config = deep_merge(
-        load_config(model_name, "cpu-small", dataset),
-        {
-            "model": {"progress": False, "teacher_forcing_max_epoch": 10**6, **(model or {})},
-            "train": {
-                "batch_size": len(data),
-                "max_epochs": epochs,
-                "max_minutes": minutes,
-                "checkpoint_every": 10**6,
-                "scheduler": {"name": "none"},
-                "max_train_crystals": None,
-                **(train or {}),
-            },
+    test_settings = {
+        "model": {"progress": False, "teacher_forcing_max_epoch": 10**6},
+        "train": {
+            "batch_size": len(data),
+            "max_epochs": epochs,
+            "max_minutes": minutes,
+            "checkpoint_every": 10**6,
+            "scheduler": {"name": "none"},
+            "max_train_crystals": None,
         },
+    }
+    config = deep_merge(
+        deep_merge(load_config(model_name, "cpu-small", dataset), test_settings),
+        {"model": model or {}, "train": train or {}},
     )
     torch.manual_seed(int((train or {}).get("seed", 0)))
     start = time.perf_counter()

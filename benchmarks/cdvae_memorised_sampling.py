@@ -42,7 +42,7 @@ from generators.crystal import (
     data_list_to_batch,
     lattice_to_params,
 )
-from generators.data import load_split
+from generators.data import small_crystals
 from generators.registry import build_model
 from generators.trainer import structures_to_data_list
 
@@ -209,8 +209,7 @@ def main() -> None:
     model.load_state_dict(payload["state_dict"])
     model.eval()
 
-    split = load_split(args.dataset, "train", data_dir=args.data_dir, limit=400, progress=False)
-    records = [r for r in split.records if len(r.structure) <= 8][: args.n]
+    records = small_crystals(args.dataset, args.n, data_dir=args.data_dir)
     data, _ = structures_to_data_list(records)
     result: dict[str, object] = {"checkpoint": str(args.checkpoint), "n": len(records)}
 

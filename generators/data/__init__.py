@@ -5,7 +5,7 @@ See ``docs/data.md`` and ``docs/architecture.md`` §1.
 
 from __future__ import annotations
 
-from generators.data.loading import DataNotFoundError, load_split
+from generators.data.loading import DataNotFoundError, load_split, small_crystals
 from generators.data.locations import cache_dir, data_dir, download_dir, locate_split
 from generators.data.preprocessing import PreprocessOptions, preprocess_structure
 from generators.data.records import CrystalDataset, CrystalRecord, RowError
@@ -28,4 +28,5 @@ __all__ = [
     "load_split",
     "locate_split",
     "preprocess_structure",
+    "small_crystals",
 ]

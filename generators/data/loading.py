@@ -261,6 +261,47 @@ def load_split(
     )
 
 
+def small_crystals(
+    dataset: str,
+    n: int,
+    max_atoms: int = 8,
+    data_dir: str | os.PathLike[str] | None = None,
+    split: str = "train",
+    scan: int = 400,
+) -> list[CrystalRecord]:
+    """The first ``n`` crystals of a split with at most ``max_atoms`` atoms, in source order.
+
+    The memorisation checks (the slow CDVAE/DP-CDVAE tests and
+    ``benchmarks/cdvae_memorised_sampling.py``) train and measure on these crystals.
+
+    Parameters
+    ----------
+    dataset, split
+        Which benchmark split (``train`` by default).
+    n
+        How many crystals.
+    max_atoms
+        Largest number of atoms per crystal.
+    data_dir
+        As for :func:`load_split`.
+    scan
+        Rows of the split that are read to find them.
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``n`` such crystals among the first ``scan`` rows.
+    """
+    records = load_split(dataset, split, data_dir=data_dir, limit=scan, progress=False).records
+    chosen = [r for r in records if len(r.structure) <= max_atoms][:n]
+    if len(chosen) < n:
+        raise ValueError(
+            f"{dataset}/{split}: only {len(chosen)} of the first {scan} rows have at most "
+            f"{max_atoms} atoms; {n} were asked for"
+        )
+    return chosen
+
+
 def load_file(
     path: str | os.PathLike[str],
     *,

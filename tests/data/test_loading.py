@@ -11,7 +11,7 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice
 
-from generators.data import DATASETS, DataNotFoundError, load_split, locations
+from generators.data import DATASETS, DataNotFoundError, load_split, locations, small_crystals
 from generators.data.loading import PreprocessOptions, load_file, process_rows
 from generators.data.locations import locate_split
 from generators.data.readers import read_csv_rows, read_jarvis_rows
@@ -181,6 +181,16 @@ def test_limit_reads_only_the_first_rows(tmp_path, data_dir):
     load_file(path, like="perov_5", progress=False)
     again = load_file(path, like="perov_5", limit=3, progress=False)
     assert again.from_cache and len(again) == 1 and len(again.errors) == 2
+
+
+def test_small_crystals_are_the_first_small_rows(data_dir):
+    chosen = small_crystals("carbon_24", 5, max_atoms=8, data_dir=data_dir)
+    rows = load_split("carbon_24", "train", data_dir=data_dir, limit=400, progress=False).records
+    expected = [r.material_id for r in rows if len(r.structure) <= 8][:5]
+    assert [r.material_id for r in chosen] == expected
+    assert all(len(r.structure) <= 8 for r in chosen)
+    with pytest.raises(ValueError, match=r"carbon_24/train: only .* at most 1 atoms"):
+        small_crystals("carbon_24", 3, max_atoms=1, data_dir=data_dir, scan=20)
 
 
 def test_cache_hit_and_invalidation(tmp_path, data_dir):

@@ -36,18 +36,9 @@ from analysis.matching import rms_dist
 from analysis.validity import structure_is_valid
 from generators.configs import deep_merge, load_config
 from generators.crystal import batch_to_structures, data_list_to_batch
-from generators.data import load_split
+from generators.data import small_crystals
 from generators.registry import build_model
 from generators.trainer import fit, structures_to_data_list
-
-
-def small_crystals(data_dir: Path, n: int, max_atoms: int = 8, dataset: str = "carbon_24"):  # type: ignore[no-untyped-def]
-    """The first ``n`` training crystals of ``dataset`` (carbon_24 by default) with at most
-    ``max_atoms`` atoms."""
-    split = load_split(dataset, "train", data_dir=data_dir, limit=400, progress=False)
-    chosen = [r for r in split.records if len(r.structure) <= max_atoms][:n]
-    assert len(chosen) == n
-    return chosen
 
 
 def train_on(
@@ -144,7 +135,7 @@ the slow test uses it when ``DFTLOOP_MEMORISATION_DECODER=gemnet_t``."""
 
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_heads_memorise_and_reconstruction_starts(model_name: str, data_dir: Path, tmp_path: Path):
-    records = small_crystals(data_dir, 8)
+    records = small_crystals("carbon_24", 8, data_dir=data_dir)
     model, epochs, _ = train_on(model_name, records, tmp_path, epochs=SHORT_EPOCHS, minutes=3)
     assert epochs >= 20
     data, _ = structures_to_data_list(records)
@@ -174,7 +165,7 @@ for (a 60-min ``max_minutes`` under the plain hour was cut off by the timeout)."
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> None:
     dataset = os.environ.get("DFTLOOP_MEMORISATION_DATASET", "carbon_24")
-    records = small_crystals(data_dir, 32, dataset=dataset)
+    records = small_crystals(dataset, 32, data_dir=data_dir)
     decoder = os.environ.get("DFTLOOP_MEMORISATION_DECODER")
     overrides: dict[str, Any] = {"decoder": GEMNET_CPU_DECODER} if decoder == "gemnet_t" else {}
     extra = os.environ.get("DFTLOOP_MEMORISATION_MODEL")

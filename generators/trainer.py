@@ -15,8 +15,10 @@ Devices: CUDA when available, else CPU (``device=`` overrides); mixed precision 
 GradScaler) only on CUDA. Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it runs data-parallel
 (DDP; NCCL on CUDA, gloo on CPU) with a ``DistributedSampler``; only rank 0 writes files.
 
-A non-finite loss stops training with :class:`TrainingDivergedError` before the optimiser
-step, so no checkpoint ever holds the diverged weights.
+A non-finite loss, or a ``FloatingPointError`` raised by the model's forward pass (non-finite
+values where it cannot go on, e.g. the type noise of the VAEs), stops training with
+:class:`TrainingDivergedError` before the optimiser step, so no checkpoint ever holds the
+diverged weights.
 """
 
 from __future__ import annotations
@@ -655,18 +657,30 @@ def fit(
                     if use_amp
                     else nullcontext()
                 ):
-                    terms = loss_module(batch, epoch)
-                loss = terms["loss"]
-                finite = torch.isfinite(loss.detach()).float()
+                    try:
+                        terms: dict[str, Tensor] | None = loss_module(batch, epoch)
+                        problem = ""
+                    except FloatingPointError as exc:  # non-finite values inside the forward
+                        terms, problem = None, str(exc)
+                finite = (
+                    torch.isfinite(terms["loss"].detach()).float()
+                    if terms is not None
+                    else torch.zeros((), device=dev)
+                )
                 if distributed:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if finite.item() < 1:
-                    values = {k: float(v.detach()) for k, v in terms.items()}
+                    if terms is None:
+                        what = f"non-finite values in the forward pass: {problem}"
+                    else:
+                        values = {k: float(v.detach()) for k, v in terms.items()}
+                        what = f"non-finite loss: {values}"
                     raise TrainingDivergedError(
-                        f"{model.name}/{dataset}: non-finite loss at epoch {epoch}, batch "
-                        f"{batch_number} (rank {rank}): {values}; training stopped, the last "
-                        f"good checkpoints in {out} are kept"
+                        f"{model.name}/{dataset}: epoch {epoch}, batch {batch_number} "
+                        f"(rank {rank}), {what}; training stopped, the last good checkpoints "
+                        f"in {out} are kept"
                     )
+                loss = terms["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if train_cfg["grad_clip_value"] is not None:

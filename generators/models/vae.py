@@ -332,7 +332,21 @@ class CrystalVAE(CrystalGenerator):
             [N] crystal of each atom.
         type_sigma
             [N] σ_type of each atom's crystal.
+
+        Raises
+        ------
+        FloatingPointError
+            If the composition logits of a crystal are not finite (a diverged model), naming
+            the crystals' positions in the batch; the trainer turns it into
+            :class:`~generators.trainer.TrainingDivergedError`.
         """
+        finite = torch.isfinite(composition_logits.detach()).all(-1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise FloatingPointError(
+                f"non-finite composition logits for crystals {bad} of the batch "
+                "(type noise cannot be drawn)"
+            )
         probs = F.one_hot(atom_types - 1, MAX_ATOMIC_NUMBER).float() + F.softmax(
             composition_logits.detach(), dim=-1
         )[batch_index] * type_sigma.unsqueeze(-1)

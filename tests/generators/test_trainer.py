@@ -166,6 +166,37 @@ def test_nan_loss_stops_and_keeps_good_checkpoint(tmp_path: Path, perov_val_data
     assert torch.isfinite(loaded.weight).all()
 
 
+class FloatingPointErrorAtEpochThree(NaNAfterTwoEpochs):
+    """Like :class:`NaNAfterTwoEpochs`, but the forward pass itself refuses at epoch 3."""
+
+    name: ClassVar[str] = "fpe-test"
+
+    def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        if epoch >= 3:
+            raise FloatingPointError("non-finite composition logits for crystals [1] of the batch")
+        return super().training_loss(batch, epoch)
+
+
+def test_forward_floating_point_error_stops_and_keeps_good_checkpoint(
+    tmp_path: Path, perov_val_data
+) -> None:
+    model = FloatingPointErrorAtEpochThree({})
+    with pytest.raises(
+        TrainingDivergedError, match=r"epoch 3, batch 0.*forward pass.*crystals \[1\]"
+    ):
+        fit(
+            model,
+            tiny_config(max_epochs=5),
+            perov_val_data[:8],
+            perov_val_data[8:12],
+            tmp_path,
+            dataset="perov_5",
+        )
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 2
+    assert torch.isfinite(state["state_dict"]["weight"]).all()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

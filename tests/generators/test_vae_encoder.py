@@ -24,7 +24,7 @@ from generators.models.dimenet_pbc import (
     periodic_triplets,
     spherical_basis_functions,
 )
-from generators.models.vae import sample_composition
+from generators.models.vae import CrystalVAE, sample_composition
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,14 @@ def test_degenerate_predicted_cells_do_not_explode_the_graph(small_cdvae) -> Non
     structures, errors = batch_to_structures(out)
     assert structures == [None, None]
     assert all("volume" in e for e in errors)  # the predicted (degenerate) cell is reported
+
+
+def test_type_noise_names_crystals_with_non_finite_composition() -> None:
+    types = torch.tensor([8, 8, 26, 6])
+    batch_index = torch.tensor([0, 0, 1, 1])
+    logits = torch.zeros(2, 100)
+    drawn = CrystalVAE.noisy_atom_types(types, logits, batch_index, torch.full((4,), 0.01))
+    assert drawn.shape == (4,)
+    logits[1, 5] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"crystals \[1\]"):
+        CrystalVAE.noisy_atom_types(types, logits, batch_index, torch.full((4,), 0.01))

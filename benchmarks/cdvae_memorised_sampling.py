@@ -21,6 +21,17 @@ the coordinate/type denoiser left to the model). Its match rate is the ceiling t
 each forced reconstruction also gets a loose second match (stol 1.0: near miss or another
 arrangement), its shortest interatomic distance and whether its composition is right.
 
+The forced reconstruction also records, every 50 decoder calls, how many atoms carry another type
+than the training crystal's and how many crystals have lost their composition
+(``forced_type_trace``), and per crystal whether the forced reconstruction matches when species
+are ignored (``framework_forced``: right geometry, wrong types).
+
+``--type-levels`` asks the type head the question the chain asks it at every step, with the
+answer given: per noise level (CDVAE: every third σ; DP-CDVAE: every 50th step t), the training
+crystals' true types and coordinates noised at that level go in, and the share of atoms whose
+argmax type is not the input type comes out, with the 1 % quantile of the log-probability margin
+of the true type over the next best.
+
 ``--levels`` (CDVAE) measures, per σ level, how much of the coordinate score the decoder has
 learned on the training crystals (1 − loss / loss of a zero prediction), e.g.
 ``... /tmp/keep/cdvae.pt --no-reconstruct --generate 0 --levels``.
@@ -34,6 +45,7 @@ import time
 from pathlib import Path
 
 import torch
+from pymatgen.analysis.structure_matcher import FrameworkComparator, StructureMatcher
 
 from analysis.matching import MATCHER_TOLERANCES, rms_dist
 from analysis.validity import shortest_distance, structure_is_valid
@@ -52,6 +64,13 @@ reconstruction that matches only with it is a near miss, one that matches neithe
 arrangement."""
 
 
+TRACE_EVERY = 50
+"""Decoder calls between two rows of the forced chain's type trace."""
+
+TYPE_LEVEL_DRAWS = 20
+"""Noise draws per level in ``--type-levels``."""
+
+
 def chain_options(text: str | None) -> dict[str, int]:
     """``"steps_per_level=20"`` or ``"steps=200"`` → keyword arguments of configure_sampling."""
     if not text:
@@ -66,6 +85,35 @@ def matches(structures: list, records: list) -> list[bool]:  # type: ignore[type
         pred is not None and rms_dist(pred, rec.structure) is not None
         for pred, rec in zip(structures, records, strict=True)
     ]
+
+
+class TypeChangeCounter:
+    """Compare a chain's current atom types with the true ones.
+
+    Parameters
+    ----------
+    truth
+        [N] true atomic numbers.
+    batch
+        [N] crystal index of every atom.
+    num_crystals
+        Number of crystals in the batch.
+    """
+
+    def __init__(self, truth: torch.Tensor, batch: torch.Tensor, num_crystals: int) -> None:
+        self.truth, self.batch, self.num_crystals = truth, batch, num_crystals
+        self.composition = self.counts(truth)
+
+    def counts(self, types: torch.Tensor) -> torch.Tensor:
+        """[num_crystals, 100] element counts of every crystal."""
+        counts = torch.zeros(self.num_crystals, 100, dtype=torch.long)
+        return counts.index_put_((self.batch, types - 1), torch.ones_like(types), accumulate=True)
+
+    def __call__(self, types: torch.Tensor) -> tuple[int, int]:
+        """Atoms whose type differs from the truth, crystals whose composition does."""
+        changed_atoms = int((types != self.truth).sum())
+        changed_crystals = int((self.counts(types) != self.composition).any(-1).sum())
+        return changed_atoms, changed_crystals
 
 
 @torch.no_grad()
@@ -91,14 +139,26 @@ def diagnose(model, data: list, records: list, structures: list) -> dict[str, ob
     pred_lengths, pred_angles = lattice_to_params(model.unscale_lattice(lattice_pred, num_atoms))
     length_err = (pred_lengths - lengths).abs().max(-1).values
     angle_err = (pred_angles - angles).abs().max(-1).values
-    frac, types = model.sample_structure(
-        mu, num_atoms, lattice, batch.atom_types, torch.Generator().manual_seed(0)
-    )
+    trace: list[list[int]] = []
+    wrong_types = TypeChangeCounter(batch.atom_types, batch.batch, len(num_atoms))
+
+    def record(_module: torch.nn.Module, args: tuple) -> None:  # type: ignore[type-arg]
+        calls = len(trace) + 1
+        trace.append([calls, *wrong_types(args[2])])
+
+    hook = model.decoder.register_forward_pre_hook(record)
+    try:
+        frac, types = model.sample_structure(
+            mu, num_atoms, lattice, batch.atom_types, torch.Generator().manual_seed(0)
+        )
+    finally:
+        hook.remove()
     forced = batch.clone()
     forced.frac_coords, forced.atom_types = frac.float(), types.long()
     forced_structures, _ = batch_to_structures(forced)
     own = matches(structures, records)
     with_truth = matches(forced_structures, records)
+    framework = StructureMatcher(**MATCHER_TOLERANCES, comparator=FrameworkComparator())
     loose = {**MATCHER_TOLERANCES, "stol": LOOSE_STOL}
     rows = []
     for k, (rec, pred) in enumerate(zip(records, forced_structures, strict=True)):
@@ -119,6 +179,7 @@ def diagnose(model, data: list, records: list, structures: list) -> dict[str, ob
                 and pred.composition == rec.structure.composition,
                 "rms_forced_loose": None if rms is None else round(float(rms), 3),
                 "min_distance_forced_A": None if closest is None else round(closest, 2),
+                "framework_forced": pred is not None and bool(framework.fit(pred, rec.structure)),
             }
         )
     return {
@@ -128,6 +189,11 @@ def diagnose(model, data: list, records: list, structures: list) -> dict[str, ob
         "match": sum(own),
         "composition_right": sum(row["composition_ok"] for row in rows),
         "match_forced": sum(with_truth),
+        "framework_forced": sum(row["framework_forced"] for row in rows),
+        "forced_type_trace": {
+            "columns": ["decoder_call", "atoms_with_other_type", "crystals_with_other_composition"],
+            "rows": [row for row in trace if row[0] % TRACE_EVERY == 0 or row is trace[-1]],
+        },
         "crystals": rows,
     }
 
@@ -170,6 +236,74 @@ def level_losses(model, data: list, draws: int = 8) -> list[dict[str, float]]:  
     return rows
 
 
+def noise_index_rows(model) -> list[tuple[int, float]]:  # type: ignore[no-untyped-def]
+    """``--type-levels`` rows: (level index, σ in Å) or (step t, sqrt(1 − ᾱ_t)) of the chain."""
+    if model.name == "cdvae":
+        return [(k, float(model.sigmas[k])) for k in range(0, len(model.sigmas), 3)]
+    last = model.num_timesteps - 1
+    steps = [last, *range(last - last % 50, 0, -50), 10]
+    alphas = model.schedule.alphas_cumprod
+    return [(t, float((1.0 - alphas[t]).sqrt())) for t in steps]
+
+
+def type_logits_at(model, batch, index: int, generator: torch.Generator) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Type logits for the true types and the true coordinates noised at one chain index."""
+    num_atoms = batch.num_atoms.view(-1)
+    lattice = batch.lattice.view(-1, 3, 3)
+    z, _ = model.encode(batch)
+    if model.name == "cdvae":
+        from generators.models.cdvae import noise_coordinates
+
+        noise = torch.randn(batch.frac_coords.shape, generator=generator) * model.sigmas[index]
+        noisy, _ = noise_coordinates(batch.frac_coords, lattice, num_atoms, noise)
+        _, logits = model.decoder(z, noisy, batch.atom_types, lattice, num_atoms, batch.batch)
+        return logits
+    from generators.models.vae import recenter
+
+    crystals = len(num_atoms)
+    steps = torch.full((crystals,), index, dtype=torch.long)
+    r0 = recenter(batch.frac_coords, batch.batch, crystals)
+    eps = recenter(torch.randn(r0.shape, generator=generator), batch.batch, crystals)
+    rt = model.schedule.q_sample(r0, steps[batch.batch], eps)
+    _, logits = model.denoise(
+        z, rt - torch.floor(rt), batch.atom_types, lattice, num_atoms, batch.batch, steps
+    )
+    return logits
+
+
+@torch.no_grad()
+def type_levels(model, data: list, draws: int = TYPE_LEVEL_DRAWS) -> list[dict[str, float]]:  # type: ignore[no-untyped-def,type-arg]
+    """Per noise level, how often the type head overrules correct input types.
+
+    The training crystals (z = mu, true lattice and types) are noised ``draws`` times at each
+    level of the chain; ``changed`` is the share of atoms whose argmax type differs from the
+    (true) input type, ``margin_q01`` the 1 % quantile over atoms of log p(true type) minus the
+    largest other log-probability (below 0 means changed).
+    """
+    batch = data_list_to_batch(data)
+    truth = batch.atom_types
+    atoms = torch.arange(len(truth))
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for index, noise_scale in noise_index_rows(model):
+        margins = []
+        for _ in range(draws):
+            log_p = type_logits_at(model, batch, index, generator).log_softmax(-1)
+            true = log_p[atoms, truth - 1]
+            log_p[atoms, truth - 1] = -torch.inf
+            margins.append(true - log_p.max(-1).values)
+        margin = torch.cat(margins)
+        rows.append(
+            {
+                "index": index,
+                "noise": round(noise_scale, 4),
+                "changed": round(float((margin < 0).float().mean()), 5),
+                "margin_q01": round(float(margin.quantile(0.01)), 2),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     """Load the kept model, reconstruct the training crystals, generate 100, print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -194,6 +328,11 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="reconstruct the training crystals (--no-reconstruct: only --levels / generation)",
+    )
+    parser.add_argument(
+        "--type-levels",
+        action="store_true",
+        help="per noise level, the share of correct input types the type head changes",
     )
     parser.add_argument(
         "--levels",
@@ -227,6 +366,9 @@ def main() -> None:
         if model.name != "cdvae":
             parser.error("--levels is for CDVAE checkpoints (σ levels)")
         result["levels"] = level_losses(model, data)
+
+    if args.type_levels:
+        result["type_levels"] = type_levels(model, data)
 
     if args.diagnose:
         result["diagnosis"] = diagnose(model, data, records, structures)

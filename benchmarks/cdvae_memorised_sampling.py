@@ -50,6 +50,7 @@ from pymatgen.analysis.structure_matcher import FrameworkComparator, StructureMa
 from analysis.matching import MATCHER_TOLERANCES, rms_dist
 from analysis.validity import shortest_distance, structure_is_valid
 from generators.crystal import (
+    MAX_ATOMIC_NUMBER,
     batch_to_structures,
     data_list_to_batch,
     lattice_to_params,
@@ -105,8 +106,8 @@ class TypeChangeCounter:
         self.composition = self.counts(truth)
 
     def counts(self, types: torch.Tensor) -> torch.Tensor:
-        """[num_crystals, 100] element counts of every crystal."""
-        counts = torch.zeros(self.num_crystals, 100, dtype=torch.long)
+        """[num_crystals, MAX_ATOMIC_NUMBER] element counts of every crystal."""
+        counts = torch.zeros(self.num_crystals, MAX_ATOMIC_NUMBER, dtype=torch.long)
         return counts.index_put_((self.batch, types - 1), torch.ones_like(types), accumulate=True)
 
     def __call__(self, types: torch.Tensor) -> tuple[int, int]:
@@ -246,28 +247,24 @@ def noise_index_rows(model) -> list[tuple[int, float]]:  # type: ignore[no-untyp
     return [(t, float((1.0 - alphas[t]).sqrt())) for t in steps]
 
 
-def type_logits_at(model, batch, index: int, generator: torch.Generator) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Type logits for the true types and the true coordinates noised at one chain index."""
+def type_logits_at(
+    model, batch, z: torch.Tensor, index: int, generator: torch.Generator
+) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Type logits for ``z``, the true types and the true coordinates noised at one index."""
     num_atoms = batch.num_atoms.view(-1)
     lattice = batch.lattice.view(-1, 3, 3)
-    z, _ = model.encode(batch)
+    noise = torch.randn(batch.frac_coords.shape, generator=generator)
     if model.name == "cdvae":
         from generators.models.cdvae import noise_coordinates
 
-        noise = torch.randn(batch.frac_coords.shape, generator=generator) * model.sigmas[index]
-        noisy, _ = noise_coordinates(batch.frac_coords, lattice, num_atoms, noise)
+        noisy, _ = noise_coordinates(
+            batch.frac_coords, lattice, num_atoms, noise * model.sigmas[index]
+        )
         _, logits = model.decoder(z, noisy, batch.atom_types, lattice, num_atoms, batch.batch)
         return logits
-    from generators.models.vae import recenter
-
-    crystals = len(num_atoms)
-    steps = torch.full((crystals,), index, dtype=torch.long)
-    r0 = recenter(batch.frac_coords, batch.batch, crystals)
-    eps = recenter(torch.randn(r0.shape, generator=generator), batch.batch, crystals)
-    rt = model.schedule.q_sample(r0, steps[batch.batch], eps)
-    _, logits = model.denoise(
-        z, rt - torch.floor(rt), batch.atom_types, lattice, num_atoms, batch.batch, steps
-    )
+    steps = torch.full((len(num_atoms),), index, dtype=torch.long)
+    bounded, _ = model.noise_coordinates(batch.frac_coords, batch.batch, steps, noise)
+    _, logits = model.denoise(z, bounded, batch.atom_types, lattice, num_atoms, batch.batch, steps)
     return logits
 
 
@@ -283,12 +280,13 @@ def type_levels(model, data: list, draws: int = TYPE_LEVEL_DRAWS) -> list[dict[s
     batch = data_list_to_batch(data)
     truth = batch.atom_types
     atoms = torch.arange(len(truth))
+    z, _ = model.encode(batch)
     generator = torch.Generator().manual_seed(0)
     rows = []
     for index, noise_scale in noise_index_rows(model):
         margins = []
         for _ in range(draws):
-            log_p = type_logits_at(model, batch, index, generator).log_softmax(-1)
+            log_p = type_logits_at(model, batch, z, index, generator).log_softmax(-1)
             true = log_p[atoms, truth - 1]
             log_p[atoms, truth - 1] = -torch.inf
             margins.append(true - log_p.max(-1).values)

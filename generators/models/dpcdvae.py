@@ -152,6 +152,34 @@ class DPCDVAE(CrystalVAE):
         eps = cart_to_frac(vector, lattice, num_atoms)
         return recenter(eps, batch, len(num_atoms)), type_logits
 
+    def noise_coordinates(
+        self, frac_coords: Tensor, batch: Tensor, t: Tensor, noise: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The forward process at step t: bound(r_t) and the re-centred ε it used.
+
+        Parameters
+        ----------
+        frac_coords
+            [N, 3] clean fractional coordinates.
+        batch
+            [N] crystal of each atom.
+        t
+            [B] step of each crystal.
+        noise
+            [N, 3] standard Gaussian draws (re-centred here per crystal).
+
+        Returns
+        -------
+        tuple
+            r_t − floor(r_t) with r_t = sqrt(ᾱ_t)·r_0 + sqrt(1−ᾱ_t)·ε on re-centred r_0 and ε,
+            and ε (the ε-prediction target).
+        """
+        crystals = len(t)
+        r0 = recenter(frac_coords, batch, crystals)
+        eps = recenter(noise, batch, crystals)
+        rt = self.schedule.q_sample(r0, t[batch], eps)
+        return rt - torch.floor(rt), eps
+
     def denoising_loss(
         self,
         batch: Batch,
@@ -166,10 +194,9 @@ class DPCDVAE(CrystalVAE):
         device = z.device
         t = torch.randint(1, self.num_timesteps, (b,), device=device)
         s = torch.randint(1, self.num_timesteps, (b,), device=device)
-        r0 = recenter(batch.frac_coords, batch.batch, b)
-        eps = recenter(torch.randn_like(r0), batch.batch, b)
-        rt = self.schedule.q_sample(r0, t[batch.batch], eps)
-        bounded = rt - torch.floor(rt)
+        bounded, eps = self.noise_coordinates(
+            batch.frac_coords, batch.batch, t, torch.randn_like(batch.frac_coords)
+        )
         type_sigma = self.type_sigmas[s][batch.batch]
         noisy_types = self.noisy_atom_types(
             batch.atom_types, composition_logits, batch.batch, type_sigma

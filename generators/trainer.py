@@ -11,6 +11,11 @@ clipping by value, as the papers do. It writes into ``out_dir``:
 * ``metrics.jsonl``: one JSON line per epoch (train/val loss terms, lr, crystals/s);
 * ``config.json``: the resolved configuration.
 
+With ``ema_decay`` set (e.g. 0.999; off by default, not in the papers' recipes) an exponential
+moving average of the weights is kept (:class:`generators.ema.WeightAverage`): validation, the
+checkpoints' ``ema_state_dict`` (which :func:`load_checkpoint` loads for sampling) and the
+returned model use the averaged weights; ``state_dict`` keeps the optimiser's for resuming.
+
 Devices: CUDA when available, else CPU (``device=`` overrides); mixed precision (autocast +
 GradScaler) only on CUDA. Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it runs data-parallel
 (DDP; NCCL on CUDA, gloo on CPU) with a ``DistributedSampler``; only rank 0 writes files.
@@ -44,6 +49,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from generators.crystal import data_list_to_batch, structure_to_data
+from generators.ema import WeightAverage
 from generators.models.base import CrystalGenerator
 from generators.registry import build_model, model_class
 
@@ -67,6 +73,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "max_val_crystals": None,
     "val_split": "val",
     "find_unused_parameters": False,
+    "ema_decay": None,
 }
 """Training settings and their defaults (the ``train`` section of a model config)."""
 
@@ -84,7 +91,8 @@ class TrainResult:
     Attributes
     ----------
     model
-        The trained model (unwrapped from DDP, on its training device).
+        The trained model (unwrapped from DDP, on its training device; with the moving
+        average of its weights when ``ema_decay`` is set).
     epochs
         Last finished epoch (1-based; 0 if none ran).
     best_val
@@ -158,6 +166,11 @@ def validate_train_config(train: dict[str, Any]) -> dict[str, Any]:
     positive_number("lr", cfg["lr"])
     positive_number("grad_clip_value", cfg["grad_clip_value"], allow_none=True)
     positive_number("max_minutes", cfg["max_minutes"], allow_none=True)
+    ema = cfg["ema_decay"]
+    if ema is not None and (
+        isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1
+    ):
+        problems.append(f"ema_decay must be in (0, 1) or null, got {ema!r}")
     if not isinstance(cfg["seed"], int):
         problems.append(f"seed must be an integer, got {cfg['seed']!r}")
     if not (isinstance(cfg["weight_decay"], int | float) and cfg["weight_decay"] >= 0):
@@ -364,6 +377,7 @@ def load_checkpoint(
     expect_dataset: str | None = None,
     device: str | torch.device | None = "cpu",
     model_cls: type[CrystalGenerator] | None = None,
+    averaged: bool = True,
 ) -> tuple[CrystalGenerator, dict[str, Any]]:
     """Rebuild the model of a checkpoint.
 
@@ -377,6 +391,9 @@ def load_checkpoint(
         Where to put the model.
     model_cls
         Build with this class instead of the registry's (models defined outside the registry).
+    averaged
+        Load the moving average of the weights when the run kept one (``train.ema_decay``);
+        ``False`` loads the optimiser's last weights.
 
     Returns
     -------
@@ -400,10 +417,13 @@ def load_checkpoint(
         )
     cls = model_cls or model_class(payload["model"])
     model = cls(payload["config"]["model"])
-    model.load_state_dict(payload["state_dict"])
+    use_average = averaged and payload.get("ema_state_dict") is not None
+    model.load_state_dict(payload["ema_state_dict" if use_average else "state_dict"])
     model.to(choose_device(str(device) if device is not None else None)).eval()
-    meta = {k: v for k, v in payload.items() if k not in {"state_dict", "optimizer", "scheduler"}}
+    weights = {"state_dict", "ema_state_dict", "ema", "optimizer", "scheduler"}
+    meta = {k: v for k, v in payload.items() if k not in weights}
     meta["path"] = str(path)
+    meta["weights"] = "average" if use_average else "last"
     return model, meta
 
 
@@ -558,6 +578,13 @@ def fit(
     else:
         model.load_state_dict(resume_state["state_dict"])
     model.to(dev)
+    average = (
+        WeightAverage(model, float(train_cfg["ema_decay"]))
+        if train_cfg["ema_decay"] is not None
+        else None
+    )
+    if average is not None and resume_state is not None and resume_state.get("ema"):
+        average.load_state_dict(resume_state["ema"])
 
     optimizer = torch.optim.Adam(
         model.parameters(),
@@ -619,6 +646,8 @@ def fit(
             "dataset": dataset,
             "config": config,
             "state_dict": model.state_dict(),
+            "ema_state_dict": (average.averaged_state_dict(model) if average is not None else None),
+            "ema": average.state_dict() if average is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch_done,
@@ -690,6 +719,8 @@ def fit(
                     )
                 scaler.step(optimizer)
                 scaler.update()
+                if average is not None:
+                    average.update(model)
                 n = int(batch.num_graphs)
                 crystals += n
                 for key, value in terms.items():
@@ -708,7 +739,8 @@ def fit(
             validated = epoch % int(train_cfg["val_every"]) == 0 or epoch == max_epochs
             if validated:
                 if val_data:
-                    val_terms = evaluate_loss(model, val_data, val_batch_size, epoch, dev, seed)
+                    with average.applied(model) if average is not None else nullcontext():
+                        val_terms = evaluate_loss(model, val_data, val_batch_size, epoch, dev, seed)
                     record["val"] = val_terms
                     monitor = val_terms["loss"]
                 else:
@@ -747,6 +779,8 @@ def fit(
         bar.close()
     if distributed:
         dist.barrier()
+    if average is not None:
+        average.copy_to(model)
     return TrainResult(model, epoch, best_val, stop_reason, out, history)
 
 

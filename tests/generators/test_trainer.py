@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from generators.ema import WeightAverage
 from generators.models.base import CrystalGenerator
 from generators.models.diffcsp import DiffCSP
 from generators.trainer import (
     CHECKPOINT_FORMAT,
     TrainingDivergedError,
+    evaluate_loss,
     fit,
     load_checkpoint,
     read_checkpoint,
@@ -39,6 +41,7 @@ from .conftest import tiny_config
         ({"max_epochs": 2.5}, "max_epochs"),
         ({"learning_rate": 1e-3}, "unknown train config keys"),
         ({"grad_clip_value": 0}, "grad_clip_value"),
+        ({"ema_decay": 1.0}, "ema_decay must be in"),
     ],
 )
 def test_invalid_train_config_is_rejected(change: dict[str, Any], message: str) -> None:
@@ -132,6 +135,83 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None
     assert [h["epoch"] for h in resumed.history] == [3, 4]
     assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
     assert resumed.best_val == pytest.approx(full.best_val, rel=1e-6)
+    for key, value in full.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+
+
+def test_weight_average_follows_its_formula_and_restores_the_model() -> None:
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average = WeightAverage(layer, decay=0.9)
+    expected = torch.ones(1, 2)
+    for n, value in enumerate([3.0, -1.0, 2.0], start=1):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update(layer)
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+        assert torch.allclose(average.shadow["weight"], expected)
+    with average.applied(layer):
+        assert torch.allclose(layer.weight, expected)
+    assert torch.all(layer.weight == 2.0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(layer, decay=1.0)
+
+
+def test_weight_average_is_validated_checkpointed_and_resumed(
+    tmp_path: Path, perov_val_data
+) -> None:
+    config = tiny_config(max_epochs=4, ema_decay=0.9)
+    train, val = perov_val_data[:8], perov_val_data[8:12]
+    torch.manual_seed(1)
+    full = fit(DiffCSP(config["model"]), config, train, val, tmp_path / "a", dataset="perov_5")
+    last = read_checkpoint(tmp_path / "a" / "last.pt")
+    averaged = last["ema_state_dict"]
+    assert last["ema"]["updates"] == 4 * 2  # 4 epochs of 2 batches
+    # the returned model and load_checkpoint carry the average, not the last iterate
+    assert any(not torch.equal(averaged[k], last["state_dict"][k]) for k in averaged)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, averaged[key]), key
+    loaded, meta = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert meta["weights"] == "average"
+    assert all(torch.equal(v, averaged[k]) for k, v in loaded.state_dict().items())
+    raw, meta = load_checkpoint(tmp_path / "a" / "last.pt", averaged=False)
+    assert meta["weights"] == "last"
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in raw.state_dict().items())
+    # the validation loss that picked best.pt is the averaged weights' loss
+    best = read_checkpoint(tmp_path / "a" / "best.pt")
+    best_model, _ = load_checkpoint(tmp_path / "a" / "best.pt")
+    val_loss = evaluate_loss(
+        best_model, val, 4, best["epoch"], torch.device("cpu"), config["train"]["seed"]
+    )
+    assert val_loss["loss"] == pytest.approx(best["best_val"], rel=1e-6)
+
+    def stop_after_two(epoch: int, _: dict[str, Any]) -> None:
+        if epoch == 2:
+            raise _Stop
+
+    torch.manual_seed(1)
+    with pytest.raises(_Stop):
+        fit(
+            DiffCSP(config["model"]),
+            config,
+            train,
+            val,
+            tmp_path / "b",
+            dataset="perov_5",
+            on_epoch_end=stop_after_two,
+        )
+    state = read_checkpoint(tmp_path / "b" / "last.pt")
+    resumed = fit(
+        DiffCSP(config["model"]),
+        state["config"],
+        train,
+        val,
+        tmp_path / "b",
+        dataset="perov_5",
+        resume_state=state,
+    )
     for key, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
 

@@ -21,6 +21,7 @@ from generators.models.diffcsp import DiffCSP
 from generators.trainer import (
     CHECKPOINT_FORMAT,
     TrainingDivergedError,
+    TrainResult,
     evaluate_loss,
     fit,
     load_checkpoint,
@@ -99,11 +100,11 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None:
-    config = tiny_config(max_epochs=4, scheduler={"name": "plateau", "patience": 0})
-    train, val = perov_val_data[:8], perov_val_data[8:12]
-    torch.manual_seed(1)
-    full = fit(DiffCSP(config["model"]), config, train, val, tmp_path / "a", dataset="perov_5")
+def interrupted_after_two_epochs_and_resumed(
+    config: dict[str, Any], train: list[Any], val: list[Any], out: Path
+) -> TrainResult:
+    """Train a DiffCSP (seed 1) with ``config``, stop it after epoch 2, resume from
+    ``last.pt`` and return the resumed run."""
 
     def stop_after_two(epoch: int, _: dict[str, Any]) -> None:
         if epoch == 2:
@@ -116,21 +117,29 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None
             config,
             train,
             val,
-            tmp_path / "b",
+            out,
             dataset="perov_5",
             on_epoch_end=stop_after_two,
         )
-    state = read_checkpoint(tmp_path / "b" / "last.pt")
+    state = read_checkpoint(out / "last.pt")
     assert state["epoch"] == 2
-    resumed = fit(
+    return fit(
         DiffCSP(config["model"]),
         state["config"],
         train,
         val,
-        tmp_path / "b",
+        out,
         dataset="perov_5",
         resume_state=state,
     )
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None:
+    config = tiny_config(max_epochs=4, scheduler={"name": "plateau", "patience": 0})
+    train, val = perov_val_data[:8], perov_val_data[8:12]
+    torch.manual_seed(1)
+    full = fit(DiffCSP(config["model"]), config, train, val, tmp_path / "a", dataset="perov_5")
+    resumed = interrupted_after_two_epochs_and_resumed(config, train, val, tmp_path / "b")
     assert resumed.epochs == 4
     assert [h["epoch"] for h in resumed.history] == [3, 4]
     assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
@@ -187,31 +196,7 @@ def test_weight_average_is_validated_checkpointed_and_resumed(
     )
     assert val_loss["loss"] == pytest.approx(best["best_val"], rel=1e-6)
 
-    def stop_after_two(epoch: int, _: dict[str, Any]) -> None:
-        if epoch == 2:
-            raise _Stop
-
-    torch.manual_seed(1)
-    with pytest.raises(_Stop):
-        fit(
-            DiffCSP(config["model"]),
-            config,
-            train,
-            val,
-            tmp_path / "b",
-            dataset="perov_5",
-            on_epoch_end=stop_after_two,
-        )
-    state = read_checkpoint(tmp_path / "b" / "last.pt")
-    resumed = fit(
-        DiffCSP(config["model"]),
-        state["config"],
-        train,
-        val,
-        tmp_path / "b",
-        dataset="perov_5",
-        resume_state=state,
-    )
+    resumed = interrupted_after_two_epochs_and_resumed(config, train, val, tmp_path / "b")
     for key, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
 

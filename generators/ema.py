@@ -59,10 +59,7 @@ class WeightAverage:
 
     def averaged_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         """The model's state dict with the averaged parameters (buffers as in ``model``)."""
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        for name, value in self.shadow.items():
-            state[name] = value.detach().clone()
-        return state
+        return {k: self.shadow.get(k, v).detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

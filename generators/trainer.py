@@ -3,8 +3,9 @@
 ``train(model_name, dataset, config_name, out_dir)`` loads the splits with
 :func:`generators.data.load_split`, converts them with
 :func:`generators.crystal.structure_to_data` (bad rows are reported and skipped), fits the
-model's statistics on the training split and runs Adam + ReduceLROnPlateau with gradient
-clipping by value, as the papers do. It writes into ``out_dir``:
+model's statistics on the training split and runs Adam with gradient clipping by value and a
+learning-rate schedule (``train.scheduler.name``: ``plateau``, the papers' ReduceLROnPlateau,
+by default; ``cosine`` annealing to ``min_lr``; ``none``). It writes into ``out_dir``:
 
 * ``last.pt`` every ``checkpoint_every`` epochs and at the end, ``best.pt`` at each new best
   validation loss (format ``dftloop-checkpoint/1``, ``docs/architecture.md`` §4);
@@ -62,7 +63,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "betas": [0.9, 0.999],
     "weight_decay": 0.0,
-    "scheduler": {"name": "plateau", "factor": 0.6, "patience": 30, "min_lr": 1e-4},
+    "scheduler": {
+        "name": "plateau",
+        "factor": 0.6,
+        "patience": 30,
+        "min_lr": 1e-4,
+        "epochs": None,
+    },
     "grad_clip_value": 0.5,
     "seed": 42,
     "early_stopping_patience": None,
@@ -77,7 +84,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 """Training settings and their defaults (the ``train`` section of a model config)."""
 
-SCHEDULERS = ("plateau", "none")
+SCHEDULERS = ("plateau", "cosine", "none")
+"""``plateau``: the papers' ReduceLROnPlateau on the validation loss (the training loss without a
+validation set); ``cosine``: cosine decay from ``lr`` to ``min_lr`` over ``epochs`` epochs
+(``max_epochs`` if null), then constant; ``none``: constant ``lr``."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -187,6 +197,12 @@ def validate_train_config(train: dict[str, Any]) -> dict[str, Any]:
             problems.append(f"scheduler.patience must be an integer >= 0, got {sched['patience']}")
         if not float(sched["min_lr"]) >= 0:
             problems.append(f"scheduler.min_lr must be >= 0, got {sched['min_lr']!r}")
+    elif sched["name"] == "cosine":
+        positive_int("scheduler.epochs", sched["epochs"], allow_none=True)
+        if not 0 <= float(sched["min_lr"]) <= float(cfg["lr"]):
+            problems.append(
+                f"scheduler.min_lr must be in [0, lr = {cfg['lr']}], got {sched['min_lr']!r}"
+            )
     if problems:
         raise ValueError("invalid train config: " + "; ".join(problems))
     return cfg
@@ -592,17 +608,7 @@ def fit(
         betas=tuple(float(b) for b in train_cfg["betas"]),
         weight_decay=float(train_cfg["weight_decay"]),
     )
-    sched_cfg = train_cfg["scheduler"]
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            factor=float(sched_cfg["factor"]),
-            patience=int(sched_cfg["patience"]),
-            min_lr=float(sched_cfg["min_lr"]),
-        )
-        if sched_cfg["name"] == "plateau"
-        else None
-    )
+    scheduler = build_scheduler(optimizer, train_cfg)
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best_val, since_best = 1, math.inf, 0
@@ -745,7 +751,7 @@ def fit(
                     monitor = val_terms["loss"]
                 else:
                     monitor = record["train"]["loss"]
-                if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     scheduler.step(monitor)
                 improved = monitor < best_val
                 if improved:
@@ -755,6 +761,8 @@ def fit(
                 record["best_val"] = best_val
                 if improved and is_main:
                     save_checkpoint(out / "best.pt", checkpoint_payload(epoch))
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                scheduler.step()
             history.append(record)
             if is_main:
                 with (out / "metrics.jsonl").open("a") as log:
@@ -782,6 +790,63 @@ def fit(
     if average is not None:
         average.copy_to(model)
     return TrainResult(model, epoch, best_val, stop_reason, out, history)
+
+
+def cosine_factor(epoch: int, epochs: int, min_ratio: float) -> float:
+    """Learning-rate factor of the cosine schedule after ``epoch`` completed epochs.
+
+    Parameters
+    ----------
+    epoch
+        Completed epochs (0 before training).
+    epochs
+        Length of the decay; the factor stays at ``min_ratio`` afterwards.
+    min_ratio
+        ``min_lr / lr``.
+
+    Returns
+    -------
+    float
+        ``min_ratio + (1 - min_ratio) · (1 + cos(π · min(epoch, epochs) / epochs)) / 2``.
+    """
+    progress = min(epoch, epochs) / epochs
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LambdaLR | None:
+    """The learning-rate scheduler of a validated ``train`` section (:data:`SCHEDULERS`).
+
+    Parameters
+    ----------
+    optimizer
+        The optimiser whose learning rate is scheduled.
+    train_cfg
+        The ``train`` section after :func:`validate_train_config`.
+
+    Returns
+    -------
+    ReduceLROnPlateau or LambdaLR or None
+        ``plateau``: stepped with the monitored loss on validated epochs; ``cosine``: stepped
+        after every epoch (:func:`cosine_factor` over ``scheduler.epochs``, ``max_epochs`` when
+        null); ``none``: ``None``.
+    """
+    sched = train_cfg["scheduler"]
+    if sched["name"] == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            factor=float(sched["factor"]),
+            patience=int(sched["patience"]),
+            min_lr=float(sched["min_lr"]),
+        )
+    if sched["name"] == "cosine":
+        epochs = int(sched["epochs"] or train_cfg["max_epochs"])
+        min_ratio = float(sched["min_lr"]) / float(train_cfg["lr"])
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: cosine_factor(epoch, epochs, min_ratio)
+        )
+    return None
 
 
 @torch.no_grad()

@@ -43,6 +43,8 @@ from .conftest import tiny_config
         ({"learning_rate": 1e-3}, "unknown train config keys"),
         ({"grad_clip_value": 0}, "grad_clip_value"),
         ({"ema_decay": 1.0}, "ema_decay must be in"),
+        ({"scheduler": {"name": "cosine", "min_lr": 0.1}}, "scheduler.min_lr must be in"),
+        ({"scheduler": {"name": "cosine", "epochs": 0}}, "scheduler.epochs"),
     ],
 )
 def test_invalid_train_config_is_rejected(change: dict[str, Any], message: str) -> None:
@@ -134,8 +136,15 @@ def interrupted_after_two_epochs_and_resumed(
     )
 
 
-def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None:
-    config = tiny_config(max_epochs=4, scheduler={"name": "plateau", "patience": 0})
+@pytest.mark.parametrize(
+    "scheduler",
+    [{"name": "plateau", "patience": 0}, {"name": "cosine", "epochs": 3, "min_lr": 2e-4}],
+    ids=["plateau", "cosine"],
+)
+def test_resume_equals_uninterrupted_run(
+    tmp_path: Path, perov_val_data, scheduler: dict[str, Any]
+) -> None:
+    config = tiny_config(max_epochs=4, scheduler=scheduler)
     train, val = perov_val_data[:8], perov_val_data[8:12]
     torch.manual_seed(1)
     full = fit(DiffCSP(config["model"]), config, train, val, tmp_path / "a", dataset="perov_5")
@@ -143,6 +152,9 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, perov_val_data) -> None
     assert resumed.epochs == 4
     assert [h["epoch"] for h in resumed.history] == [3, 4]
     assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
+    if scheduler["name"] == "cosine":  # 1e-3 decays to 2e-4 over 3 epochs, then stays
+        lr = [h["lr"] for h in full.history]
+        assert lr == pytest.approx([1e-3, 1e-3 - 8e-4 * 0.25, 1e-3 - 8e-4 * 0.75, 2e-4])
     assert resumed.best_val == pytest.approx(full.best_val, rel=1e-6)
     for key, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key

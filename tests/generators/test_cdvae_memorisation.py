@@ -112,7 +112,7 @@ SHORT_MATCH = {"cdvae": 0.25, "dpcdvae": 0.375}
 """Measured 37.5 % (CDVAE) and 62.5 % (DP-CDVAE) of the 8 crystals after 40 epochs (docs)."""
 SHORT_CHAIN = {"cdvae": {"steps_per_level": 2}, "dpcdvae": {"steps": 50}}
 FULL_EPOCHS = 3400
-"""The slow test's training: 3400 epochs of 4 mini-batches (13600 Adam steps; 14.0-14.4 min on
+"""The slow test's training: 3400 epochs of 4 mini-batches (13600 Adam steps; 14.4-15.1 min on
 one core of this CPU, docs/cdvae.md)."""
 FULL_MINUTES = 30.0
 """A cap on the training time for slower machines (which then stop before the last epochs)."""

@@ -375,13 +375,13 @@ def main() -> None:
     if args.reconstruct or args.diagnose:
         start = time.perf_counter()
         model.configure_sampling(**chain_options(args.recon_chain))
-        draws: list[list[bool]] = []
-        for seed in args.recon_seeds:
-            out = model.reconstruct(data_list_to_batch(data), torch.Generator().manual_seed(seed))
-            drawn, _ = batch_to_structures(out)
-            draws.append(matches(drawn, records))
-            if len(draws) == 1:
-                structures = drawn
+        batch = data_list_to_batch(data)
+        reconstructions = [
+            batch_to_structures(model.reconstruct(batch, torch.Generator().manual_seed(seed)))[0]
+            for seed in args.recon_seeds
+        ]
+        structures = reconstructions[0]
+        draws = [matches(drawn, records) for drawn in reconstructions]
         result["recon_chain"] = args.recon_chain
         result["reconstruction"] = sum(draws[0]) / len(records)
         if len(draws) > 1:

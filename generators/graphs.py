@@ -2,8 +2,9 @@
 
 Two kinds of graph serve the four generators:
 
-* :func:`fully_connected_edges` — every ordered pair of distinct atoms of a crystal (DiffCSP's
-  CSPNet works on fractional differences, so it needs no periodic images);
+* :func:`fully_connected_edges` — every ordered pair of atoms of a crystal, self-pairs optional
+  (DiffCSP's CSPNet includes them; it works on fractional differences, so it needs no periodic
+  images);
 * :func:`radius_graph_pbc` — all pairs (i, j, image) with |x_j + n·L − x_i| ≤ cutoff, optionally
   capped to the nearest ``max_neighbors`` per centre atom plus exact ties with the last
   (:func:`cap_neighbors`; CDVAE family: 7 Å, 20 neighbours; ContinuouSP: a per-crystal radius

@@ -17,8 +17,10 @@ moving average of the weights is kept (:class:`generators.ema.WeightAverage`): v
 checkpoints' ``ema_state_dict`` (which :func:`load_checkpoint` loads for sampling) and the
 returned model use the averaged weights; ``state_dict`` keeps the optimiser's for resuming.
 
-Devices: CUDA when available, else CPU (``device=`` overrides); mixed precision (autocast +
-GradScaler) only on CUDA. Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it runs data-parallel
+Devices: CUDA when available, else CPU (``device=`` overrides). Precision is a setting
+(``train.precision``, :data:`PRECISIONS`): ``fp32`` by default as in the papers; autocast is
+opt-in (``fp16`` with a GradScaler on CUDA, ``bf16`` on CUDA or CPU). Launched by ``torchrun``
+(``WORLD_SIZE`` > 1) it runs data-parallel
 (DDP; NCCL on CUDA, gloo on CPU) with a ``DistributedSampler``; only rank 0 writes files.
 
 A non-finite loss, or a ``FloatingPointError`` raised by the model's forward pass (non-finite
@@ -81,8 +83,15 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_split": "val",
     "find_unused_parameters": False,
     "ema_decay": None,
+    "precision": "fp32",
 }
 """Training settings and their defaults (the ``train`` section of a model config)."""
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+"""``fp32``: full precision (the papers; the default of every config). ``fp16``: CUDA autocast
+with a gradient scaler (CUDA only). ``bf16``: autocast to bfloat16 (CUDA or CPU), no scaler.
+Autocast covers the loss's forward pass only; MCMC inside a loss (ContinuouSP's contrastive
+negatives) switches it off for itself."""
 
 SCHEDULERS = ("plateau", "cosine", "none")
 """``plateau``: the papers' ReduceLROnPlateau on the validation loss (the training loss without a
@@ -188,6 +197,8 @@ def validate_train_config(train: dict[str, Any]) -> dict[str, Any]:
     betas = cfg["betas"]
     if not (len(betas) == 2 and all(0 <= float(b) < 1 for b in betas)):
         problems.append(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if cfg["precision"] not in PRECISIONS:
+        problems.append(f"precision must be one of {PRECISIONS}, got {cfg['precision']!r}")
     if sched["name"] not in SCHEDULERS:
         problems.append(f"unknown scheduler {sched['name']!r}; expected one of {SCHEDULERS}")
     elif sched["name"] == "plateau":
@@ -609,8 +620,11 @@ def fit(
         weight_decay=float(train_cfg["weight_decay"]),
     )
     scheduler = build_scheduler(optimizer, train_cfg)
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = str(train_cfg["precision"])
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"train.precision fp16 needs a CUDA device, got {dev}; use fp32 or bf16")
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     start_epoch, best_val, since_best = 1, math.inf, 0
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -688,8 +702,8 @@ def fit(
             for batch_number, batch in enumerate(loader):
                 batch = batch.to(dev)
                 with (
-                    torch.autocast(device_type="cuda", enabled=use_amp)
-                    if use_amp
+                    torch.autocast(device_type=dev.type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
                     else nullcontext()
                 ):
                     try:

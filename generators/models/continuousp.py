@@ -237,17 +237,19 @@ class ContinuouSP(CrystalGenerator):
             def admissible(x: Tensor, cell: Tensor) -> Tensor:
                 return ~self._too_many_images(cell, counts)
 
-            return mala_sample(
-                energy_fn,
-                cart,
-                lattice,
-                counts,
-                schedule or self.schedule(int(steps or self.config["mcmc_steps"])),
-                generator=generator,
-                reduce=True,
-                admissible=admissible,
-                progress=bool(self.config["progress"] if progress is None else progress),
-            )
+            # MCMC acceptance needs full-precision energies: never under autocast
+            with torch.autocast(device_type=cart.device.type, enabled=False):
+                return mala_sample(
+                    energy_fn,
+                    cart,
+                    lattice,
+                    counts,
+                    schedule or self.schedule(int(steps or self.config["mcmc_steps"])),
+                    generator=generator,
+                    reduce=True,
+                    admissible=admissible,
+                    progress=bool(self.config["progress"] if progress is None else progress),
+                )
         finally:
             self.train(was_training)
 

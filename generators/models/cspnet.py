@@ -1,9 +1,12 @@
 """CSPNet: DiffCSP's periodic-E(3)-invariant denoiser on fractional coordinates.
 
-Every crystal is a fully connected graph. An edge message sees both node states, the lattice
+Every crystal is a fully connected graph, self-pairs included as in DiffCSP (``ones(n, n)``:
+each node averages n messages, one of them its own, which carries the lattice to a 1-atom
+crystal). An edge message sees both node states, the lattice
 inner products L·Lᵀ (rotation invariant) and Fourier features of the fractional difference
 (f_j − f_i) mod 1 (translation invariant); nodes aggregate by mean (permutation equivariant).
-Heads: fractional-coordinate scores (Linear, no bias), a lattice ε as a 3×3 matrix times L
+Heads: fractional-coordinate scores (Linear, no bias), a lattice ε as a 3×3 matrix (Linear, no
+bias) times L
 (rotation equivariant: rotating the rows of L rotates the prediction the same way), and,
 for ab-initio generation, 100 atom-type logits/noise values.
 """
@@ -97,6 +100,9 @@ class CSPNet(nn.Module):
         network has a type head (ab-initio generation).
     layer_norm
         Pre-LayerNorm in each layer plus a final LayerNorm.
+    self_edges
+        Include the (i, i) pairs in each crystal's graph (DiffCSP: yes). ``False`` builds the
+        n(n − 1) graph of distinct pairs, which is not the published model.
     """
 
     def __init__(
@@ -107,9 +113,11 @@ class CSPNet(nn.Module):
         time_dim: int = 256,
         smooth_types: bool = False,
         layer_norm: bool = True,
+        self_edges: bool = True,
     ) -> None:
         super().__init__()
         self.smooth_types = smooth_types
+        self.self_edges = self_edges
         if smooth_types:
             self.node_embedding: nn.Module = nn.Linear(MAX_ATOMIC_NUMBER, hidden_dim)
         else:
@@ -120,7 +128,7 @@ class CSPNet(nn.Module):
         )
         self.final_norm = nn.LayerNorm(hidden_dim) if layer_norm else nn.Identity()
         self.coord_head = nn.Linear(hidden_dim, 3, bias=False)
-        self.lattice_head = nn.Linear(hidden_dim, 9)
+        self.lattice_head = nn.Linear(hidden_dim, 9, bias=False)
         self.type_head = nn.Linear(hidden_dim, MAX_ATOMIC_NUMBER) if smooth_types else None
 
     def forward(
@@ -159,7 +167,7 @@ class CSPNet(nn.Module):
         else:
             h = self.node_embedding(atom_input - 1)
         h = self.atom_latent(torch.cat([h, time_emb[atom_crystal]], dim=-1))
-        edge_index = fully_connected_edges(num_atoms)
+        edge_index = fully_connected_edges(num_atoms, self_loops=self.self_edges)
         edge_crystal = atom_crystal[edge_index[1]]
         lattice_ips = (lattice @ lattice.transpose(-1, -2)).flatten(1)
         for layer in self.layers:

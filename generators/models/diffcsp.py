@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "num_freqs": 128,
     "time_dim": 256,
     "layer_norm": True,
+    "self_edges": True,
     "timesteps": 1000,
     "beta_schedule": {"kind": "cosine", "s": 0.008},
     "sigma_begin": 0.005,
@@ -95,6 +96,7 @@ class DiffCSP(CrystalGenerator):
             time_dim=int(merged["time_dim"]),
             smooth_types=self.mode == "generate",
             layer_norm=bool(merged["layer_norm"]),
+            self_edges=bool(merged["self_edges"]),
         )
         max_atoms = int(merged["max_atoms"])
         self.register_buffer("num_atoms_distribution", torch.zeros(max_atoms + 1))

@@ -138,3 +138,10 @@ def test_radius_graph_gradients_flow_to_positions_and_cell() -> None:
     graph.distances.sum().backward()
     assert lattice.grad is not None and torch.isfinite(lattice.grad).all()
     assert lattice.grad.abs().sum() > 0
+
+
+def test_fully_connected_edges_with_self_loops() -> None:
+    num_atoms = torch.tensor([1, 2])
+    edges = fully_connected_edges(num_atoms, self_loops=True)
+    pairs = sorted(map(tuple, edges.t().tolist()))
+    assert pairs == [(0, 0), (1, 1), (1, 2), (2, 1), (2, 2)]

@@ -185,3 +185,31 @@ def test_configs_follow_the_paper() -> None:
     assert gen["train"]["max_epochs"] == 4000
     with pytest.raises(ValueError, match="unknown model config keys"):
         DiffCSP({"hidden": 3})
+
+
+def test_perov5_paper_net_has_the_original_parameter_count() -> None:
+    # DiffCSP's published CSPNet for Perov-5 (4 x 256, 128 frequencies, CSP): 2,535,168
+    # parameters; a lattice head with a bias would give 2,535,177.
+    model = DiffCSP(load_config("diffcsp", "paper", "perov_5")["model"])
+    assert sum(p.numel() for p in model.denoiser.parameters()) == 2_535_168
+    assert model.denoiser.lattice_head.bias is None
+
+
+def test_cspnet_self_edges_carry_the_lattice_to_a_single_atom() -> None:
+    # With the self-pair, a 1-atom crystal's node state sees L·Lᵀ, so its coordinate score
+    # changes with the lattice; without it the node gets no message and the score cannot.
+    torch.manual_seed(0)
+    one = Structure(Lattice.cubic(3.0), ["Si"], [[0.1, 0.2, 0.3]])
+    batch = structures_to_batch([one], ["one"])
+    other_lattice = batch.lattice * 1.3
+    time_emb = torch.randn(1, 16)
+    outputs = {}
+    for self_edges in (True, False):
+        torch.manual_seed(1)
+        net = CSPNet(hidden_dim=32, num_layers=2, num_freqs=8, time_dim=16, self_edges=self_edges)
+        args = (time_emb, batch.atom_types, batch.frac_coords)
+        first = net(*args, batch.lattice, batch.num_atoms, batch.batch)[1]
+        second = net(*args, other_lattice, batch.num_atoms, batch.batch)[1]
+        outputs[self_edges] = (second - first).abs().max().item()
+    assert outputs[True] > 1e-4
+    assert outputs[False] == 0.0

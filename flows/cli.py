@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import data, evaluate, experiment, relax, results, sample, train
+from flows.commands import data, evaluate, experiment, models, relax, results, sample, train
 
 app = typer.Typer(
     name="dftloop",
@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # One module per command group, registered in the order a user meets them.
-for _commands in (data, train, sample, evaluate, relax, results, experiment):
+for _commands in (data, models, train, sample, evaluate, relax, results, experiment):
     _commands.register(app)
 
 

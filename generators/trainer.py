@@ -376,16 +376,24 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and check a checkpoint dict (no model built).
 
+    Parameters
+    ----------
+    path
+        A checkpoint file or a registered model name (:mod:`generators.model_zoo`; its sha256
+        is verified).
+
     Raises
     ------
     FileNotFoundError
-        If the file does not exist.
+        If the file does not exist and no model is registered under that name.
+    generators.model_zoo.ChecksumError
+        If a registered checkpoint's sha256 does not match its card.
     ValueError
         If the file is not a ``dftloop-checkpoint/1`` file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    from generators.model_zoo import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -411,7 +419,8 @@ def load_checkpoint(
     Parameters
     ----------
     path
-        A ``last.pt`` / ``best.pt`` written by the trainer.
+        A ``last.pt`` / ``best.pt`` written by the trainer, an exported checkpoint, or a
+        registered model name (``dftloop models list``).
     expect_model, expect_dataset
         If given, a checkpoint of another model or dataset is rejected.
     device
@@ -433,6 +442,10 @@ def load_checkpoint(
     ValueError
         For a non-checkpoint file or an unexpected model/dataset.
     """
+    from generators.model_zoo import resolve_checkpoint
+
+    name = str(path)
+    path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
     if expect_model is not None and payload["model"] != expect_model:
         raise ValueError(
@@ -450,6 +463,8 @@ def load_checkpoint(
     weights = {"state_dict", "ema_state_dict", "ema", "optimizer", "scheduler"}
     meta = {k: v for k, v in payload.items() if k not in weights}
     meta["path"] = str(path)
+    if name != str(path):
+        meta["registry_name"] = name
     meta["weights"] = "average" if use_average else "last"
     return model, meta
 

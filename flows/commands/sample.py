@@ -19,7 +19,13 @@ import typer
 
 
 def sample(
-    checkpoint: Annotated[Path, typer.Option(help="Trainer checkpoint (best.pt / last.pt).")],
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Trainer checkpoint (best.pt / last.pt) or a registered model name "
+            "(`dftloop models list`)."
+        ),
+    ],
     n: Annotated[int | None, typer.Option(help="Generate N crystals ab initio.")] = None,
     csp_split: Annotated[
         str | None, typer.Option(help="CSP for the compositions of this split.")
@@ -30,7 +36,11 @@ def sample(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N target structures.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Sample directory (default: beside the checkpoint).")
+        Path | None,
+        typer.Option(
+            help="Sample directory (default: beside a checkpoint file; "
+            "$DFTLOOP_HOME/samples/<name>/ for a registered model)."
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Crystals per model call and per chunk file.")
@@ -58,7 +68,14 @@ def sample(
     mode = "generate" if n is not None else "csp" if csp_split is not None else "reconstruct"
     split = csp_split or reconstruct or "test"
     name = f"samples-{mode}" + (f"-{split}" if mode != "generate" else "")
-    out_dir = out or checkpoint.parent / name
+    if out is not None:
+        out_dir = out
+    elif Path(checkpoint).is_file():
+        out_dir = Path(checkpoint).parent / name
+    else:
+        from flows.store import dftloop_home
+
+        out_dir = dftloop_home(None) / "samples" / checkpoint / name
     try:
         summary = run_sampling(
             checkpoint,

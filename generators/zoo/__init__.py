@@ -1,0 +1,1 @@
+"""Shipped checkpoints and their registry (data only; the code is generators.model_zoo)."""

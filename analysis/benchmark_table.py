@@ -7,9 +7,9 @@ Pure functions, no Prefect and no I/O except :func:`write_docs_block`. The rows 
 numbers come from :mod:`analysis.paper_numbers`.
 
 In the markdown every metric cell reads ``ours / paper`` when the papers have an entry for that
-generator, dataset and metric (``n.r.`` when metrics.md says the table was not retrieved, ``–``
-when the paper prints a dash), and ``ours`` alone otherwise. Rates are shown in percent, as in the
-papers.
+generator, dataset and metric (:data:`UNKNOWN_CELL` when the paper's number is not transcribed in
+dftloop, ``–`` when the paper prints a dash), and ``ours`` alone otherwise. Rates are shown in
+percent, as in the papers. A list under the table cites the paper and table of every number.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.paper_numbers import PERCENT_METRICS, PaperNumber, paper_for_model
+from analysis.paper_numbers import PERCENT_METRICS, STATUS_WORDS, PaperNumber, paper_for_model
+
+UNKNOWN_CELL = "unknown"
+"""Paper side of a cell whose published number is not transcribed in dftloop (DP-CDVAE's
+reconstruction and generation tables, ContinuouSP's CSP table)."""
 
 MATCH_TASK: dict[str, str] = {
     "diffcsp": "csp",
@@ -141,11 +145,11 @@ def format_value(key: str, value: Any, digits: int) -> str:
 
 
 def format_paper(entry: PaperNumber | None) -> str | None:
-    """Format a paper number as printed (``n.r.`` not retrieved, ``–`` a dash in the paper)."""
+    """Format a paper number as printed (:data:`UNKNOWN_CELL` not transcribed, ``–`` a dash)."""
     if entry is None:
         return None
-    if entry.status == "not retrieved":
-        return "n.r."
+    if entry.status == "unknown":
+        return UNKNOWN_CELL
     if entry.printed:
         return entry.printed
     return "–" if entry.value is None else f"{entry.value:g}"
@@ -165,8 +169,8 @@ def with_paper(rows: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, A
     -------
     list of dict
         ``model``, ``status``, ``n_samples``, then per column ``<key>`` (ours, rates in percent,
-        rounded) and ``<key>_paper`` (the printed number, ``"n.r."`` or ``None``), ``notes`` and
-        ``seconds``.
+        rounded) and ``<key>_paper`` (the printed number or :data:`UNKNOWN_CELL`; absent when
+        the papers have nothing to compare with), ``notes`` and ``seconds``.
     """
     out = []
     for row in rows:
@@ -243,8 +247,9 @@ def render_markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        "Cells read `ours / paper` where a paper number exists (`n.r.`: the paper's table was not "
-        "retrieved, see ../shared/reference/metrics.md; `–`: no value). Rates in %."
+        "Cells read `ours / paper` where the paper has a number (listed with its table below; "
+        f"`{UNKNOWN_CELL}`: the paper reports it but dftloop does not carry the number, so "
+        "there is nothing to compare with; `–`: no value). Rates in %."
     )
     noted = [r for r in rows if r.get("notes") or _long_status(r.get("status"))]
     if noted:
@@ -260,9 +265,10 @@ def render_markdown(
     if sources:
         lines += ["", "Paper numbers:"]
         for text, entry in sources.items():
-            extra = f" ({entry.note})" if entry.note and entry.status != "not retrieved" else ""
+            extra = f" ({entry.note})" if entry.note and entry.status != "unknown" else ""
             k = f", k = {entry.k}" if entry.k else ""
-            lines.append(f"- {text}{k}; {entry.status}{extra}")
+            status = STATUS_WORDS.get(entry.status, entry.status)
+            lines.append(f"- {text}{k}: {status}{extra}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,16 +1,17 @@
-"""Published numbers of the generators' papers, transcribed from ../shared/reference/metrics.md.
+"""Published numbers of the generators' papers, shipped with dftloop for comparison tables.
 
-Every number is a :class:`PaperNumber` with the table it comes from and a ``status`` saying how
-much to trust it: ``"published"`` (printed in a table of the paper, as metrics.md gives it),
-``"verified"`` (metrics.md marks it verified, e.g. the DP-CDVAE abstract) or ``"not retrieved"``
-(metrics.md says the table could not be read: the value is ``None`` and must not be filled in
-from memory). Values are kept **as printed** (percentages in %, RMSE and Wasserstein distances
-as they are); :meth:`PaperNumber.as_fraction` converts percentages to the fractions that
-``analysis.evaluate`` returns. A "–" in a paper table is ``None`` with ``status="published"``.
+Every number is a :class:`PaperNumber` with the paper and table it comes from (``source``) and a
+``status`` saying what it is: ``"published"`` (printed in a table of the paper), ``"stated"``
+(stated in the paper's text, e.g. DP-CDVAE's ΔE in its abstract) or ``"unknown"`` (the paper has
+such a result but its table is not transcribed in dftloop: the value is ``None`` and must not be
+filled in from memory). Values are kept **as printed** (percentages in %, RMSE and Wasserstein
+distances as they are); :meth:`PaperNumber.as_fraction` converts percentages to the fractions
+that ``analysis.evaluate`` returns. A "–" in a paper table is ``None`` with
+``status="published"``.
 
-The tables are written below in the same row layout as metrics.md (method, dataset, the cells
-of one table row split on " / "), so ``tests/analysis/test_paper_numbers.py`` can parse the
-markdown rows of metrics.md and compare every transcribed cell.
+The tables are written below in the row layout of the papers (method, dataset, the cells of one
+table row split on " / "); ``tests/analysis/test_paper_numbers.py`` compares every transcribed
+cell with an independent transcription.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["published", "verified", "not retrieved"]
+Status = Literal["published", "stated", "unknown"]
+
+STATUS_WORDS: dict[str, str] = {
+    "published": "printed in the paper",
+    "stated": "stated in the paper's text",
+    "unknown": "not transcribed in dftloop, so not compared",
+}
+"""How each status reads in a table's list of sources."""
 
 DATASETS: tuple[str, ...] = ("perov_5", "carbon_24", "mp_20", "mpts_52")
 """Dataset names of this project, in the column order of the papers' tables."""
@@ -40,12 +48,18 @@ GENERATION_METRICS: tuple[str, ...] = (
 """Column order of the generation tables (Struc. / Comp. / COV-R / COV-P / d_ρ / d_E / d_elem),
 named by the ``analysis.evaluate.evaluate_samples`` keys."""
 
-CDVAE_RECON_SOURCE = "CDVAE paper, reconstruction table (assets/recon.png, read as an image)"
-CDVAE_GEN_SOURCE = "CDVAE paper, generation table (assets/gen.png, read as an image)"
-DIFFCSP_CSP_SOURCE = "DiffCSP paper, Table 1 (CSP)"
-DIFFCSP_GEN_SOURCE = "DiffCSP paper, Table 4 (ab initio generation, DiffCSP-C)"
-DPCDVAE_SOURCE = "DP-CDVAE paper (arXiv 2308.02165; Sci. Rep. 2024), abstract"
-CONTINUOUSP_SOURCE = "ContinuouSP paper (arXiv 2502.02026)"
+CDVAE_PAPER = "CDVAE paper (Xie et al., ICLR 2022, arXiv 2110.06197)"
+DIFFCSP_PAPER = "DiffCSP paper (Jiao et al., NeurIPS 2023, arXiv 2309.04475)"
+DPCDVAE_PAPER = "DP-CDVAE paper (Pakornchote et al., Sci. Rep. 14:1275, 2024, arXiv 2308.02165)"
+CONTINUOUSP_PAPER = "ContinuouSP paper (Tone et al., arXiv 2502.02026)"
+
+CDVAE_RECON_SOURCE = f"{CDVAE_PAPER}, reconstruction table (match rate / RMSE)"
+CDVAE_GEN_SOURCE = f"{CDVAE_PAPER}, generation table (validity, COV, property distances)"
+DIFFCSP_CSP_SOURCE = f"{DIFFCSP_PAPER}, Table 1 (CSP)"
+DIFFCSP_GEN_SOURCE = f"{DIFFCSP_PAPER}, Table 4 (ab initio generation, DiffCSP-C)"
+DPCDVAE_SOURCE = f"{DPCDVAE_PAPER}, abstract"
+DPCDVAE_TABLES_SOURCE = f"{DPCDVAE_PAPER}, reconstruction and generation tables"
+CONTINUOUSP_SOURCE = f"{CONTINUOUSP_PAPER}, CSP results table"
 
 
 @dataclass(frozen=True)
@@ -65,17 +79,17 @@ class PaperNumber:
         ``mean_delta_e_mev_per_atom_vs_cdvae`` for DP-CDVAE's statement.
     value
         The number as printed (percent for :data:`PERCENT_METRICS`); ``None`` for "–" or a
-        table that was not retrieved.
+        number that is not transcribed (``status="unknown"``).
     source
         Paper and table.
     status
-        ``published``, ``verified`` or ``not retrieved``.
+        ``published``, ``stated`` or ``unknown`` (see :data:`STATUS_WORDS`).
     k
         Candidates per target for CSP (1 or 20 in DiffCSP's Table 1), else ``None``.
     note
         Anything needed to read the number correctly.
     printed
-        The cell text exactly as metrics.md prints it (``"0.0760"``, ``"–"``), for display.
+        The cell text exactly as the paper prints it (``"0.0760"``, ``"–"``), for display.
     """
 
     method: str
@@ -108,14 +122,14 @@ def _num(cell: str) -> float | None:
     return None if cell in ("–", "-", "") else float(cell)
 
 
-# metrics.md §6.1, reconstruction: method -> cells per dataset (Perov-5, Carbon-24, MP-20)
+# CDVAE paper, reconstruction table: method -> cells per dataset (Perov-5, Carbon-24, MP-20)
 _CDVAE_RECON: dict[str, tuple[str, str, str]] = {
     "FTCP": ("99.34 / 0.0259", "62.28 / 0.2563", "69.89 / 0.1593"),
     "Cond-DFC-VAE": ("51.65 / 0.0217", "–", "–"),
     "CDVAE": ("97.52 / 0.0156", "55.22 / 0.1251", "45.43 / 0.0356"),
 }
 
-# metrics.md §6.1, generation (Struc.% / Comp.% / COV-R / COV-P / d_ρ / d_E / d_elem)
+# CDVAE paper, generation table (Struc.% / Comp.% / COV-R / COV-P / d_ρ / d_E / d_elem)
 _CDVAE_GEN: dict[str, tuple[str, str, str]] = {
     "FTCP": (
         "0.24 / 54.24 / 0.00 / 0.00 / 10.27 / 156.0 / 0.6297",
@@ -140,7 +154,7 @@ _CDVAE_GEN: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-# metrics.md §6.2, DiffCSP Table 1: (method, k) -> cells (Perov-5, Carbon-24, MP-20, MPTS-52)
+# DiffCSP paper, Table 1: (method, k) -> cells (Perov-5, Carbon-24, MP-20, MPTS-52)
 _DIFFCSP_CSP: dict[tuple[str, int], tuple[str, str, str, str]] = {
     ("RS", 20): ("29.22 / 0.2924", "14.63 / 0.4041", "8.73 / 0.2501", "2.05 / 0.3329"),
     ("RS", 5000): ("36.56 / 0.0886", "14.63 / 0.4041", "11.49 / 0.2822", "2.68 / 0.3444"),
@@ -166,7 +180,7 @@ _DIFFCSP_CSP: dict[tuple[str, int], tuple[str, str, str, str]] = {
     ("DiffCSP", 20): ("98.60 / 0.0128", "88.47 / 0.2192", "77.93 / 0.0492", "34.02 / 0.1749"),
 }
 
-# metrics.md §6.3, DiffCSP Table 4 (DiffCSP-C): dataset -> cells in GENERATION_METRICS order
+# DiffCSP paper, Table 4 (DiffCSP-C): dataset -> cells in GENERATION_METRICS order
 _DIFFCSP_GEN: dict[str, tuple[str, ...]] = {
     "perov_5": ("100.0", "98.85", "99.74", "98.27", "0.1110", "0.0263", "0.0128"),
     "carbon_24": ("100.0", "–", "99.90", "97.27", "0.0805", "0.0820", "–"),
@@ -241,12 +255,12 @@ def _build() -> tuple[PaperNumber, ...]:
             "mean_delta_e_mev_per_atom_vs_cdvae",
             -68.1,
             DPCDVAE_SOURCE,
-            status="verified",
+            status="stated",
             printed="68.1 meV/atom lower",
             note=(
                 "ΔE = E(generated) − E(DFT-relaxed) is on average 68.1 meV/atom lower for "
                 "DP-CDVAE than for CDVAE (100 generated carbon structures relaxed with DFT; "
-                "DFT code and settings not found)"
+                "the abstract does not give the DFT code and settings)"
             ),
         )
     )
@@ -263,10 +277,10 @@ def _build() -> tuple[PaperNumber, ...]:
                         task,
                         metric,
                         None,
-                        DPCDVAE_SOURCE,
-                        status="not retrieved",
-                        note="tables not retrieved (metrics.md §6.4): 'statistically comparable' "
-                        "to CDVAE",
+                        DPCDVAE_TABLES_SOURCE,
+                        status="unknown",
+                        note="the abstract calls the results 'statistically comparable' to "
+                        "CDVAE's; the tables are not transcribed",
                     )
                 )
         for metric in ("match_rate", "rmse"):
@@ -278,15 +292,15 @@ def _build() -> tuple[PaperNumber, ...]:
                     metric,
                     None,
                     CONTINUOUSP_SOURCE,
-                    status="not retrieved",
-                    note="results table not retrieved (metrics.md §6.5)",
+                    status="unknown",
+                    note="the CSP results table is not transcribed",
                 )
             )
     return tuple(out)
 
 
 PAPER_NUMBERS: tuple[PaperNumber, ...] = _build()
-"""Every transcribed number (and every known-missing one, with ``status="not retrieved"``)."""
+"""Every transcribed number (and every known but untranscribed one, with ``status="unknown"``)."""
 
 MODEL_METHODS: dict[str, dict[str, tuple[str, int | None]]] = {
     "diffcsp": {"csp": ("DiffCSP", 1), "generation": ("DiffCSP", None)},
@@ -345,8 +359,8 @@ def paper_for_model(model: str, dataset: str, task: str, metric: str) -> PaperNu
     Returns
     -------
     PaperNumber or None
-        ``None`` when the papers have no entry for it (not when a table was not retrieved:
-        that is an entry with ``status="not retrieved"``).
+        ``None`` when the papers have no entry for it (not when a number is not transcribed:
+        that is an entry with ``status="unknown"``).
     """
     method, k = MODEL_METHODS.get(model, {}).get(task, (None, None))
     if method is None:

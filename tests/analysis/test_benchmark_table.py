@@ -66,9 +66,10 @@ def test_markdown_cells_put_ours_beside_the_paper() -> None:
     assert d["ΔE meV/atom"] == "120.0" and d["S.U.N. %"] == "–" and d["s"] == "300"
     # CDVAE: reconstruction beside the CDVAE reconstruction table (97.52 / 0.0156)
     assert table["cdvae"]["match %"] == "6.25 / 97.52" and table["cdvae"]["RMSE"] == "– / 0.0156"
-    # DP-CDVAE and ContinuouSP tables were not retrieved: said so, not invented
-    assert table["dpcdvae"]["match %"] == "– / n.r." and table["dpcdvae"]["COV-R %"] == "– / n.r."
-    assert table["continuousp"]["RMSE"] == "– / n.r." and table["continuousp"]["COV-R %"] == "–"
+    # DP-CDVAE's and ContinuouSP's tables are not transcribed: said so in words, not invented
+    assert table["dpcdvae"]["match %"] == "– / unknown"
+    assert table["dpcdvae"]["COV-R %"] == "– / unknown"
+    assert table["continuousp"]["RMSE"] == "– / unknown" and table["continuousp"]["COV-R %"] == "–"
     assert table["continuousp"]["status"] == "failed"
 
 
@@ -80,8 +81,14 @@ def test_markdown_notes_comparison_and_sources() -> None:
     assert "- continuousp: failed: RuntimeError: boom \\| bad; generation: continuousp" in text
     # DP-CDVAE − CDVAE = 100 − 150 = −50 (ours) against the paper's −68.1 on carbon
     assert "ours -50.0 meV/atom (chgnet); paper -68.1 meV/atom (DFT) (the paper's figure is" in text
-    assert "DiffCSP paper, Table 1 (CSP), k = 1; published" in text
-    assert "DP-CDVAE paper (arXiv 2308.02165; Sci. Rep. 2024), abstract; not retrieved" in text
+    assert "NeurIPS 2023, arXiv 2309.04475), Table 1 (CSP), k = 1: printed in the paper" in text
+    assert (
+        "arXiv 2308.02165), reconstruction and generation tables: not transcribed in dftloop, "
+        "so not compared" in text
+    )
+    assert "`unknown`: the paper reports it but dftloop does not carry the number" in text
+    # the table cites papers, never a file outside the package
+    assert "../" not in text and "metrics.md" not in text and "n.r." not in text
     carbon = render_markdown(ROWS, "carbon_24", "cpu-small")
     assert "paper -68.1 meV/atom (DFT)." in carbon
     assert _table(carbon)["cdvae"]["comp. valid %"] == "– / –"  # the paper prints a dash

@@ -1,4 +1,5 @@
-"""The transcribed paper numbers equal the text of ../shared/reference/metrics.md, cell by cell."""
+"""The transcribed paper numbers equal an independent transcription
+(../shared/reference/metrics.md), cell by cell, and every number cites its paper and table."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from analysis.paper_numbers import (
     DATASETS,
     GENERATION_METRICS,
     PAPER_NUMBERS,
+    STATUS_WORDS,
     paper_for_model,
     paper_number,
 )
@@ -109,7 +111,7 @@ def test_dpcdvae_delta_e_statement_matches_metrics_md(shared_dir: Path) -> None:
     entry = paper_for_model(
         "dpcdvae", "carbon_24", "relaxation_delta_e", "mean_delta_e_mev_per_atom_vs_cdvae"
     )
-    assert entry is not None and entry.status == "verified"
+    assert entry is not None and entry.status == "stated"
     assert f"**{-entry.value} meV/atom lower**" in text
     assert (
         "100 generated carbon structures are relaxed with DFT" in text
@@ -117,7 +119,7 @@ def test_dpcdvae_delta_e_statement_matches_metrics_md(shared_dir: Path) -> None:
     )
 
 
-def test_untabled_results_are_not_retrieved_not_invented() -> None:
+def test_untranscribed_results_are_unknown_not_invented() -> None:
     for model, task in (
         ("dpcdvae", "reconstruction"),
         ("dpcdvae", "generation"),
@@ -127,7 +129,7 @@ def test_untabled_results_are_not_retrieved_not_invented() -> None:
             entry = paper_for_model(
                 model, dataset, task, "match_rate" if task != "generation" else "cov_recall"
             )
-            assert entry is not None and entry.status == "not retrieved" and entry.value is None
+            assert entry is not None and entry.status == "unknown" and entry.value is None
     # the table layout: one entry per (method, dataset, task, metric, k)
     keys = [(e.method, e.dataset, e.task, e.metric, e.k) for e in PAPER_NUMBERS]
     assert len(keys) == len(set(keys))
@@ -137,3 +139,16 @@ def test_untabled_results_are_not_retrieved_not_invented() -> None:
     ).as_fraction() == pytest.approx(0.9752)
     assert paper_for_model("cdvae", "perov_5", "reconstruction", "rmse").as_fraction() == 0.0156
     assert paper_for_model("diffcsp", "mpts_52", "generation", "cov_recall") is None
+
+
+def test_every_number_cites_a_paper_and_its_table_not_a_file() -> None:
+    for entry in PAPER_NUMBERS:
+        assert entry.status in STATUS_WORDS, entry
+        # the paper (authors, venue or arXiv id) and where in it the number is
+        assert "paper (" in entry.source and "arXiv" in entry.source, entry.source
+        assert any(w in entry.source for w in ("Table ", "table", "abstract")), entry.source
+        # never a path that only exists beside a development checkout
+        for text in (entry.source, entry.note):
+            assert "../" not in text and "metrics.md" not in text and ".png" not in text, text
+    diffcsp = paper_for_model("diffcsp", "perov_5", "csp", "match_rate")
+    assert diffcsp is not None and diffcsp.source.endswith("Table 1 (CSP)")

@@ -68,10 +68,10 @@ def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -
     # paper numbers beside our empty cells: DiffCSP k=1 CSP, CDVAE reconstruction
     assert "| diffcsp | no checkpoint in " in text and "| – / 52.02 | – / 0.0760 |" in text
     assert "– / 97.52 | – / 0.0156 |" in text
-    # DP-CDVAE, ContinuouSP: the papers' tables were not retrieved, and the cells say so
+    # DP-CDVAE, ContinuouSP: the papers' tables are not transcribed, and the cells say so
     lines = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
-    assert lines["| dpcdvae"].count("– / n.r.") == 8
-    assert lines["| continuousp"].count("– / n.r.") == 2
+    assert lines["| dpcdvae"].count("– / unknown") == 8
+    assert lines["| continuousp"].count("– / unknown") == 2
 
     async def _artifacts() -> list:
         keys = ["nightly-perov-5-cpu-small", "nightly-perov-5-cpu-small-markdown"]

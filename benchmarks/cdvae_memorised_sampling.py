@@ -9,9 +9,9 @@ the reconstruction rate and the validity of 100 generated crystals for the chain
 
 Usage::
 
-    DFTLOOP_MEMORISATION_KEEP=/tmp/keep .venv/bin/pytest -m slow -k "full and not dpcdvae" \
+    DFTLOOP_MEMORISATION_KEEP=KEEP_DIR .venv/bin/pytest -m slow -k "full and not dpcdvae" \
         tests/generators/test_cdvae_memorisation.py
-    .venv/bin/python benchmarks/cdvae_memorised_sampling.py /tmp/keep/cdvae.pt \
+    .venv/bin/python benchmarks/cdvae_memorised_sampling.py KEEP_DIR/cdvae.pt \
         --recon-chain steps_per_level=20 --gen-chain steps_per_level=10 --reconstruct-from mu
 
 ``--diagnose`` separates the heads from the denoiser: per crystal, whether the atom-count head
@@ -39,7 +39,7 @@ between draws to the chain's randomness. ``reconstruction`` stays the first seed
 
 ``--levels`` (CDVAE) measures, per σ level, how much of the coordinate score the decoder has
 learned on the training crystals (1 − loss / loss of a zero prediction), e.g.
-``... /tmp/keep/cdvae.pt --no-reconstruct --generate 0 --levels``.
+``... KEEP_DIR/cdvae.pt --no-reconstruct --generate 0 --levels``.
 """
 
 from __future__ import annotations

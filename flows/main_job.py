@@ -1,32 +1,37 @@
-"""The main job: a real generator through the ``generate-and-relax`` flow, on embedded defaults.
+"""The main job: a shipped generator predicts held-out crystals, through ``generate-and-relax``.
 
-``bash deploy/run-main.sh`` (or ``python -m flows.main_job`` in the venv) trains DiffCSP
-``cpu-small`` on the first 16 perov_5 *training* crystals, CSP-samples the same 16 compositions
-(1000 steps), relaxes every sample with CHGNet, analyses the samples against their relaxed
-structures and computes the papers' CSP metrics (match rate and RMSE against the 16 targets),
-all through the Prefect flow ``generate-and-relax`` (ephemeral Prefect API, embedded MontyStore
-under ``$DFTLOOP_HOME``). Sampling the training compositions makes it a *memorisation* check:
-it shows the generator, the relaxation and the metrics working end to end (45 min measured on
-the shared 2-core box under load 13-15, see README; sized for ~15-25 min on an idle one), not
-the model's generalisation (``DFTLOOP_MAIN_SPLIT=test`` for held-out targets; a 16-crystal
-model will not match those).
+``bash deploy/run-main.sh`` (or ``python -m flows.main_job`` in the venv) takes the shipped
+DiffCSP perov_5 checkpoint (``dftloop models show diffcsp-perov5-csp``; no training),
+CSP-samples the compositions of the first ``DFTLOOP_MAIN_N`` perov_5 *test* crystals (which
+the model never saw), relaxes every sample with CHGNet and prints:
+
+* the papers' CSP metrics against the true structures (match rate and RMSE, DiffCSP protocol);
+* ΔE and RMSD of each sample to its relaxed structure;
+* the dataset's own row: the true structures of the same targets relaxed by the same relaxer
+  with the same settings (:mod:`flows.floor`), the floor the model's ΔE is read against.
+
+Everything runs through the Prefect flows the deployments use (ephemeral Prefect API, embedded
+MontyStore under ``$DFTLOOP_HOME``), so a rerun reuses the samples and the stored relaxations.
 
 Options are environment variables (defaults in :data:`DEFAULTS`):
 
 ``DFTLOOP_HOME``                project directory (``./dftloop-runs``)
-``DFTLOOP_MAIN_MODEL``          generator (``diffcsp``; ``cdvae``, ``dpcdvae``, ``continuousp``)
+``DFTLOOP_MAIN_MODEL``          generator of the checkpoint or of the training (``diffcsp``)
 ``DFTLOOP_MAIN_DATASET``        dataset (``perov_5``)
-``DFTLOOP_MAIN_CONFIG``         training configuration (``cpu-small``)
-``DFTLOOP_MAIN_CHECKPOINT``     use this checkpoint instead of training
-``DFTLOOP_MAIN_TRAIN_CRYSTALS`` training crystals, first rows of the train split (16)
-``DFTLOOP_MAIN_TRAIN_EPOCHS``   training epochs, one Adam step each (8000)
-``DFTLOOP_MAIN_TRAIN_MINUTES``  training wall-time cap in minutes (12)
-``DFTLOOP_MAIN_N``              samples (16)
-``DFTLOOP_MAIN_SPLIT``          split of the CSP targets (``train``)
+``DFTLOOP_MAIN_CHECKPOINT``     checkpoint file or registered name (``diffcsp-perov5-csp``)
+``DFTLOOP_MAIN_N``              CSP targets: the first N structures of the split (32)
+``DFTLOOP_MAIN_SPLIT``          split of the CSP targets (``test``; ``train`` when training)
 ``DFTLOOP_MAIN_STEPS``          sampling steps (1000)
 ``DFTLOOP_MAIN_FMAX``           CHGNet force criterion in eV/Å (0.05)
 ``DFTLOOP_MAIN_MAX_STEPS``      CHGNet maximum ionic steps (500)
+``DFTLOOP_MAIN_FLOOR``          ``1``: also relax the targets' true structures (the floor); ``0``
 ``DFTLOOP_MAIN_DFT``            ``none`` or ``espresso`` (two lowest-energy structures with pw.x)
+``DFTLOOP_MAIN_TRAIN``          ``1``: train instead of using the checkpoint (a memorisation check:
+                                ``cpu-small`` on the first ``_TRAIN_CRYSTALS`` training crystals)
+``DFTLOOP_MAIN_CONFIG``         training configuration (``cpu-small``)
+``DFTLOOP_MAIN_TRAIN_CRYSTALS`` training crystals, first rows of the train split (16)
+``DFTLOOP_MAIN_TRAIN_EPOCHS``   training epochs, one Adam step each (8000)
+``DFTLOOP_MAIN_TRAIN_MINUTES``  training wall-time cap in minutes (12)
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ DEFAULTS: dict[str, str] = {
     "DFTLOOP_MAIN_MODEL": "diffcsp",
     "DFTLOOP_MAIN_DATASET": "perov_5",
     "DFTLOOP_MAIN_CONFIG": "cpu-small",
-    "DFTLOOP_MAIN_CHECKPOINT": "",
+    "DFTLOOP_MAIN_CHECKPOINT": "diffcsp-perov5-csp",
+    "DFTLOOP_MAIN_TRAIN": "0",
+    "DFTLOOP_MAIN_FLOOR": "1",
     "DFTLOOP_MAIN_TRAIN_CRYSTALS": "16",
     "DFTLOOP_MAIN_TRAIN_EPOCHS": "8000",
     "DFTLOOP_MAIN_TRAIN_MINUTES": "12",
-    "DFTLOOP_MAIN_N": "16",
-    "DFTLOOP_MAIN_SPLIT": "train",
+    "DFTLOOP_MAIN_N": "32",
+    "DFTLOOP_MAIN_SPLIT": "test",
     "DFTLOOP_MAIN_STEPS": "1000",
     "DFTLOOP_MAIN_FMAX": "0.05",
     "DFTLOOP_MAIN_MAX_STEPS": "500",
@@ -69,6 +76,21 @@ REPORT_METRICS = (
     "mean_abs_delta_volume_frac",
 )
 """Metric name suffixes printed in the report (all metrics are in the tables and the store)."""
+
+
+def flag(name: str, env: dict[str, str] | None = None) -> bool:
+    """Return the 0/1 option ``name`` as a bool.
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, for anything but ``0``, ``1`` or unset/empty (the default).
+    """
+    env = dict(os.environ if env is None else env)
+    value = env.get(name) or DEFAULTS[name]
+    if value not in ("0", "1"):
+        raise ValueError(f"{name}={value!r}: expected 0 or 1")
+    return value == "1"
 
 
 def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -109,14 +131,17 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
     if dft not in ("none", "espresso"):
         raise ValueError(f"DFTLOOP_MAIN_DFT={dft!r}: expected 'none' or 'espresso'")
     epochs = number("DFTLOOP_MAIN_TRAIN_EPOCHS", int)
-    checkpoint = get("DFTLOOP_MAIN_CHECKPOINT") or None
+    training = flag("DFTLOOP_MAIN_TRAIN", env)
+    flag("DFTLOOP_MAIN_FLOOR", env)  # checked here, used by main()
+    checkpoint = None if training else get("DFTLOOP_MAIN_CHECKPOINT")
+    split = env.get("DFTLOOP_MAIN_SPLIT") or ("train" if training else get("DFTLOOP_MAIN_SPLIT"))
     params: dict[str, Any] = {
         "model": get("DFTLOOP_MAIN_MODEL"),
         "dataset": get("DFTLOOP_MAIN_DATASET"),
         "n": number("DFTLOOP_MAIN_N", int),
         "checkpoint": checkpoint,
         "sample_steps": number("DFTLOOP_MAIN_STEPS", int),
-        "sample_split": get("DFTLOOP_MAIN_SPLIT"),
+        "sample_split": split,
         "relaxer": "chgnet",
         "relaxer_settings": {
             "fmax": number("DFTLOOP_MAIN_FMAX", float),
@@ -127,12 +152,13 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
         "evaluate_metrics": True,
         "eval_coverage": False,
     }
+    crystals = number("DFTLOOP_MAIN_TRAIN_CRYSTALS", int)  # checked even when not training
+    minutes = number("DFTLOOP_MAIN_TRAIN_MINUTES", float)
     if checkpoint is None:
-        crystals = number("DFTLOOP_MAIN_TRAIN_CRYSTALS", int)
         params.update(
             train_config=get("DFTLOOP_MAIN_CONFIG"),
             train_limit=crystals,
-            train_max_minutes=number("DFTLOOP_MAIN_TRAIN_MINUTES", float),
+            train_max_minutes=minutes,
             # full-batch steps without a learning-rate schedule (as the memorisation tests);
             # validation only at the end, so the checkpoint used is the last one
             train_overrides={
@@ -148,7 +174,63 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
     return params
 
 
-def format_report(result: dict[str, Any], params: dict[str, Any], seconds: float) -> str:
+FLOOR_COLUMNS = (
+    ("n relaxed", "n_compared"),
+    ("mean ΔE", "mean_delta_e_mev_per_atom"),
+    ("median ΔE", "median_delta_e_mev_per_atom"),
+    ("match to relaxed", "match_rate_to_relaxed"),
+    ("mean RMSD", "mean_rmsd_to_relaxed"),
+    ("mean |ΔV|/V", "mean_abs_delta_volume_frac"),
+)
+"""Columns of the model-versus-dataset table: (heading, metric name)."""
+
+
+def _metric_values(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metric name → value, plus ``n_compared`` from the ΔE metric's counts."""
+    values: dict[str, Any] = {}
+    for metric in metrics:
+        values[metric["name"]] = metric.get("value")
+        if metric["name"] == "mean_delta_e_mev_per_atom":
+            values["n_compared"] = (metric.get("counts") or {}).get("n_compared")
+    return values
+
+
+def floor_table(
+    model: str, metrics: list[dict[str, Any]], floor: dict[str, Any] | None
+) -> list[str]:
+    """Return the lines of the model row and the dataset row (ΔE in meV/atom).
+
+    Parameters
+    ----------
+    model
+        The model's name (first column).
+    metrics
+        The model's metrics (:func:`flows.pipeline.analyze`).
+    floor
+        What :func:`flows.floor.dataset_floor` returned, or ``None`` when it did not run.
+    """
+    rows = [(model, _metric_values(metrics))]
+    if floor is not None:
+        rows.append(("dataset (true structures)", _metric_values(floor["metrics"])))
+    head = f"  {'':26s}" + "".join(f"{h:>18s}" for h, _ in FLOOR_COLUMNS)
+    lines = [head]
+    for name, values in rows:
+        cells = []
+        for _, key in FLOOR_COLUMNS:
+            value = values.get(key)
+            cells.append(f"{value:18.3f}" if isinstance(value, float) else f"{value!s:>18s}")
+        lines.append(f"  {name:26s}" + "".join(cells))
+    if floor is None:
+        lines.append("  (the dataset row was not computed: DFTLOOP_MAIN_FLOOR=0)")
+    return lines
+
+
+def format_report(
+    result: dict[str, Any],
+    params: dict[str, Any],
+    seconds: float,
+    floor: dict[str, Any] | None = None,
+) -> str:
     """Return the plain-text report of a main-job run.
 
     Parameters
@@ -158,13 +240,16 @@ def format_report(result: dict[str, Any], params: dict[str, Any], seconds: float
     params
         Its parameters.
     seconds
-        Wall time of the flow.
+        Wall time of the flows.
+    floor
+        The dataset's own row (:func:`flows.floor.dataset_floor`), if it ran.
 
     Returns
     -------
     str
         Model and checkpoint (with the epochs trained), samples, relaxation stages, the metrics,
-        the per-structure table and where the tables, PNG and store are.
+        the model-versus-dataset table, the per-structure table and where the tables, PNG and
+        store are.
     """
     lines = [
         "",
@@ -173,8 +258,8 @@ def format_report(result: dict[str, Any], params: dict[str, Any], seconds: float
         f"{params['n']} CSP samples of the {params['sample_split']} split, "
         f"{params['sample_steps']} steps; CHGNet {params['relaxer_settings']}",
         "=" * 78,
-        f"wall time of the flow  {seconds / 60:.1f} min",
-        f"checkpoint             {result.get('checkpoint')}",
+        f"wall time of the flows {seconds / 60:.1f} min",
+        f"checkpoint             {params.get('checkpoint') or result.get('checkpoint')}",
     ]
     training = training_summary(result.get("checkpoint"))
     if training:
@@ -190,6 +275,12 @@ def format_report(result: dict[str, Any], params: dict[str, Any], seconds: float
             value = metric.get("value")
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"  {name:40s} {shown}")
+    lines += [
+        "",
+        "relaxation of the samples against the dataset's own structures (same relaxer and "
+        "settings; ΔE in meV/atom):",
+        *floor_table(params["model"], result["metrics"], floor),
+    ]
     lines += ["", "per structure (ΔE = E(sample) − E(relaxed), meV/atom; RMSD to relaxed):"]
     for row in result.get("rows", []):
         delta, rmsd = row.get("delta_e_mev_per_atom"), row.get("rmsd")
@@ -217,7 +308,7 @@ def format_report(result: dict[str, Any], params: dict[str, Any], seconds: float
 
 def training_summary(checkpoint: str | None) -> str | None:
     """Return ``"<epochs> epochs, last train loss <x>"`` from the checkpoint's run directory."""
-    if not checkpoint:
+    if not checkpoint or not Path(checkpoint).is_file():
         return None
     log = Path(checkpoint).parent / "metrics.jsonl"
     if not log.is_file():
@@ -244,12 +335,24 @@ def main() -> int:
         return 2
     tic = time.perf_counter()
     result = generate_and_relax(**params)
+    floor = None
+    if flag("DFTLOOP_MAIN_FLOOR"):
+        from flows.floor import dataset_floor
+
+        floor = dataset_floor(
+            params["dataset"],
+            params["sample_split"],
+            params["n"],
+            params["relaxer"],
+            params["relaxer_settings"],
+            home=params["home"],
+        )
     seconds = time.perf_counter() - tic
-    print(format_report(result, params, seconds))
+    print(format_report(result, params, seconds, floor))
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = dftloop_home(params["home"]) / "reports" / f"main-job-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"parameters": params, "seconds": seconds, **result}
+    payload = {"parameters": params, "seconds": seconds, **result, "dataset_floor": floor}
     out.write_text(json.dumps(payload, indent=1, default=str))
     print(f"  this report (JSON)     {out}")
     return 0

@@ -73,11 +73,22 @@ DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def _find_checkpoint(home: str | None, model: str, dataset: str, scale: str) -> str | None:
+    """A checkpoint trained under ``home`` at ``scale``, else a shipped one, else ``None``.
+
+    A shipped checkpoint (``dftloop models list``) is a registered name; for a ``*-generate``
+    scale it must be a generation checkpoint, otherwise any task of the model will do.
+    """
+    from generators.model_zoo import find_card
+
     run_dir = default_checkpoint_dir(home, model, dataset, scale)
     for name in ("best.pt", "last.pt"):
         if (run_dir / name).is_file():
             return str(run_dir / name)
-    return None
+    task = "generate" if scale.endswith("-generate") else None
+    if task is None and model == "diffcsp":
+        task = "csp"  # DiffCSP's CSP and generation checkpoints are separate models
+    card = find_card(model, dataset, task)
+    return card.name if card is not None else None
 
 
 def _model_available(model: str) -> str | None:
@@ -116,7 +127,7 @@ def evaluate_task(
     dict
         ``{metric key: value}`` (CSP keys are ``<protocol>.match_rate`` / ``.rmse``).
     """
-    from analysis.evaluate import evaluate_samples
+    from flows.evaluation import evaluate_samples
 
     found = evaluate_samples(
         sample_dir,
@@ -152,6 +163,66 @@ def _checkpoint(
             "(run train-generator or pass train_missing=true)"
         )
     return checkpoint
+
+
+FAILED = "failed"
+NOT_RUN = "not run"
+"""Starts of a stage note: the stage raised (``failed: ...``), or it was asked for but could
+not start (``not run: ...``, e.g. no checkpoint). A stage the parameters switch off is noted
+``off (...)`` and does not make the row partial."""
+
+
+def row_status(notes: dict[str, str]) -> str:
+    """The status of a nightly row from its stage notes.
+
+    Parameters
+    ----------
+    notes
+        ``{stage: note}`` of the row.
+
+    Returns
+    -------
+    str
+        ``"ok"`` when every stage that was asked for ran, else ``"partial: <stages> failed;
+        <stages> not run"`` (either part alone when the other is empty).
+    """
+    failed = [stage for stage, note in notes.items() if note.startswith(FAILED)]
+    not_run = [stage for stage, note in notes.items() if note.startswith(NOT_RUN)]
+    parts = []
+    if failed:
+        parts.append(f"{', '.join(failed)} failed")
+    if not_run:
+        parts.append(f"{', '.join(not_run)} not run")
+    return "partial: " + "; ".join(parts) if parts else "ok"
+
+
+def relaxed_set_note(model: str, relax_set: str, generation_note: str | None) -> str | None:
+    """Say which samples the ΔE / RMSD of a row come from when they are not generated crystals.
+
+    Parameters
+    ----------
+    model
+        Generator name.
+    relax_set
+        ``"generated"``, ``"csp"`` or ``"reconstruct"``: the sample set that was relaxed.
+    generation_note
+        The row's generation note (why there are no generated crystals), if any.
+
+    Returns
+    -------
+    str or None
+        ``None`` for generated crystals, else e.g. ``"ΔE and RMSD are of the CSP samples
+        (structures predicted for the test compositions), not of generated crystals
+        (generation: continuousp is a CSP-only model ...)"``.
+    """
+    if relax_set == "generated":
+        return None
+    what = {
+        "csp": "the CSP samples (structures predicted for the test compositions)",
+        "reconstruct": "the reconstructed test structures",
+    }.get(relax_set, f"the {relax_set} samples")
+    why = f"generation: {generation_note}" if generation_note else "no generated crystals"
+    return f"ΔE and RMSD are of {what}, not of generated crystals ({why})"
 
 
 def _steps(sample_steps: int | dict[str, int] | None, model: str) -> int | None:
@@ -276,8 +347,7 @@ def nightly_benchmark(
                 sun_reference=sun_reference,
                 novelty_cache=novelty_cache,
             )
-            failed = [k for k, v in row["notes"].items() if v.startswith("failed")]
-            row["status"] = f"partial: {', '.join(failed)} failed" if failed else "ok"
+            row["status"] = row_status(row["notes"])
         except LookupError as exc:
             row["status"] = str(exc).strip("'\"")
         except Exception as exc:  # one model's failure is a row, the others go on
@@ -355,7 +425,7 @@ def _benchmark_model(
         logger.error("%s %s stage failed: %s", model, match_mode, exc)
         notes[match_mode] = f"failed: {_error(exc)}"
     if not generate:
-        notes["generation"] = "not run (generate=false)"
+        notes["generation"] = "off (generate=false)"
     elif model in GENERATION_CONFIG_SUFFIX or _supports(model, "generate"):
         try:
             gen_scale = scale + GENERATION_CONFIG_SUFFIX.get(model, "")
@@ -376,19 +446,19 @@ def _benchmark_model(
             found = evaluate_task(gen_dir, dataset, None, eval_limit, eval_coverage)
             row.update({k: found[k] for k in GENERATION_METRIC_KEYS if k in found})
             row["n_samples"] = n
-        except LookupError as exc:
-            notes["generation"] = str(exc).strip("'\"")
+        except LookupError as exc:  # asked for, but there is no checkpoint to run it with
+            notes["generation"] = f"{NOT_RUN}: " + str(exc).strip("'\"")
         except Exception as exc:
             logger.error("%s generation stage failed: %s", model, exc)
             notes["generation"] = f"failed: {_error(exc)}"
     else:
         notes["generation"] = f"{model} is a CSP-only model (no ab initio generation)"
     if not relax:
-        notes["relax"] = "not run (relax=false)"
+        notes["relax"] = "off (relax=false)"
         notes["sun_rate"] = "needs the relaxation stage"
         return
     if relax_dir is None:
-        notes["relax"] = "no samples to relax"
+        notes["relax"] = f"{NOT_RUN}: no samples to relax"
         return
     row["relaxed_samples"] = relax_set
     try:
@@ -397,6 +467,9 @@ def _benchmark_model(
         logger.error("%s relax stage failed: %s", model, exc)
         notes["relax"] = f"failed: {_error(exc)}"
         return
+    source = relaxed_set_note(model, relax_set, notes.get("generation"))
+    if source:
+        notes["relax"] = "; ".join(t for t in (source, notes.get("relax")) if t)
     try:
         _sun_stage(
             row,

@@ -8,7 +8,6 @@ and run with ``prefect deployment run <flow>/<deployment> -p key=value``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,15 +32,6 @@ from flows.tasks import (
 )
 
 Dft = Literal["none", "espresso", "vasp"]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Return the sha256 of a file (checkpoint provenance)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_checkpoint_dir(
@@ -74,8 +64,14 @@ def default_sample_dir(
     checkpoint: str | None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Return a deterministic sample directory, so that a rerun reuses finished samples."""
-    ckpt = file_sha256(checkpoint) if checkpoint else None
+    """Return a deterministic sample directory, so that a rerun reuses finished samples.
+
+    The checkpoint (a file or a registered model name) enters through its sha256, so the same
+    weights give the same directory whichever way they were named.
+    """
+    from generators.model_zoo import file_sha256, resolve_checkpoint
+
+    ckpt = file_sha256(resolve_checkpoint(checkpoint)) if checkpoint else None
     spec = {"model": model, "dataset": dataset, "n": n, "seed": seed, "ckpt": ckpt}
     if extra and any(v is not None for v in extra.values()):
         spec["extra"] = extra
@@ -239,6 +235,7 @@ def analyze(
     evaluate_metrics: bool = False,
     eval_limit: int | None = None,
     eval_coverage: bool = True,
+    publish: bool = True,
 ) -> dict[str, Any]:
     """Compare samples with their relaxed ground states; publish tables and a histogram.
 
@@ -260,14 +257,18 @@ def analyze(
         ground truth of CSP samples is the split they were sampled from (``index.json``).
     eval_coverage
         Compute COV (CrystalNN fingerprints of the ground truth: the slow part).
+    publish
+        Publish the artifacts on this flow run and write the report files
+        (:func:`publish_analysis`); ``generate-and-relax`` passes ``False`` and publishes them
+        on its own run, the one the user started.
 
     Returns
     -------
     dict
-        ``metrics`` (list of MetricResult dicts), ``rows`` (per structure), ``artifacts``.
+        ``metrics`` (list of MetricResult dicts), ``rows`` (per structure), ``store``,
+        ``provenance`` and ``artifacts`` (``{}`` when not published).
     """
     from analysis.stability import summarize_stability
-    from flows.artifacts import artifact_key, publish_run_artifacts
     from generators.sample_io import read_index
 
     prov = flow_run_provenance(sample_dir, {})
@@ -280,7 +281,7 @@ def analyze(
     metrics = [m.to_dict() for m in summarize_stability(rows)]
     if evaluate_metrics:
         try:
-            from analysis.evaluate import evaluate_samples  # type: ignore[import-not-found]
+            from flows.evaluation import evaluate_samples
 
             found = evaluate_samples(
                 sample_dir,
@@ -296,10 +297,43 @@ def analyze(
             get_run_logger().warning("generation metrics unavailable: %s", exc)
     with ResultStore(home=home) as store:
         store_info = store.describe()
-    prefix = artifact_key(str(prov.model), str(prov.dataset), relaxer)
-    report_dir = dftloop_home(home) / "reports" / (prov.flow_run_id or "local")
-    artifacts = publish_run_artifacts(prefix, metrics, rows, store_info, report_dir)
-    return {"metrics": metrics, "rows": rows, "artifacts": artifacts, "store": store_info}
+    result = {"metrics": metrics, "rows": rows, "store": store_info, "artifacts": {}}
+    result["provenance"] = prov.as_dict()
+    if publish:
+        result["artifacts"] = publish_analysis(result, relaxer, home)
+    return result
+
+
+def publish_analysis(result: dict[str, Any], relaxer: str, home: str | None) -> dict[str, str]:
+    """Publish an analysis on the current flow run: four artifacts and the report files.
+
+    Parameters
+    ----------
+    result
+        What :func:`analyze` returned (``metrics``, ``rows``, ``store``, ``provenance``).
+    relaxer
+        The force-field relaxer (part of the artifact keys).
+    home
+        Project directory; the files go to ``<home>/reports/<id of the current flow run>/``.
+
+    Returns
+    -------
+    dict
+        Artifact keys ``<model>-<dataset>-<relaxer>-{metrics,per-structure,delta-e-histogram,
+        store}`` (lowercase, ``_`` as ``-``) and the paths of the PNG and the two CSV files
+        (:func:`flows.artifacts.publish_run_artifacts`).
+    """
+    from prefect.runtime import flow_run
+
+    from flows.artifacts import artifact_key, publish_run_artifacts
+
+    prov = result["provenance"]
+    prefix = artifact_key(str(prov["model"]), str(prov["dataset"]), relaxer)
+    run_id = flow_run.get_id()
+    report_dir = dftloop_home(home) / "reports" / (str(run_id) if run_id else "local")
+    return publish_run_artifacts(
+        prefix, result["metrics"], result["rows"], result["store"], report_dir
+    )
 
 
 @flow(name="generate-and-relax")
@@ -429,14 +463,17 @@ def generate_and_relax(
         evaluate_metrics=evaluate_metrics,
         eval_limit=eval_limit,
         eval_coverage=eval_coverage,
+        publish=False,
     )
+    # the artifacts belong to the run the user started, not to its analyze subflow
+    artifacts = publish_analysis(result, relaxer, home)
     return {
         "checkpoint": checkpoint,
         "sample_dir": sample_dir,
         "stages": [s.as_dict() for s in stages],
         "metrics": result["metrics"],
         "rows": result["rows"],
-        "artifacts": result["artifacts"],
+        "artifacts": artifacts,
         "store": result["store"],
         "provenance": Provenance(**prov.__dict__).as_dict(),
     }

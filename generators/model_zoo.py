@@ -165,6 +165,30 @@ def get_card(name: str, registry: str | os.PathLike[str] | None = None) -> Model
     return cards[name]
 
 
+def find_card(
+    model: str,
+    dataset: str,
+    task: str | None = None,
+    registry: str | os.PathLike[str] | None = None,
+) -> ModelCard | None:
+    """Return the first registered card of ``model`` on ``dataset`` (and ``task``), or ``None``.
+
+    Parameters
+    ----------
+    model, dataset
+        Generator and dataset names.
+    task
+        ``csp``, ``generate`` or ``reconstruct``; ``None`` accepts any.
+    registry
+        Registry file (default: shipped + ``DFTLOOP_MODEL_REGISTRY``; user cards come last
+        in the file order but replace shipped ones of the same name).
+    """
+    for card in list_models(registry):
+        if (card.model, card.dataset) == (model, dataset) and task in (None, card.task):
+            return card
+    return None
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Return the hex sha256 of a file (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
@@ -343,6 +367,7 @@ __all__ = [
     "download",
     "export_checkpoint",
     "file_sha256",
+    "find_card",
     "get_card",
     "list_models",
     "model_cache_dir",

@@ -10,7 +10,7 @@ Three modes:
 Work is cut into chunks of ``chunk_size`` items. Each chunk is sampled with its own
 generator seeded from (seed, chunk number), converted to structures at the edge
 (:func:`generators.crystal.batch_to_structures`: an unbuildable crystal becomes a record with an
-error) and written with :mod:`generators.sample_io` (chunk file, then the index rewritten
+error) and written with :mod:`dftloop_io.samples` (chunk file, then the index rewritten
 atomically). A rerun of the same command skips the chunks the index lists, and because the
 seeds depend only on the chunk number, a resumed run produces the same samples as an
 uninterrupted one.
@@ -18,7 +18,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,9 +30,7 @@ import torch
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
-from generators.crystal import batch_to_structures, data_list_to_batch, structure_to_data
-from generators.models.base import CrystalGenerator, require_task
-from generators.sample_io import (
+from dftloop_io.samples import (
     SampleRecord,
     chunk_name,
     load_samples,
@@ -41,6 +38,9 @@ from generators.sample_io import (
     write_chunk,
     write_index,
 )
+from generators.crystal import batch_to_structures, data_list_to_batch, structure_to_data
+from generators.model_zoo import file_sha256
+from generators.models.base import CrystalGenerator, require_task
 
 MODES = ("generate", "csp", "reconstruct")
 _RESUME_KEYS = (
@@ -91,15 +91,6 @@ class _Item:
     candidate: int
     template: Data | None
     error: str | None = None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file (the checkpoint identity stored in the index)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -383,7 +374,7 @@ def sample(
         mode,
         items,
         dataset=dataset,
-        checkpoint_sha256=file_sha256(checkpoint),
+        checkpoint_sha256=file_sha256(meta["path"]),
         chunk_size=size,
         seed=seed,
         steps=steps,
@@ -408,7 +399,6 @@ __all__ = [
     "MODES",
     "SamplingSummary",
     "chunk_seed",
-    "file_sha256",
     "load_samples",
     "plan_items",
     "run_sampling",

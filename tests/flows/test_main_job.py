@@ -1,7 +1,7 @@
 """The main job's options (environment variables) and the run directories it trains into.
 
-The main job itself (training, sampling, CHGNet, metrics) is run by ``bash deploy/run-main.sh``
-(~15-25 min, figures in docs/orchestration.md); its flow path is covered by the slow
+The main job itself (shipped checkpoint, sampling, CHGNet, metrics, the dataset's floor) is run
+by ``bash deploy/run-main.sh``; its flow path is covered by the slow
 ``test_generate_and_relax_with_a_real_tiny_diffcsp``.
 """
 
@@ -16,18 +16,26 @@ from flows.main_job import DEFAULTS, format_report, main_job_parameters, trainin
 from flows.pipeline import default_checkpoint_dir
 
 
-def test_defaults_train_a_real_generator_first() -> None:
+def test_defaults_predict_held_out_crystals_with_the_shipped_checkpoint() -> None:
     params = main_job_parameters({})
-    assert params["model"] == "diffcsp" and params["model"] != "dataset"
+    assert params["model"] == "diffcsp"
+    assert params["checkpoint"] == "diffcsp-perov5-csp" and "train_config" not in params
+    assert params["sample_split"] == "test" and params["n"] == 32
+    assert params["sample_steps"] == 1000
+    assert params["relaxer"] == "chgnet" and params["dft"] == "none"
+    assert params["evaluate_metrics"] is True
+
+
+def test_training_is_one_variable_away() -> None:
+    params = main_job_parameters({"DFTLOOP_MAIN_TRAIN": "1"})
     assert params["checkpoint"] is None and params["train_config"] == "cpu-small"
-    assert params["train_limit"] == 16 == params["n"]
+    assert params["train_limit"] == 16 and params["sample_split"] == "train"
     train = params["train_overrides"]["train"]
     assert train["batch_size"] == 16 and train["max_epochs"] == int(
         DEFAULTS["DFTLOOP_MAIN_TRAIN_EPOCHS"]
     )
-    assert params["sample_split"] == "train" and params["sample_steps"] == 1000
-    assert params["relaxer"] == "chgnet" and params["dft"] == "none"
-    assert params["evaluate_metrics"] is True
+    held_out = main_job_parameters({"DFTLOOP_MAIN_TRAIN": "1", "DFTLOOP_MAIN_SPLIT": "test"})
+    assert held_out["sample_split"] == "test"
 
 
 def test_environment_overrides_and_checkpoint_skips_training(tmp_path: Path) -> None:
@@ -52,6 +60,8 @@ def test_environment_overrides_and_checkpoint_skips_training(tmp_path: Path) -> 
         ("DFTLOOP_MAIN_N", "many", "DFTLOOP_MAIN_N='many' is not a int"),
         ("DFTLOOP_MAIN_TRAIN_MINUTES", "-1", "must be positive"),
         ("DFTLOOP_MAIN_DFT", "vasp", "expected 'none' or 'espresso'"),
+        ("DFTLOOP_MAIN_TRAIN", "yes", "DFTLOOP_MAIN_TRAIN='yes': expected 0 or 1"),
+        ("DFTLOOP_MAIN_FLOOR", "2", "DFTLOOP_MAIN_FLOOR='2': expected 0 or 1"),
     ],
 )
 def test_bad_options_name_the_variable(name: str, value: str, message: str) -> None:
@@ -62,7 +72,7 @@ def test_bad_options_name_the_variable(name: str, value: str, message: str) -> N
 def test_overridden_trainings_get_their_own_run_directory(tmp_path: Path) -> None:
     plain = default_checkpoint_dir(str(tmp_path), "diffcsp", "perov_5", "cpu-small")
     assert plain == tmp_path / "checkpoints" / "diffcsp" / "perov_5" / "cpu-small"
-    params = main_job_parameters({})
+    params = main_job_parameters({"DFTLOOP_MAIN_TRAIN": "1"})
     mine = default_checkpoint_dir(
         str(tmp_path),
         "diffcsp",
@@ -102,8 +112,17 @@ def test_report_names_metrics_training_and_file_locations(tmp_path: Path) -> Non
         "artifacts": {"metrics_csv": "/r/metrics.csv", "histogram_png": "/r/h.png"},
         "store": {"docs": {"type": "MontyStore"}, "counts": {"sample": 2}},
     }
-    text = format_report(result, main_job_parameters({}), 90.0)
+    floor = {
+        "metrics": [
+            {"name": "mean_delta_e_mev_per_atom", "value": 3.5, "counts": {"n_compared": 2}},
+            {"name": "match_rate_to_relaxed", "value": 1.0},
+        ]
+    }
+    text = format_report(result, main_job_parameters({}), 90.0, floor)
     assert "continuousp.match_rate" in text and "0.5000" in text and "12.2500" in text
+    dataset_line = next(line for line in text.splitlines() if "dataset (true" in line)
+    assert dataset_line.split()[3:6] == ["2", "3.500", "None"]
+    assert "DFTLOOP_MAIN_FLOOR=0" in format_report(result, main_job_parameters({}), 90.0)
     assert "n_hidden_metric" not in text
     assert "2 epochs" in text and "/r/metrics.csv" in text and "/r/h.png" in text
     assert "cell volume is zero" in text and "MontyStore" in text

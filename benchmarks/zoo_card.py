@@ -1,0 +1,261 @@
+"""Build and evaluate the registry cards of the shipped checkpoints (generators/zoo/registry.json).
+
+Two steps, each recorded in the card with its command:
+
+    # 1. export the run's checkpoint (EMA weights) into the package and write its training record
+    .venv/bin/python benchmarks/zoo_card.py card --name diffcsp-perov5-csp --run RUN_DIR \\
+        --task csp --description "DiffCSP CSP on perov_5, CPU budget"
+
+    # 2. sample the test split with the shipped file and evaluate it with the papers' protocol
+    .venv/bin/python benchmarks/zoo_card.py evaluate --name diffcsp-perov5-csp --limit 512
+
+RUN_DIR is a trainer run directory (config.json, metrics.jsonl, best.pt/last.pt). When it was
+trained with the background driver, ``driver.log`` (start/end stamps of each resumed segment)
+and ``time.log`` (GNU time -v of each segment) give the wall and CPU time; otherwise the sum
+of the epochs' seconds is used and the CPU time is left out.
+
+``evaluate`` runs ``dftloop sample --checkpoint NAME --csp-split SPLIT --limit N`` and
+``dftloop evaluate SAMPLE_DIR --protocol diffcsp --no-coverage``, times the sampling (wall and
+CPU of the child process) and replaces the card's metric rows of that protocol, k and split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from generators.model_zoo import REGISTRY_FILE, ZOO_DIR, export_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+DFTLOOP = [sys.executable, "-m", "flows.cli"]
+
+
+def _registry() -> dict[str, Any]:
+    return json.loads(REGISTRY_FILE.read_text())
+
+
+def _save(registry: dict[str, Any]) -> None:
+    registry["models"].sort(key=lambda c: c["name"])
+    REGISTRY_FILE.write_text(json.dumps(registry, indent=1, ensure_ascii=False) + "\n")
+
+
+def _split_hash(dataset: str, splits: tuple[str, ...] = ("train", "val")) -> str:
+    """sha256 over the material ids of the splits, in order (what the model was trained on)."""
+    from generators.data import load_split
+
+    digest = hashlib.sha256()
+    for split in splits:
+        records = load_split(dataset, split, progress=False).records
+        digest.update(f"{split}:{len(records)}\n".encode())
+        for record in records:
+            digest.update(f"{record.material_id}\n".encode())
+    return digest.hexdigest()
+
+
+def _times(run: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wall minutes from driver.log segments, CPU minutes from time.log; else epoch seconds."""
+    out: dict[str, Any] = {}
+    driver, timing = run / "driver.log", run / "time.log"
+    if driver.is_file():
+        stamps = re.findall(r"^(start|end) (\S+)", driver.read_text(), flags=re.M)
+        wall, started = 0.0, None
+        for kind, stamp in stamps:
+            moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            if kind == "start":
+                started = moment
+            elif started is not None:
+                wall += (moment - started).total_seconds()
+                started = None
+        out["wall_minutes"] = round(wall / 60, 1)
+        out["segments"] = sum(1 for kind, _ in stamps if kind == "start")
+    else:
+        out["wall_minutes"] = round(sum(float(r.get("seconds") or 0) for r in records) / 60, 1)
+    if timing.is_file():
+        text = timing.read_text()
+        cpu = sum(float(x) for x in re.findall(r"User time \(seconds\): (\S+)", text))
+        cpu += sum(float(x) for x in re.findall(r"System time \(seconds\): (\S+)", text))
+        out["cpu_minutes"] = round(cpu / 60, 1)
+    return out
+
+
+def card_command(args: argparse.Namespace) -> None:
+    """Export the checkpoint into generators/zoo and write the card's training record."""
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    source = run / f"{args.weights}.pt"
+    file_name = f"{args.name}.pt"
+    info = export_checkpoint(source, ZOO_DIR / file_name, dtype=args.dtype)
+    last = records[-1]
+    best = min((r for r in records if "val" in r), key=lambda r: r["val"]["loss"], default=None)
+    training = {
+        "config_name": config.get("name"),
+        "config": {"model": config["model"], "train": config["train"]},
+        "data_split_sha256": _split_hash(config["dataset"]),
+        "epochs": last["epoch"],
+        "checkpoint": f"{args.weights}.pt ({info['weights']} weights, epoch {info['epoch']})",
+        "final_train_loss": round(last["train"]["loss"], 5),
+        "final_val_loss": round(last["val"]["loss"], 5) if "val" in last else None,
+        "best_val_loss": round(best["val"]["loss"], 5) if best else None,
+        "dtype": args.dtype,
+        "device": "cpu, 1 thread",
+        "command": (
+            f"dftloop train --model {args.model} --dataset {config['dataset']} "
+            f"--config {config.get('name')} --out RUN_DIR (resumed with --resume RUN_DIR/last.pt)"
+        ),
+        **_times(run, records),
+    }
+    registry = _registry()
+    old = next((c for c in registry["models"] if c["name"] == args.name), {})
+    card = {
+        "name": args.name,
+        "model": args.model,
+        "dataset": config["dataset"],
+        "task": args.task,
+        "file": file_name,
+        "sha256": info["sha256"],
+        "size_bytes": info["size_bytes"],
+        "description": args.description or old.get("description", ""),
+        "training": training,
+        # metrics measured with other weights are stale
+        "metrics": old.get("metrics", []) if old.get("sha256") == info["sha256"] else [],
+    }
+    registry["models"] = [c for c in registry["models"] if c["name"] != args.name] + [card]
+    _save(registry)
+    print(json.dumps(card, indent=1))
+
+
+def _paper(model: str, dataset: str, metric: str, k: int) -> tuple[Any, str | None]:
+    from analysis.paper_numbers import paper_for_model
+
+    try:
+        entry = paper_for_model(model, dataset, "csp", metric)
+    except Exception:
+        return None, None
+    if entry is None or (entry.k is not None and entry.k != k):
+        return None, None
+    return entry.as_fraction(), entry.source
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    """Sample the split with the shipped checkpoint, evaluate, and record the metric rows."""
+    registry = _registry()
+    card = next(c for c in registry["models"] if c["name"] == args.name)
+    out = Path(args.out or REPO / "dftloop-runs" / "zoo-eval" / f"{args.name}-{args.split}")
+    sample = [
+        *DFTLOOP,
+        "sample",
+        "--checkpoint",
+        args.name,
+        "--csp-split",
+        args.split,
+        "--k",
+        str(args.k),
+        "--limit",
+        str(args.limit),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--no-progress",
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tic = time.perf_counter()
+    subprocess.run(sample, check=True, cwd=REPO)
+    wall = time.perf_counter() - tic
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    metrics_file = out / "metrics.json"
+    evaluate = [
+        *DFTLOOP,
+        "evaluate",
+        str(out),
+        "--dataset",
+        card["dataset"],
+        "--gt-split",
+        args.split,
+        "--protocol",
+        args.protocol,
+        "--no-coverage",
+        "--out",
+        str(metrics_file),
+        "--jobs",
+        str(args.jobs),
+    ]
+    subprocess.run(evaluate, check=True, cwd=REPO)
+    found = json.loads(metrics_file.read_text())
+    shown = lambda cmd: " ".join(shlex.quote(x) for x in ["dftloop", *cmd[3:]])  # noqa: E731
+    rows = []
+    for metric in ("match_rate", "rmse"):
+        entry = found.get(f"{args.protocol}.{metric}") or found.get(metric)
+        if entry is None:
+            continue
+        value = entry["value"] if isinstance(entry, dict) else entry
+        paper, source = _paper(card["model"], card["dataset"], metric, args.k)
+        rows.append(
+            {
+                "name": f"csp {metric} (k={args.k})",
+                "metric": metric,
+                "value": round(float(value), 4),
+                "protocol": args.protocol,
+                "k": args.k,
+                "split": args.split,
+                "n": args.limit,
+                "paper": paper,
+                "paper_source": source,
+                "sampling_wall_minutes": round(wall / 60, 1),
+                "sampling_cpu_minutes": round(cpu / 60, 1),
+                "command": f"{shown(sample)} && {shown(evaluate)}",
+                "measured": dt.date.today().isoformat(),
+            }
+        )
+    keep = [
+        r
+        for r in card.get("metrics", [])
+        if (r.get("protocol"), r.get("k"), r.get("split")) != (args.protocol, args.k, args.split)
+    ]
+    card["metrics"] = rows + keep
+    _save(registry)
+    print(json.dumps(rows, indent=1))
+
+
+def main() -> None:
+    """Parse the command line and run ``card`` or ``evaluate``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    card = sub.add_parser("card", help="export a run's checkpoint and write its card")
+    card.add_argument("--name", required=True)
+    card.add_argument("--run", required=True)
+    card.add_argument("--model", default="diffcsp")
+    card.add_argument("--task", default="csp")
+    card.add_argument("--weights", default="best", choices=("best", "last"))
+    card.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    card.add_argument("--description", default="")
+    ev = sub.add_parser("evaluate", help="sample the test split and record the metrics")
+    ev.add_argument("--name", required=True)
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--limit", type=int, default=512)
+    ev.add_argument("--k", type=int, default=1)
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--protocol", default="diffcsp")
+    ev.add_argument("--jobs", type=int, default=1)
+    ev.add_argument("--out", default=None)
+    args = parser.parse_args()
+    (card_command if args.command == "card" else evaluate_command)(args)
+
+
+if __name__ == "__main__":
+    main()

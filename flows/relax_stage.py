@@ -179,7 +179,7 @@ def run_relax_stage(
 
 def samples_provenance(sample_dir: str | Path, config: dict[str, Any]) -> Provenance:
     """Build the provenance of a sample directory from its ``index.json`` and the run config."""
-    from generators.sample_io import read_index
+    from dftloop_io.samples import read_index
 
     index = read_index(sample_dir)
     return Provenance(

@@ -2,7 +2,7 @@
 
 It "samples" by taking the first ``n`` structures of a dataset split and rattling their atoms
 (Gaussian displacements of ``rattle`` Å, seeded), then writes a normal sample directory
-(:mod:`generators.sample_io`). Its only purpose is to exercise the orchestration (store, relaxers,
+(:mod:`dftloop_io.samples`). Its only purpose is to exercise the orchestration (store, relaxers,
 Prefect deployments) end to end on CPU in seconds, before or without a trained generator. Its
 numbers say nothing about any generative model.
 """
@@ -115,7 +115,7 @@ def sample_from_dataset(
     Path
         ``out_dir``.
     """
-    from generators.sample_io import SampleRecord, write_chunk, write_index
+    from dftloop_io.samples import SampleRecord, write_chunk, write_index
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

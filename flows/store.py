@@ -4,7 +4,7 @@ Default: an embedded MontyStore (montydb, SQLite storage) under the project dire
 ``DFTLOOP_HOME`` (default ``./dftloop-runs``) at ``<home>/store``, with a ``data`` additional store
 for large blobs (forces, per-stage results). Set ``JOBFLOW_CONFIG_FILE`` to a jobflow settings file
 (for example ``deploy/jobflow.yaml``, a MongoStore) to use another store; jobflow's own settings
-loader reads it.
+loader reads it. The store is built by :mod:`dftloop_io.job_store`, which the VASP relaxer uses too.
 
 Documents live in the ``docs_store`` with a ``kind`` field:
 
@@ -39,17 +39,15 @@ from jobflow import JobStore
 from maggma.core import Store
 from monty.json import jsanitize
 
+from dftloop_io.job_store import (
+    default_job_store,  # noqa: F401 - part of this module's interface
+    dftloop_home,
+    load_job_store,
+)
 from flows.hashing import dict_hash, structure_hash
 
 Kind = Literal["sample", "relaxation", "analysis"]
 KINDS: tuple[str, ...] = ("sample", "relaxation", "analysis")
-
-DEFAULT_HOME = "./dftloop-runs"
-"""Project directory used when ``DFTLOOP_HOME`` is not set."""
-
-DOCS_COLLECTION = "dftloop_docs"
-BLOBS_COLLECTION = "dftloop_blobs"
-DATABASE_NAME = "dftloop"
 
 BATCH_SIZE = 500
 """Documents per write / per ``$in`` query."""
@@ -59,97 +57,6 @@ DONE_STATUSES = frozenset({"ok", "not_converged", "invalid_input", "failed"})
 
 RELAXATION_BLOB_FIELDS = ("forces", "stages")
 """Relaxation fields moved to the ``data`` additional store."""
-
-
-def dftloop_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """Return the project directory (``home``, else ``$DFTLOOP_HOME``, else ``./dftloop-runs``).
-
-    Parameters
-    ----------
-    home
-        Explicit directory; overrides the environment.
-
-    Returns
-    -------
-    Path
-        The absolute directory (created if missing).
-    """
-    path = Path(home or os.environ.get("DFTLOOP_HOME") or DEFAULT_HOME).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def default_job_store(home: str | os.PathLike[str] | None = None) -> JobStore:
-    """Build the default embedded store: MontyStore (SQLite) docs + ``data`` blob store.
-
-    Parameters
-    ----------
-    home
-        Project directory (see :func:`dftloop_home`); the database goes to ``<home>/store``.
-
-    Returns
-    -------
-    JobStore
-        Not yet connected.
-    """
-    from maggma.stores import MontyStore
-
-    db_path = str(dftloop_home(home) / "store")
-    docs = MontyStore(
-        DOCS_COLLECTION, database_path=db_path, database_name=DATABASE_NAME, storage="sqlite"
-    )
-    blobs = MontyStore(
-        BLOBS_COLLECTION,
-        database_path=db_path,
-        database_name=DATABASE_NAME,
-        storage="sqlite",
-        key="blob_uuid",
-    )
-    return JobStore(docs, additional_stores={"data": blobs})
-
-
-def load_job_store(
-    home: str | os.PathLike[str] | None = None,
-    config_file: str | os.PathLike[str] | None = None,
-) -> JobStore:
-    """Return the configured ``JobStore``.
-
-    ``config_file`` (else ``$JOBFLOW_CONFIG_FILE``) names a jobflow settings YAML whose
-    ``JOB_STORE`` is used; without either, :func:`default_job_store` is used.
-
-    Parameters
-    ----------
-    home
-        Project directory for the default store.
-    config_file
-        A jobflow settings file.
-
-    Returns
-    -------
-    JobStore
-        Not yet connected.
-
-    Raises
-    ------
-    ValueError
-        If the configured store has no ``data`` additional store.
-    FileNotFoundError
-        If the configuration file does not exist.
-    """
-    config = config_file or os.environ.get("JOBFLOW_CONFIG_FILE")
-    if not config:
-        return default_job_store(home)
-    if not Path(config).is_file():
-        raise FileNotFoundError(f"jobflow configuration file {config} does not exist")
-    from jobflow.settings import JobflowSettings
-
-    store = JobflowSettings(CONFIG_FILE=str(config)).JOB_STORE
-    if "data" not in (store.additional_stores or {}):
-        raise ValueError(
-            f"the JOB_STORE in {config} has no 'data' additional store; add one "
-            "(large blobs such as forces and atomate2 outputs are written there)"
-        )
-    return store
 
 
 def code_version() -> str:

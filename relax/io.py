@@ -27,7 +27,7 @@ def read_structures(
     path
         A CIF (several data blocks allowed), an extxyz/xyz/ASE trajectory (several frames
         allowed), a POSCAR, a pymatgen structure JSON, a sample directory (with ``index.json``,
-        see :mod:`generators.sampler`) or a folder of such files.
+        see :mod:`dftloop_io.samples`) or a folder of such files.
     limit
         Keep only the first ``limit`` entries.
 
@@ -85,10 +85,8 @@ def _read_file(path: Path, prefix: str) -> list[tuple[str, Structure | None, str
 
 
 def _read_sample_dir(path: Path) -> list[tuple[str, Structure | None, str | None]]:
-    try:
-        from generators.sampler import load_samples
-    except ImportError:  # the sampler pulls in torch models; the format reader is lighter
-        from generators.sample_io import load_samples
+    from dftloop_io.samples import load_samples
+
     records = load_samples(path)
     return [
         (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pymatgen.core import Lattice, Structure
 
+from dftloop_io.samples import UNREADABLE, SampleRecord, load_samples, write_chunk, write_index
 from flows.tasks import load_sample_items
-from generators.sample_io import UNREADABLE, SampleRecord, load_samples, write_chunk, write_index
 
 
 def _nacl(a: float = 5.6) -> Structure:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from generators.sample_io import is_complete
+from dftloop_io.samples import is_complete
 
 
 def test_complete_only_when_every_chunk_is_listed() -> None:

@@ -296,9 +296,9 @@ def test_csp_sampling_keeps_compositions() -> None:
 
 
 def test_trainer_and_sampler_run_continuousp(tmp_path: Path) -> None:
+    from dftloop_io.samples import load_samples
     from generators.configs import load_config
     from generators.registry import build_model
-    from generators.sample_io import load_samples
     from generators.sampler import plan_items, run_sampling
     from generators.trainer import fit, load_checkpoint
 
@@ -424,7 +424,7 @@ def memorisation_run(
         progress=False,
     )
     sample_s = time.monotonic() - tic
-    from generators.sample_io import load_samples
+    from dftloop_io.samples import load_samples
 
     samples = load_samples(out_dir / "samples")
     by_target: dict[str, list] = {r.material_id: [] for r in split.records}
@@ -510,8 +510,8 @@ def test_memorisation_on_perov5(tmp_path: Path) -> None:
 def test_dftloop_cli_trains_and_samples_continuousp(tmp_path: Path, data_dir: Path) -> None:
     from typer.testing import CliRunner
 
+    from dftloop_io.samples import load_samples
     from flows.cli import app
-    from generators.sample_io import load_samples
 
     runner = CliRunner()
     run = tmp_path / "run"

@@ -11,10 +11,10 @@ import torch
 from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
+from dftloop_io.samples import read_index
 from generators.crystal import structures_to_batch
 from generators.models.base import CrystalGenerator
 from generators.models.diffcsp import DiffCSP
-from generators.sample_io import read_index
 from generators.sampler import chunk_seed, load_samples, plan_items, run_sampling, sample
 from generators.trainer import fit, load_checkpoint
 

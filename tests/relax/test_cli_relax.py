@@ -10,8 +10,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from typer.testing import CliRunner
 
+from dftloop_io.samples import SampleRecord, write_chunk, write_index
 from flows.cli import app
-from generators.sample_io import SampleRecord, write_chunk, write_index
 from relax.io import load_results, read_structures
 
 

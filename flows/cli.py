@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands import data, evaluate, experiment, models, relax, results, sample, train
+from flows.commands import (
+    data,
+    dft,
+    evaluate,
+    experiment,
+    models,
+    relax,
+    results,
+    sample,
+    train,
+)
 
 app = typer.Typer(
     name="dftloop",
@@ -19,7 +29,7 @@ app = typer.Typer(
 )
 
 # One module per command group, registered in the order a user meets them.
-for _commands in (data, models, train, sample, evaluate, relax, results, experiment):
+for _commands in (data, models, train, sample, evaluate, relax, dft, results, experiment):
     _commands.register(app)
 
 

@@ -14,6 +14,10 @@ batch, retries the items one by one so that one bad structure never takes the ot
 
 Units: energies in eV, forces in eV/Å (one row per site), stress in GPa as a 3x3 tensor with the
 ASE sign convention (positive = tensile: the cell would like to shrink).
+
+Every relaxer holds a :class:`relax.protocol.RelaxProtocol` (pressure, dispersion, DFT settings);
+:meth:`Relaxer.relax` adds the protocol's pressure and the enthalpies ``H = E + pV`` to each
+result.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import numpy as np
 from monty.json import MontyEncoder
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymatgen.core import Structure
+
+from relax.protocol import ProtocolSpec, RelaxProtocol, enthalpy_eV, resolve_protocol
 
 Status = Literal["ok", "not_converged", "failed", "invalid_input", "unavailable"]
 """Outcome of one relaxation.
@@ -123,6 +129,13 @@ class RelaxResult(BaseModel):
         Non-fatal remarks (e.g. an SCF that needed the recovery ladder).
     extra
         Relaxer-specific details (k-point grid, cutoffs, scratch directory, ...).
+    pressure_gpa
+        The pressure the structure was relaxed at (the protocol's), GPa.
+    initial_enthalpy_eV, initial_enthalpy_per_atom_eV, final_enthalpy_eV, final_enthalpy_per_atom_eV
+        ``H = E + pV`` of the input and of the relaxed structure (``V`` of that structure). At
+        zero pressure they equal the energies; compare enthalpies whenever ``p != 0``.
+    final_volume_per_atom_A3
+        Volume per atom of the relaxed structure, Å³.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -149,6 +162,12 @@ class RelaxResult(BaseModel):
     stages: list[RelaxResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
+    pressure_gpa: float = 0.0
+    initial_enthalpy_eV: float | None = None
+    initial_enthalpy_per_atom_eV: float | None = None
+    final_enthalpy_eV: float | None = None
+    final_enthalpy_per_atom_eV: float | None = None
+    final_volume_per_atom_A3: float | None = None
 
     @field_validator("final_structure", "settings", "extra", mode="before")
     @classmethod
@@ -168,6 +187,42 @@ class RelaxResult(BaseModel):
         if self.final_structure is None:
             return None
         return Structure.from_dict(self.final_structure)
+
+    def with_enthalpy(self, pressure_gpa: float, initial: Structure | None) -> RelaxResult:
+        """Return a copy with the pressure and the enthalpies ``H = E + pV`` filled in.
+
+        Parameters
+        ----------
+        pressure_gpa
+            The pressure of the relaxation, GPa.
+        initial
+            The input structure (its volume goes with the initial energy); ``None`` leaves
+            the initial enthalpy empty.
+
+        Returns
+        -------
+        RelaxResult
+            The copy (stages keep their own values).
+        """
+        update: dict[str, Any] = {
+            "pressure_gpa": float(pressure_gpa),
+            "initial_enthalpy_eV": None,
+            "initial_enthalpy_per_atom_eV": None,
+            "final_enthalpy_eV": None,
+            "final_enthalpy_per_atom_eV": None,
+        }
+        if self.initial_energy_eV is not None and isinstance(initial, Structure):
+            h0 = enthalpy_eV(self.initial_energy_eV, initial.volume, pressure_gpa)
+            update["initial_enthalpy_eV"] = h0
+            update["initial_enthalpy_per_atom_eV"] = h0 / len(initial)
+        final = self.structure()
+        if final is not None:
+            update["final_volume_per_atom_A3"] = final.volume / len(final)
+            if self.final_energy_eV is not None:
+                h1 = enthalpy_eV(self.final_energy_eV, final.volume, pressure_gpa)
+                update["final_enthalpy_eV"] = h1
+                update["final_enthalpy_per_atom_eV"] = h1 / len(final)
+        return self.model_copy(update=update)
 
     @classmethod
     def failure(
@@ -332,15 +387,24 @@ class Relaxer(ABC):
         Structures with more sites are rejected with an ``invalid_input`` result.
     min_distance
         Structures with two atoms closer than this (Å) are rejected.
+    protocol
+        The relaxation protocol (:func:`relax.protocol.resolve_protocol`: a dataset name, a
+        dict of fields or a :class:`~relax.protocol.RelaxProtocol`; ``None``: 0 GPa, no
+        dispersion). Concrete relaxers record ``protocol.settings()`` in their settings.
     """
 
     name: ClassVar[str] = "relaxer"
 
     def __init__(
-        self, *, max_atoms: int = DEFAULT_MAX_ATOMS, min_distance: float = DEFAULT_MIN_DISTANCE
+        self,
+        *,
+        max_atoms: int = DEFAULT_MAX_ATOMS,
+        min_distance: float = DEFAULT_MIN_DISTANCE,
+        protocol: ProtocolSpec = None,
     ) -> None:
         self.max_atoms = int(max_atoms)
         self.min_distance = float(min_distance)
+        self.protocol: RelaxProtocol = resolve_protocol(protocol)
 
     # -- to implement --------------------------------------------------------------------------
     @abstractmethod
@@ -350,8 +414,8 @@ class Relaxer(ABC):
         Returns
         -------
         dict
-            Include the input check limits (``max_atoms``, ``min_distance``) via
-            :meth:`check_settings`.
+            Include the input check limits (``max_atoms``, ``min_distance``) and the protocol
+            via :meth:`check_settings`.
         """
 
     @abstractmethod
@@ -383,8 +447,16 @@ class Relaxer(ABC):
 
     # -- provided ------------------------------------------------------------------------------
     def check_settings(self) -> dict[str, Any]:
-        """Return the input-check limits, to be merged into :meth:`settings`."""
-        return {"max_atoms": self.max_atoms, "min_distance": self.min_distance}
+        """Return the input-check limits and the protocol, to be merged into :meth:`settings`.
+
+        The protocol's fields go under ``"protocol"`` (:meth:`RelaxProtocol.settings`), so the
+        settings hash changes with the pressure, the dispersion, the k-spacing, ...
+        """
+        return {
+            "max_atoms": self.max_atoms,
+            "min_distance": self.min_distance,
+            "protocol": self.protocol.settings(),
+        }
 
     @property
     def settings_hash(self) -> str:
@@ -442,7 +514,12 @@ class Relaxer(ABC):
             batch = [(str(items[i][0]), items[i][1]) for i in valid]
             for i, res in zip(valid, self._run_guarded(batch, worker), strict=True):
                 results[i] = res
-        return [r for r in results if r is not None]
+        pressure = self.protocol.pressure_gpa
+        return [
+            r.with_enthalpy(pressure, s if isinstance(s, Structure) else None)
+            for r, (_, s) in zip(results, items, strict=True)
+            if r is not None
+        ]
 
     def _run_guarded(self, batch: list[tuple[str, Structure]], worker: Any) -> list[RelaxResult]:
         """Run ``worker`` on a batch; if it raises, run the items one at a time."""

@@ -9,7 +9,12 @@ follows the same trajectory as ``FIRE(FrechetCellFilter(atoms))`` with the same 
 but all structures share one call of the energy model per step.
 
 Each structure stops (and stops being evaluated) when its largest generalised force row is below
-``fmax``: atom forces in eV/Å and cell rows ≈ ``-V·σ/N`` in eV (the same criterion as ASE).
+``fmax``: atom forces in eV/Å and cell rows ≈ ``-V·(σ + p)/N`` in eV (the same criterion as ASE).
+
+Under an external pressure ``p`` (``pressure``, eV/Å³, ASE's ``scalar_pressure``) the cell
+minimises the enthalpy ``H = E + pV``: the virial is ``-V·(σ + p·I)`` exactly as in
+``FrechetCellFilter(atoms, scalar_pressure=p)``, so a converged cell has ``σ ≈ -p·I``. FIRE uses
+forces only, so the ``pV`` term enters through the cell forces and nowhere else.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def batched_fire(
     relax_cell: bool = True,
     params: FireParameters | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pressure: float = 0.0,
 ) -> list[FireOutcome]:
     """Relax several structures together with FIRE on positions and cell.
 
@@ -152,6 +158,9 @@ def batched_fire(
         FIRE parameters; defaults to :class:`FireParameters`.
     progress
         Called after each step as ``progress(step, n_still_moving)``.
+    pressure
+        External hydrostatic pressure, eV/Å³ (ASE's ``scalar_pressure``; 1 GPa =
+        1/160.21766 eV/Å³): the cell relaxes to the minimum of ``E + pV``.
 
     Returns
     -------
@@ -171,6 +180,7 @@ def batched_fire(
             relax_cell=relax_cell,
             params=params or FireParameters(),
             progress=progress,
+            pressure=float(pressure),
         )
 
 
@@ -184,6 +194,7 @@ def _batched_fire(
     relax_cell: bool,
     params: FireParameters,
     progress: Callable[[int, int], None] | None,
+    pressure: float = 0.0,
 ) -> list[FireOutcome]:
     p = params
     n_struct = len(positions)
@@ -256,7 +267,7 @@ def _batched_fire(
                     active[i] = False
                     continue
                 volume = abs(np.linalg.det(new_cells[j]))
-                virial = -volume * np.asarray(ev.stress, float)
+                virial = -volume * (np.asarray(ev.stress, float) + pressure * np.eye(3))
                 ucf_grad = virial @ np.linalg.inv(deform[j].T)
                 cell_force = np.einsum("mnij,ij->mn", frechet[j], ucf_grad)
                 forces[cell_rows[i]] = cell_force / ecf[i]

@@ -22,6 +22,7 @@ def chgnet_relax_maker(
     steps: int = 500,
     relax_cell: bool = True,
     name: str = "CHGNet relax",
+    pressure_gpa: float = 0.0,
 ) -> ForceFieldRelaxMaker:
     """Build atomate2's CHGNet relaxation Maker with dftloop's default criteria.
 
@@ -35,6 +36,8 @@ def chgnet_relax_maker(
         Relax the cell together with the positions.
     name
         Name of the jobflow job.
+    pressure_gpa
+        External pressure, GPa (the cell filter's ``scalar_pressure``).
 
     Returns
     -------
@@ -44,12 +47,17 @@ def chgnet_relax_maker(
     """
     from atomate2.forcefields.jobs import ForceFieldRelaxMaker
 
+    from relax.protocol import EV_PER_GPA_A3
+
     return ForceFieldRelaxMaker(
         name=name,
         force_field_name="CHGNet",
         relax_cell=relax_cell,
         steps=int(steps),
-        relax_kwargs={"fmax": float(fmax)},
+        relax_kwargs={
+            "fmax": float(fmax),
+            "filter_kwargs": {"scalar_pressure": float(pressure_gpa) * EV_PER_GPA_A3},
+        },
         optimizer_kwargs={"optimizer": "FIRE"},
     )
 

@@ -5,6 +5,11 @@ one CHGNet forward pass per step over every structure still moving. ``mode="sequ
 ASE's ``FIRE(FrechetCellFilter(atoms))`` with CHGNet's ASE calculator on one structure at a time;
 both modes use the same optimiser parameters and convergence criterion, so they give the same
 result up to float32 noise (see ``benchmarks/bench_relax.py``).
+
+The protocol (:class:`relax.protocol.RelaxProtocol`) sets the pressure (the cell filter's scalar
+pressure: the cell relaxes to the minimum of ``E + pV``) and the dispersion: with ``"d3bj"`` the
+energy, forces and stress are CHGNet's plus DFT-D3(BJ)'s (:mod:`relax.dispersion`), in both
+modes (ASE's ``SumCalculator`` in the sequential one).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from relax.chgnet_model import (
     resolve_device,
     supported_elements,
 )
+from relax.protocol import ProtocolSpec
 
 Mode = Literal["batched", "sequential"]
 
@@ -42,13 +48,17 @@ class CHGNetRelaxer(Relaxer):
 
     Parameters
     ----------
+    protocol
+        The relaxation protocol (dataset name, dict of fields or protocol; ``None``: 0 GPa,
+        no dispersion): pressure, dispersion, ``fmax``, ``max_steps``, ``relax_cell``.
     fmax
         Convergence threshold (eV/Å) on the largest generalised force: atom forces and the
-        cell rows of the Fréchet cell parametrisation (≈ ``V·σ/N``, eV).
+        cell rows of the Fréchet cell parametrisation (≈ ``V·(σ + p)/N``, eV); overrides the
+        protocol's.
     max_steps
-        Largest number of FIRE steps per structure.
+        Largest number of FIRE steps per structure (overrides the protocol's).
     relax_cell
-        Relax the cell together with the positions.
+        Relax the cell together with the positions (overrides the protocol's).
     mode
         ``"batched"`` (one forward pass per step for all structures) or ``"sequential"``.
     model_name
@@ -83,9 +93,10 @@ class CHGNetRelaxer(Relaxer):
     def __init__(
         self,
         *,
-        fmax: float = 0.05,
-        max_steps: int = 500,
-        relax_cell: bool = True,
+        protocol: ProtocolSpec = None,
+        fmax: float | None = None,
+        max_steps: int | None = None,
+        relax_cell: bool | None = None,
         mode: Mode = "batched",
         model_name: str = "0.3.0",
         max_batch_atoms: int = DEFAULT_RELAX_BATCH_ATOMS,
@@ -97,9 +108,17 @@ class CHGNetRelaxer(Relaxer):
         device: str | None = None,
         progress: bool = False,
     ) -> None:
-        super().__init__(max_atoms=max_atoms, min_distance=min_distance)
+        super().__init__(max_atoms=max_atoms, min_distance=min_distance, protocol=protocol)
+        if (fmax is not None and fmax <= 0) or (max_steps is not None and max_steps < 0):
+            raise ValueError(f"need fmax > 0 and max_steps >= 0 (got {fmax}, {max_steps})")
+        self.protocol = self.protocol.with_overrides(
+            fmax=fmax, max_steps=max_steps, relax_cell=relax_cell
+        )
+        fmax, max_steps = self.protocol.fmax, self.protocol.max_steps
+        relax_cell = self.protocol.relax_cell
         self.device = resolve_device(device)
         self._init_kwargs: dict[str, Any] = {
+            "protocol": self.protocol,
             "fmax": fmax,
             "max_steps": max_steps,
             "relax_cell": relax_cell,
@@ -116,8 +135,6 @@ class CHGNetRelaxer(Relaxer):
         self.workers = int(workers)
         if mode not in ("batched", "sequential"):
             raise ValueError(f"CHGNet mode must be 'batched' or 'sequential', not {mode!r}")
-        if fmax <= 0 or max_steps < 0:
-            raise ValueError(f"need fmax > 0 and max_steps >= 0 (got {fmax}, {max_steps})")
         self.fmax = float(fmax)
         self.max_steps = int(max_steps)
         self.relax_cell = bool(relax_cell)
@@ -131,9 +148,15 @@ class CHGNetRelaxer(Relaxer):
         self.progress = progress
 
     def settings(self) -> dict[str, Any]:
-        """Return the settings that determine the result (the mode does not)."""
+        """Return the settings that determine the result (the mode does not).
+
+        ``fmax``, ``max_steps`` and ``relax_cell`` repeat the protocol's values.
+        """
         return {
             "model": f"CHGNet {self.model_name}",
+            "dispersion": "DFT-D3(BJ) PBE, simple-DFT-D3"
+            if self.protocol.dispersion == "d3bj"
+            else None,
             "optimizer": "FIRE",
             "cell_filter": "Frechet" if self.relax_cell else None,
             "fmax": self.fmax,
@@ -181,6 +204,7 @@ class CHGNetRelaxer(Relaxer):
     def _relax_batched(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         model = load_chgnet(self.model_name, self.device)
         species = [[site.specie.symbol for site in s] for _, s in items]
+        numbers = [[site.specie.Z for site in s] for _, s in items]
         converter = model.graph_converter
         graphs = GraphCache(
             [[site.specie.Z for site in s] for _, s in items],
@@ -199,9 +223,10 @@ class CHGNetRelaxer(Relaxer):
                     batch.append(graphs.graph(i, pos, cell, graph_id=items[i][0]))
                 except Exception as exc:  # this structure fails, the others go on
                     batch.append(exc)
-            return evaluate_graphs(
+            evals = evaluate_graphs(
                 model, batch, max_batch_atoms=self.max_batch_atoms, stress=self.relax_cell
             )
+            return self._add_dispersion(evals, [numbers[i] for i in idx], carts, cells)
 
         bar = tqdm(
             total=self.max_steps,
@@ -223,6 +248,7 @@ class CHGNetRelaxer(Relaxer):
                 relax_cell=self.relax_cell,
                 params=self.fire,
                 progress=progress,
+                pressure=self.protocol.pressure_ev_per_a3,
             )
         finally:
             bar.close()
@@ -249,14 +275,26 @@ class CHGNetRelaxer(Relaxer):
 
         start = time.perf_counter()
         atoms = AseAtomsAdaptor.get_atoms(structure)
-        atoms.calc = CHGNetCalculator(
+        chgnet_calc = CHGNetCalculator(
             model=load_chgnet(self.model_name, self.device),
             use_device=self.device,
             on_isolated_atoms="error",
         )
+        if self.protocol.dispersion == "d3bj":
+            from ase.calculators.mixing import SumCalculator
+
+            from relax.dispersion import d3_calculator
+
+            atoms.calc = SumCalculator([chgnet_calc, d3_calculator()])
+        else:
+            atoms.calc = chgnet_calc
         try:
             initial = Evaluation(energy=float(atoms.get_potential_energy()))
-            target = FrechetCellFilter(atoms) if self.relax_cell else atoms
+            target = (
+                FrechetCellFilter(atoms, scalar_pressure=self.protocol.pressure_ev_per_a3)
+                if self.relax_cell
+                else atoms
+            )
             fire = self.fire
             opt = FIRE(
                 target,
@@ -348,6 +386,38 @@ class CHGNetRelaxer(Relaxer):
             },
         )
 
+    def _add_dispersion(
+        self,
+        evals: list[Evaluation],
+        numbers: Sequence[Sequence[int]],
+        carts: Sequence[np.ndarray],
+        cells: Sequence[np.ndarray],
+    ) -> list[Evaluation]:
+        """Add the D3(BJ) energy, forces and stress to CHGNet's (no change without dispersion)."""
+        if self.protocol.dispersion != "d3bj":
+            return evals
+        from relax.dispersion import d3_terms
+
+        out = []
+        for ev, z, pos, cell in zip(evals, numbers, carts, cells, strict=True):
+            if ev.error is not None:
+                out.append(ev)
+                continue
+            try:
+                d3 = d3_terms(z, np.asarray(pos, float), np.asarray(cell, float))
+            except Exception as exc:  # this structure fails, the others go on
+                out.append(Evaluation(error=f"DFT-D3 failed: {type(exc).__name__}: {exc}"))
+                continue
+            out.append(
+                Evaluation(
+                    energy=ev.energy + d3.energy,
+                    forces=np.asarray(ev.forces, float) + d3.forces,
+                    stress=None if ev.stress is None else np.asarray(ev.stress) + d3.stress,
+                    error=None,
+                )
+            )
+        return out
+
     # -- single point --------------------------------------------------------------------------
     def single_point(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         """CHGNet energy, forces and stress of each structure as given (one batched pass)."""
@@ -359,6 +429,12 @@ class CHGNetRelaxer(Relaxer):
             load_chgnet(self.model_name, self.device),
             [s for _, s in items],
             max_batch_atoms=self.max_batch_atoms,
+        )
+        evals = self._add_dispersion(
+            evals,
+            [[site.specie.Z for site in s] for _, s in items],
+            [s.cart_coords for _, s in items],
+            [s.lattice.matrix for _, s in items],
         )
         share = (time.perf_counter() - start) / max(len(items), 1)
         results = []

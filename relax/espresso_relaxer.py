@@ -38,6 +38,7 @@ from relax.espresso_profile import (
     EspressoRunError,
     EspressoTimeout,
 )
+from relax.protocol import RY_PER_BOHR_IN_EV_PER_A, ProtocolSpec
 
 Calculation = Literal["scf", "vc-relax", "relax"]
 
@@ -59,21 +60,33 @@ _BFGS_DONE = re.compile(r"bfgs converged in\s+(\d+) scf cycles and\s+(\d+) bfgs 
 class EspressoRelaxer(Relaxer):
     """Relax structures with Quantum ESPRESSO's pw.x (``vc-relax``, BFGS on positions and cell).
 
+    The physics comes from the protocol (:class:`relax.protocol.RelaxProtocol`): pressure
+    (``press`` in kbar, ``vc-relax``), DFT-D3(BJ) (``vdw_corr='dft-d3'``, ``dftd3_version=4``,
+    two-body), k-spacing, cutoffs, smearing, spin, force and pressure thresholds. The keyword
+    arguments of the same name below override the protocol's fields when given.
+
     Parameters
     ----------
+    protocol
+        The relaxation protocol (dataset name, dict of fields or protocol; ``None``: 0 GPa,
+        no dispersion, k-spacing 0.3 Å⁻¹, SSSP cutoffs).
     kspacing
-        Largest k-point spacing, Å⁻¹ (2π included): ``N_i = ceil(|b_i| / kspacing)``.
+        Largest k-point spacing, Å⁻¹ (2π included): ``N_i = ceil(|b_i| / kspacing)``
+        (overrides ``protocol.kspacing``).
     ecutwfc, ecutrho
-        Cutoffs in Ry; ``None`` takes them from the SSSP library (see
-        :meth:`relax.espresso_params.PseudoLibrary.cutoffs`).
+        Cutoffs in Ry; ``None`` takes the protocol's, and when it has none the SSSP library's
+        (see :meth:`relax.espresso_params.PseudoLibrary.cutoffs`).
     smearing, degauss
-        Occupation smearing (``"mv"``: Marzari-Vanderbilt cold smearing) and its width, Ry.
+        Occupation smearing (``"mv"``: Marzari-Vanderbilt cold smearing) and its width, Ry
+        (override the protocol's).
     conv_thr_per_atom
         SCF threshold per atom, Ry (``conv_thr = conv_thr_per_atom · n_atoms``).
     mixing_beta, electron_maxstep, diagonalization
         SCF settings of the first attempt.
     forc_conv_thr, etot_conv_thr, press_conv_thr
-        Relaxation thresholds: Ry/Bohr, Ry, kbar (pw.x's own units and defaults).
+        Relaxation thresholds: Ry/Bohr, Ry, kbar (pw.x's own units and defaults;
+        ``forc_conv_thr`` and ``press_conv_thr`` override the protocol's ``dft_fmax`` and
+        ``dft_press_conv_kbar``).
     nstep
         Largest number of ionic (BFGS) steps.
     ion_dynamics, cell_dynamics, cell_dofree
@@ -103,18 +116,19 @@ class EspressoRelaxer(Relaxer):
     def __init__(
         self,
         *,
-        kspacing: float = 0.3,
+        protocol: ProtocolSpec = None,
+        kspacing: float | None = None,
         ecutwfc: float | None = None,
         ecutrho: float | None = None,
-        smearing: str = "mv",
-        degauss: float = 0.01,
+        smearing: str | None = None,
+        degauss: float | None = None,
         conv_thr_per_atom: float = 1e-9,
         mixing_beta: float = 0.4,
         electron_maxstep: int = 100,
         diagonalization: str = "david",
-        forc_conv_thr: float = 1e-3,
+        forc_conv_thr: float | None = None,
         etot_conv_thr: float = 1e-4,
-        press_conv_thr: float = 0.5,
+        press_conv_thr: float | None = None,
         nstep: int = 100,
         ion_dynamics: str = "bfgs",
         cell_dynamics: str = "bfgs",
@@ -134,21 +148,30 @@ class EspressoRelaxer(Relaxer):
         min_distance: float = DEFAULT_MIN_DISTANCE,
         progress: bool = False,
     ) -> None:
-        super().__init__(max_atoms=max_atoms, min_distance=min_distance)
-        if kspacing <= 0:
+        super().__init__(max_atoms=max_atoms, min_distance=min_distance, protocol=protocol)
+        if kspacing is not None and kspacing <= 0:
             raise ValueError(f"kspacing must be positive, got {kspacing}")
-        self.kspacing = float(kspacing)
-        self.ecutwfc = ecutwfc
-        self.ecutrho = ecutrho
-        self.smearing = smearing
-        self.degauss = float(degauss)
+        self.protocol = self.protocol.with_overrides(
+            kspacing=kspacing,
+            ecutwfc=ecutwfc,
+            ecutrho=ecutrho,
+            smearing=smearing,
+            degauss=degauss,
+            dft_fmax=None if forc_conv_thr is None else forc_conv_thr * RY_PER_BOHR_IN_EV_PER_A,
+            dft_press_conv_kbar=press_conv_thr,
+        )
+        self.kspacing = self.protocol.kspacing
+        self.ecutwfc = self.protocol.ecutwfc
+        self.ecutrho = self.protocol.ecutrho
+        self.smearing = self.protocol.smearing
+        self.degauss = self.protocol.degauss
         self.conv_thr_per_atom = float(conv_thr_per_atom)
         self.mixing_beta = float(mixing_beta)
         self.electron_maxstep = int(electron_maxstep)
         self.diagonalization = diagonalization
-        self.forc_conv_thr = float(forc_conv_thr)
+        self.forc_conv_thr = self.protocol.forc_conv_thr_ry_bohr
         self.etot_conv_thr = float(etot_conv_thr)
-        self.press_conv_thr = float(press_conv_thr)
+        self.press_conv_thr = self.protocol.dft_press_conv_kbar
         self.nstep = int(nstep)
         self.ion_dynamics = ion_dynamics
         self.cell_dynamics = cell_dynamics
@@ -175,22 +198,19 @@ class EspressoRelaxer(Relaxer):
 
     # -- settings ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        """Return the physics settings (the machine, scratch and time limit are not included)."""
+        """Return the physics settings (the machine, scratch and time limit are not included).
+
+        Pressure, dispersion, k-spacing, cutoffs, smearing, spin and the force and pressure
+        thresholds are in ``"protocol"``; the rest are pw.x's own.
+        """
         return {
             "code": "Quantum ESPRESSO pw.x",
             "pseudopotentials": self.library.name,
-            "kspacing": self.kspacing,
-            "ecutwfc": self.ecutwfc,
-            "ecutrho": self.ecutrho,
-            "smearing": self.smearing,
-            "degauss": self.degauss,
             "conv_thr_per_atom": self.conv_thr_per_atom,
             "mixing_beta": self.mixing_beta,
             "electron_maxstep": self.electron_maxstep,
             "diagonalization": self.diagonalization,
-            "forc_conv_thr": self.forc_conv_thr,
             "etot_conv_thr": self.etot_conv_thr,
-            "press_conv_thr": self.press_conv_thr,
             "nstep": self.nstep,
             "ion_dynamics": self.ion_dynamics,
             "cell_dynamics": self.cell_dynamics,
@@ -267,6 +287,9 @@ class EspressoRelaxer(Relaxer):
             "smearing": self.smearing,
             "degauss": self.degauss,
         }
+        if self.protocol.dispersion == "d3bj":
+            # Grimme D3 with Becke-Johnson damping, two-body only (as VASP's IVDW = 12)
+            system.update(vdw_corr="dft-d3", dftd3_version=4, dftd3_threebody=False)
         electrons: dict[str, Any] = {
             "conv_thr": self.conv_thr_per_atom * n,
             "mixing_beta": self.mixing_beta,
@@ -286,6 +309,7 @@ class EspressoRelaxer(Relaxer):
         if calculation == "vc-relax":
             input_data["cell"] = {
                 "cell_dynamics": self.cell_dynamics,
+                "press": self.protocol.pressure_kbar,
                 "press_conv_thr": self.press_conv_thr,
                 "cell_dofree": self.cell_dofree,
             }
@@ -302,9 +326,8 @@ class EspressoRelaxer(Relaxer):
     def atoms(self, structure: Structure) -> Atoms:
         """ASE atoms with the starting magnetisation set (ASE then writes ``nspin = 2``)."""
         atoms = AseAtomsAdaptor.get_atoms(structure)
-        magmoms = starting_magnetisation(
-            structure, self.magnetic_elements, self.starting_magnetization
-        )
+        magnetic = self.magnetic_elements if self.protocol.spin == "auto" else frozenset()
+        magmoms = starting_magnetisation(structure, magnetic, self.starting_magnetization)
         atoms.set_initial_magnetic_moments(magmoms if magmoms is not None else None)
         return atoms
 
@@ -336,8 +359,13 @@ class EspressoRelaxer(Relaxer):
         return directory / calc.template.inputname
 
     # -- running -------------------------------------------------------------------------------
+    @property
+    def relax_calculation(self) -> Calculation:
+        """``"vc-relax"`` when the protocol relaxes the cell, else ``"relax"``."""
+        return "vc-relax" if self.protocol.relax_cell else "relax"
+
     def _relax_valid(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
-        return self._run_all(items, "vc-relax")
+        return self._run_all(items, self.relax_calculation)
 
     def single_point(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         """pw.x SCF energy, forces and stress of each structure as given."""

@@ -77,7 +77,9 @@ def get_relaxer(name: str = DEFAULT_RELAXER, **settings: Any) -> Relaxer:
     **settings
         Keyword settings of the relaxer class. For a two-stage name, the settings of each stage
         go in a dict under the stage's name (``chgnet={"fmax": 0.1}, espresso={...}``); other
-        keywords go to :class:`relax.two_stage.TwoStageRelaxer`.
+        keywords go to :class:`relax.two_stage.TwoStageRelaxer`, except ``protocol`` (a
+        dataset name, a dict of fields or a :class:`relax.protocol.RelaxProtocol`), which
+        goes to both stages unless a stage's dict has its own.
 
     Returns
     -------
@@ -87,6 +89,7 @@ def get_relaxer(name: str = DEFAULT_RELAXER, **settings: Any) -> Relaxer:
     Examples
     --------
     >>> relaxer = get_relaxer("chgnet", fmax=0.05, max_steps=300)  # doctest: +SKIP
+    >>> relaxer = get_relaxer("chgnet+espresso", protocol="carbon_24")  # doctest: +SKIP
     >>> results = relaxer.relax([("diamond", structure)])  # doctest: +SKIP
     """
     key = name.strip().lower()
@@ -96,6 +99,10 @@ def get_relaxer(name: str = DEFAULT_RELAXER, **settings: Any) -> Relaxer:
         pre_name, final_name = TWO_STAGE[key]
         pre_settings = dict(settings.pop(pre_name, None) or {})
         final_settings = dict(settings.pop(final_name, None) or {})
+        if "protocol" in settings:
+            protocol = settings.pop("protocol")
+            pre_settings.setdefault("protocol", protocol)
+            final_settings.setdefault("protocol", protocol)
         pre = relaxer_class(pre_name)(**pre_settings)
         final = relaxer_class(final_name)(**final_settings)
         return TwoStageRelaxer(pre, final, **settings)

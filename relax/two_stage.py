@@ -38,7 +38,11 @@ class TwoStageRelaxer(Relaxer):
     """
 
     def __init__(self, pre: Relaxer, final: Relaxer, *, initial_single_point: bool = True) -> None:
-        super().__init__(max_atoms=min(pre.max_atoms, final.max_atoms), min_distance=0.0)
+        super().__init__(
+            max_atoms=min(pre.max_atoms, final.max_atoms),
+            min_distance=0.0,
+            protocol=final.protocol,  # its pressure gives the enthalpies of the result
+        )
         self.pre = pre
         self.final = final
         self.initial_single_point = bool(initial_single_point)

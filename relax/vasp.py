@@ -30,6 +30,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from relax.base import DEFAULT_MAX_ATOMS, DEFAULT_MIN_DISTANCE, Relaxer, RelaxResult
+from relax.protocol import ProtocolSpec
 from relax.vasp_makers import (
     DEFAULT_HANDLERS,
     CHGNetVaspRelaxMaker,
@@ -38,6 +39,7 @@ from relax.vasp_makers import (
     build_handlers,
     chgnet_relax_maker,
     double_relax_maker,
+    protocol_incar,
     static_maker,
 )
 from relax.vasp_results import (
@@ -56,8 +58,16 @@ def default_work_dir() -> Path:
 class VaspRelaxer(Relaxer):
     """Relax structures with VASP (atomate2 Makers + custodian), one jobflow Flow per structure.
 
+    The protocol (:class:`relax.protocol.RelaxProtocol`) reaches the INCAR through
+    :func:`relax.vasp_makers.protocol_incar`: ``PSTRESS`` (kbar) for a pressure, ``IVDW = 12``
+    for D3(BJ), ``ISIF = 2`` for a fixed cell, ``ISPIN = 1`` with spin off. k-points and
+    ``ENCUT`` stay those of the input set (the protocol's k-spacing and cutoffs are pw.x's).
+
     Parameters
     ----------
+    protocol
+        The relaxation protocol (dataset name, dict of fields or protocol; ``None``: 0 GPa,
+        no dispersion: the input set unchanged).
     input_set
         ``"mp-gga"`` (default; MPRelaxSet double relaxation, energies compatible with the
         Materials Project GGA entries) or ``"atomate2"`` (atomate2's ``DoubleRelaxMaker``).
@@ -75,7 +85,8 @@ class VaspRelaxer(Relaxer):
     max_errors
         Corrections custodian applies before it gives up on a VASP run.
     user_incar_settings
-        INCAR overrides for both relaxations (they change the settings hash).
+        INCAR overrides for both relaxations (they change the settings hash; they win over
+        the protocol's INCAR settings).
     handle_unsuccessful
         A VASP run that ends unconverged: ``False`` (default) continues and reports
         ``not_converged``; ``True`` stops the flow there; ``"error"`` makes it a failure.
@@ -103,6 +114,7 @@ class VaspRelaxer(Relaxer):
     def __init__(
         self,
         *,
+        protocol: ProtocolSpec = None,
         input_set: InputSetName = "mp-gga",
         prerelax: Literal["chgnet"] | None = None,
         prerelax_fmax: float = 0.05,
@@ -121,11 +133,16 @@ class VaspRelaxer(Relaxer):
         max_atoms: int = DEFAULT_MAX_ATOMS,
         min_distance: float = DEFAULT_MIN_DISTANCE,
     ) -> None:
-        super().__init__(max_atoms=max_atoms, min_distance=min_distance)
+        super().__init__(max_atoms=max_atoms, min_distance=min_distance, protocol=protocol)
         if input_set not in ("mp-gga", "atomate2"):
             raise ValueError(f"unknown VASP input set {input_set!r}; use 'mp-gga' or 'atomate2'")
         if prerelax not in (None, "chgnet"):
             raise ValueError(f"unknown pre-relax {prerelax!r}; use 'chgnet' or None")
+        if prerelax == "chgnet" and self.protocol.dispersion != "none":
+            raise ValueError(
+                "the in-flow CHGNet pre-relax (atomate2) has no D3; with dispersion "
+                f"{self.protocol.dispersion!r} use the relaxer 'chgnet+vasp' instead"
+            )
         if handle_unsuccessful not in (True, False, "error"):
             raise ValueError("handle_unsuccessful must be True, False or 'error'")
         build_handlers(handlers)  # fail early on a misspelt handler name
@@ -204,9 +221,13 @@ class VaspRelaxer(Relaxer):
     def _vasp_options(self) -> dict[str, Any]:
         return {
             "run_vasp_kwargs": self.profile.run_vasp_kwargs(self.handlers, self.max_errors),
-            "user_incar_settings": self.user_incar_settings,
+            "user_incar_settings": self.incar_settings(),
             "handle_unsuccessful": self.handle_unsuccessful,
         }
+
+    def incar_settings(self) -> dict[str, Any]:
+        """INCAR overrides of both relaxations: the protocol's, then ``user_incar_settings``."""
+        return {**protocol_incar(self.protocol), **self.user_incar_settings}
 
     def maker(self) -> CHGNetVaspRelaxMaker:
         """Build the atomate2 Maker for these settings.
@@ -221,7 +242,9 @@ class VaspRelaxer(Relaxer):
         vasp_maker = double_relax_maker(self.input_set, **options)
         static = static_maker(self.input_set, **options) if self.final_static else None
         pre = (
-            chgnet_relax_maker(self.prerelax_fmax, self.prerelax_steps)
+            chgnet_relax_maker(
+                self.prerelax_fmax, self.prerelax_steps, pressure_gpa=self.protocol.pressure_gpa
+            )
             if self.prerelax == "chgnet"
             else None
         )

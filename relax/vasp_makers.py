@@ -26,6 +26,8 @@ from typing import Any, Literal, TypedDict, Unpack
 from custodian.vasp import handlers as custodian_handlers
 from jobflow import Flow, Maker
 
+from relax.protocol import RelaxProtocol
+
 InputSetName = Literal["mp-gga", "atomate2"]
 """VASP input-set families: ``"mp-gga"`` (MPRelaxSet, MP-compatible energies) or ``"atomate2"``
 (atomate2's own ``RelaxSetGenerator``: PBE_54 POTCARs, ENCUT 680, ISPIN 2)."""
@@ -270,7 +272,7 @@ def static_maker(input_set: InputSetName = "mp-gga", **options: Unpack[VaspMaker
     return configure_vasp_makers(maker, **options)
 
 
-def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
+def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500, pressure_gpa: float = 0.0) -> Maker:
     """Build atomate2's CHGNet relaxation Maker (cell and positions relaxed) for the pre-relax.
 
     The criteria are those of :func:`relax.chgnet_jobflow.chgnet_relax_maker` (FIRE, the same
@@ -282,6 +284,8 @@ def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
         Force criterion of the ASE optimiser, eV/Å.
     steps
         Maximum number of optimiser steps.
+    pressure_gpa
+        External pressure, GPa (the cell filter's scalar pressure).
 
     Returns
     -------
@@ -290,7 +294,39 @@ def chgnet_relax_maker(fmax: float = 0.05, steps: int = 500) -> Maker:
     """
     from relax.chgnet_jobflow import chgnet_relax_maker as _chgnet_maker
 
-    return _chgnet_maker(fmax=fmax, steps=steps, relax_cell=True, name="CHGNet pre-relax")
+    return _chgnet_maker(
+        fmax=fmax, steps=steps, relax_cell=True, name="CHGNet pre-relax", pressure_gpa=pressure_gpa
+    )
+
+
+def protocol_incar(protocol: RelaxProtocol) -> dict[str, Any]:
+    """INCAR settings that put a relaxation protocol into a VASP input set.
+
+    Only what differs from the input sets' own defaults is set, so the default protocol (0 GPa,
+    no dispersion, cell relaxed, spin auto) leaves MP-compatible inputs unchanged.
+
+    Parameters
+    ----------
+    protocol
+        The protocol.
+
+    Returns
+    -------
+    dict
+        ``PSTRESS`` (kbar) when the pressure is not zero; ``IVDW = 12`` (D3 with Becke-Johnson
+        damping, PBE parameters chosen by VASP from ``GGA = PE``, two-body) for ``"d3bj"``;
+        ``ISIF = 2`` when the cell is fixed; ``ISPIN = 1`` when spin is off.
+    """
+    incar: dict[str, Any] = {}
+    if protocol.pressure_gpa != 0.0:
+        incar["PSTRESS"] = protocol.pressure_kbar
+    if protocol.dispersion == "d3bj":
+        incar["IVDW"] = 12
+    if not protocol.relax_cell:
+        incar["ISIF"] = 2
+    if protocol.spin == "off":
+        incar["ISPIN"] = 1
+    return incar
 
 
 @dataclass

@@ -5,6 +5,13 @@
     dftloop relax samples/ --relaxer chgnet --out relaxed.json
     dftloop relax diamond.cif --relaxer espresso --kspacing 0.3 --n-procs 2 --out dft.json
     dftloop relax samples/ --relaxer chgnet+espresso --limit 5 --out two-stage.json
+    dftloop relax graphite.cif --relaxer espresso --dataset carbon_24 --out g.json
+    dftloop relax g.cif --relaxer chgnet --pressure-gpa 10 --dispersion d3bj --protocol fmax=0.01
+
+The relaxation protocol (pressure, dispersion, DFT k-spacing and cutoffs, thresholds; see
+``relax.protocol``) starts from the ``--dataset`` defaults (carbon_24: 10 GPa with D3(BJ) and
+its converged DFT settings; others: 0 GPa, no dispersion); ``--pressure-gpa``,
+``--dispersion`` and ``--protocol key=value`` override single fields.
 
 Unreadable inputs and structures rejected by the relaxer are reported per item (in the table
 and the JSON); the others are relaxed. The exit code is 0 when every item succeeded, 2 when
@@ -56,6 +63,20 @@ def relax(
         list[str] | None,
         typer.Option("--set", help="Extra relaxer setting key=value (repeatable; JSON values)."),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Protocol defaults of this dataset (carbon_24: 10 GPa, D3(BJ))."),
+    ] = None,
+    pressure_gpa: Annotated[
+        float | None, typer.Option(help="Target pressure, GPa (overrides the protocol's).")
+    ] = None,
+    dispersion: Annotated[
+        str | None, typer.Option(help="none | d3bj (overrides the protocol's).")
+    ] = None,
+    protocol: Annotated[
+        list[str] | None,
+        typer.Option(help="Protocol field key=value (repeatable), e.g. kspacing=0.2."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Relax structures with one of the relaxers and write the results as JSON."""
@@ -64,9 +85,17 @@ def relax(
 
     from relax import get_relaxer
     from relax.io import read_structures, save_results, unreadable_results
+    from relax.protocol import parse_assignments, resolve_protocol
     from relax.registry import TWO_STAGE
 
     console = Console(stderr=True)
+    try:
+        fields = {"dataset": dataset, **parse_assignments(protocol or [])}
+        fields.update({"pressure_gpa": pressure_gpa, "dispersion": dispersion})
+        chosen = resolve_protocol({k: v for k, v in fields.items() if v is not None})
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from None
     try:
         entries = read_structures(input_path, limit=limit)
     except FileNotFoundError as exc:
@@ -92,13 +121,13 @@ def relax(
                 pre_name: {**ff, "progress": progress, **extra.pop(pre_name, {})},
                 final_name: {**final_opts, **extra.pop(final_name, {})},
             }
-            engine = get_relaxer(name, **stage_opts, **extra)
+            engine = get_relaxer(name, **stage_opts, **{"protocol": chosen, **extra})
         elif name == "chgnet":
-            engine = get_relaxer(name, **ff, progress=progress, **extra)
+            engine = get_relaxer(name, **ff, progress=progress, **{"protocol": chosen, **extra})
         elif name == "espresso":
-            engine = get_relaxer(name, **dft, progress=progress, **extra)
+            engine = get_relaxer(name, **dft, progress=progress, **{"protocol": chosen, **extra})
         else:
-            engine = get_relaxer(name, **extra)
+            engine = get_relaxer(name, **{"protocol": chosen, **extra})
     except (ValueError, ImportError, FileNotFoundError, TypeError) as exc:
         console.print(f"[red]error:[/red] cannot build relaxer {relaxer!r}: {exc}")
         raise typer.Exit(code=1) from None
@@ -106,7 +135,8 @@ def relax(
     unreadable = unreadable_results(entries, engine)
     items = [(sid, s) for sid, s, _ in entries if s is not None]
     console.print(
-        f"relaxing {len(items)} structure(s) from {input_path} with [bold]{engine.name}[/bold]"
+        f"relaxing {len(items)} structure(s) from {input_path} with [bold]{engine.name}[/bold] "
+        f"at {engine.protocol.pressure_gpa:g} GPa, dispersion {engine.protocol.dispersion}"
         + (f" ({len(unreadable)} unreadable)" if unreadable else "")
     )
     relaxed = {r.structure_id: r for r in engine.relax(items)} if items else {}
@@ -114,14 +144,20 @@ def relax(
     save_results(results, out, relaxer=engine.name)
 
     table = Table(title=f"{engine.name}: {out}")
-    for col in ("id", "status", "E0 eV/atom", "E eV/atom", "steps", "time s", "error"):
+    cols = ["id", "status", "E0 eV/atom", "E eV/atom"]
+    if engine.protocol.pressure_gpa != 0:
+        cols += ["H eV/atom"]
+    for col in (*cols, "V Å³/atom", "steps", "time s", "error"):
         table.add_column(col)
     for r in results:
+        enthalpy = [_fmt(r.final_enthalpy_per_atom_eV)] if len(cols) > 4 else []
         table.add_row(
             r.structure_id,
             r.status,
             _fmt(r.initial_energy_per_atom_eV),
             _fmt(r.final_energy_per_atom_eV),
+            *enthalpy,
+            _fmt(r.final_volume_per_atom_A3, 3),
             str(r.n_ionic_steps),
             f"{r.wall_time_s:.1f}",
             (r.error or "")[:80],
@@ -135,8 +171,8 @@ def relax(
         raise typer.Exit(code=2)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.5f}"
+def _fmt(value: float | None, digits: int = 5) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def register(app: typer.Typer) -> None:

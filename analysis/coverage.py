@@ -185,7 +185,8 @@ def coverage(
     cache
         Fingerprint cache (object or SQLite path).
     n_jobs
-        Worker processes for the fingerprints (``None`` = all cores).
+        Worker processes for the fingerprints (:func:`analysis.parallel.resolve_jobs`:
+        ``None`` = ``DFTLOOP_JOBS`` or all cores, 1 = this process).
     progress
         Show progress bars.
     gen_ids

@@ -1,15 +1,12 @@
-"""Per-dataset evaluation constants, read from ``generators.data.DATASETS`` when it has them.
+"""Per-dataset evaluation constants: the COV cutoffs of each dataset.
 
 COV cutoffs are CDVAE's ``COV_Cutoffs`` (metrics.md §5.4): mp20 δ_S 0.4 / δ_C 10, carbon and
 perovskite 0.2 / 4. CDVAE defines none for MPTS-52; the MP-20 values are used for it and the
-definition says so. The values come from ``generators.data.DATASETS[name]`` (``cov_struct_cutoff`` /
-``cov_comp_cutoff``); the local table below is only a fallback for when the data layer cannot be
-imported, and the definition records which source was used.
+definition says so. The dataset registry of the data layer carries the same numbers
+(``cov_struct_cutoff`` / ``cov_comp_cutoff``); a test keeps the two in agreement.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 COV_CUTOFFS: dict[str, tuple[float, float]] = {
     "perov_5": (0.2, 4.0),
@@ -21,39 +18,6 @@ COV_CUTOFFS: dict[str, tuple[float, float]] = {
 
 CDVAE_NAMES = {"perov_5": "perovskite", "carbon_24": "carbon", "mp_20": "mp20", "mpts_52": None}
 """Dataset -> name of its entry in CDVAE's ``COV_Cutoffs`` (None: not defined there)."""
-
-
-def _from_data_layer(dataset: str) -> tuple[float, float] | None:
-    try:
-        from generators.data import DATASETS  # type: ignore[attr-defined]
-    except Exception:
-        return None
-    info: Any = DATASETS.get(dataset) if hasattr(DATASETS, "get") else None
-    if info is None:
-        return None
-    for struct_attr, comp_attr in (
-        ("cov_struct_cutoff", "cov_comp_cutoff"),
-        ("cov_cutoff_struct", "cov_cutoff_comp"),
-    ):
-        if hasattr(info, struct_attr) and hasattr(info, comp_attr):
-            return float(getattr(info, struct_attr)), float(getattr(info, comp_attr))
-    cutoffs = getattr(info, "cov_cutoffs", None)
-    if isinstance(cutoffs, dict):
-        struct = cutoffs.get("struc", cutoffs.get("struct", cutoffs.get("structure")))
-        comp = cutoffs.get("comp", cutoffs.get("composition"))
-        if struct is not None and comp is not None:
-            return float(struct), float(comp)
-    if isinstance(cutoffs, tuple | list) and len(cutoffs) == 2:
-        return float(cutoffs[0]), float(cutoffs[1])
-    return None
-
-
-def _published(dataset: str) -> bool:
-    try:
-        from generators.data import DATASETS
-    except Exception:
-        return CDVAE_NAMES.get(dataset) is not None
-    return bool(getattr(DATASETS.get(dataset), "cov_cutoffs_published", True))
 
 
 def cov_cutoffs(dataset: str) -> tuple[float, float, str]:
@@ -74,15 +38,11 @@ def cov_cutoffs(dataset: str) -> tuple[float, float, str]:
     KeyError
         For a dataset without cutoffs.
     """
-    found = _from_data_layer(dataset)
-    if found is not None:
-        source = "generators.data.DATASETS"
-        if not _published(dataset):
-            source += " (flagged there as not published upstream: borrowed values)"
-        return found[0], found[1], source
     if dataset not in COV_CUTOFFS:
         raise KeyError(f"no COV cutoffs for dataset {dataset!r}; known: {sorted(COV_CUTOFFS)}")
-    source = "analysis.datasets.COV_CUTOFFS (CDVAE COV_Cutoffs"
-    if CDVAE_NAMES.get(dataset) is None:
-        source += "; none defined for this dataset upstream, MP-20 values used"
-    return (*COV_CUTOFFS[dataset], source + ")")
+    upstream = CDVAE_NAMES.get(dataset)
+    if upstream is None:
+        source = "CDVAE COV_Cutoffs: none defined for this dataset upstream, MP-20 values used"
+    else:
+        source = f"CDVAE COV_Cutoffs[{upstream!r}]"
+    return (*COV_CUTOFFS[dataset], source)

@@ -1,4 +1,4 @@
-"""Evaluate a sample directory (or lists of structures) against a dataset split.
+"""Evaluate a sample directory (or lists of structures) against ground-truth structures.
 
 - ``generate`` samples: construction / structural / compositional validity over all samples,
   COV-R / COV-P / AMSD / AMCD against the ground-truth split, Wasserstein distances of density,
@@ -7,22 +7,34 @@
   RMSE under each applicable protocol of :mod:`analysis.matching`, plus validity.
 
 Results are a dict ``key -> MetricResult`` (keys such as ``validity``, ``cov_recall``,
-``diffcsp.match_rate``) and are written to ``metrics.json``. Bad items (a malformed structure
-dict, NaN coordinates, a zero-volume cell, an unknown element) are counted invalid with their id
-and reason; the evaluation goes on.
+``diffcsp.match_rate``) and are written to ``metrics.json``; :func:`evaluate` also returns one
+row per target (CSP / reconstruction: matched, RMS and validity per protocol) or per sample
+(generation: validity flags). Bad items (a malformed structure dict, NaN coordinates, a
+zero-volume cell, an unknown element) are counted invalid with their id and reason; the
+evaluation goes on.
+
+The ground truth is given, never looked up here: structures, a
+:class:`analysis.ground_truth.GroundTruth`, or a loader of one (``flows.evaluation`` reads
+dataset splits; :func:`analysis.ground_truth.read_gt_file` reads a raw-CIF file).
 """
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pymatgen.core import Structure
 
-from analysis.construction import CheckedStructure, check_structure, classify_reason
+from analysis.construction import (
+    CheckedStructure,
+    check_structure,
+    check_structures,
+    classify_reason,
+)
 from analysis.coverage import Criterion, coverage_from_fingerprints, fingerprint_diversity
 from analysis.datasets import cov_cutoffs
 from analysis.distributions import (
@@ -33,7 +45,8 @@ from analysis.distributions import (
     wasserstein_structure_scalars,
 )
 from analysis.fingerprints import FingerprintCache, compute_fingerprints, default_cache_path
-from analysis.matching import PROTOCOLS, csp_match
+from analysis.ground_truth import GroundTruth, GroundTruthLoader
+from analysis.matching import PROTOCOLS, match_targets
 from analysis.results import MetricResult, write_metrics_json
 from analysis.validity import (
     DEFAULT_OXIDATION_STATE_SET,
@@ -73,7 +86,7 @@ class EvalItem:
     def checked(self) -> CheckedStructure:
         """Run the construction checks, keeping the sampler's own error when it has one."""
         if self.structure is None and self.error:
-            from generators.sample_io import UNREADABLE
+            from dftloop_io.samples import UNREADABLE
 
             # the sampler made nothing, or the file's row could not be read back
             kind = classify_reason(self.error) if UNREADABLE in self.error else "missing_structure"
@@ -82,7 +95,7 @@ class EvalItem:
 
 
 def read_sample_dir(directory: str | Path) -> tuple[dict[str, Any], list[EvalItem]]:
-    """Read a sample directory (docs/architecture.md §4) through ``generators.sample_io``.
+    """Read a sample directory (docs/architecture.md §4) through ``dftloop_io.samples``.
 
     ``load_samples`` is tolerant per item: a row it cannot read comes back without a structure
     and with the reason, and is reported for its sample (:meth:`EvalItem.checked`) while the
@@ -98,7 +111,7 @@ def read_sample_dir(directory: str | Path) -> tuple[dict[str, Any], list[EvalIte
     tuple
         ``(index, items)``: the ``index.json`` dict and one :class:`EvalItem` per row.
     """
-    from generators.sample_io import load_samples, read_index
+    from dftloop_io.samples import load_samples, read_index
 
     return read_index(directory), _as_items(load_samples(directory))
 
@@ -123,49 +136,75 @@ def _as_items(samples: Sequence[Any]) -> list[EvalItem]:
     return items
 
 
-def load_ground_truth(
-    dataset: str,
-    split: str = "test",
-    data_dir: str | Path | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-) -> tuple[list[str], list[Structure], list[dict[str, str]]]:
-    """Ground-truth structures of a dataset split, through ``generators.data.load_split``.
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns.
 
     Parameters
     ----------
-    dataset, split
-        Registry keys.
-    data_dir
-        Data directory override.
-    limit
-        Only the first ``limit`` rows.
-    progress
-        Show the loader's progress bar.
-
-    Returns
-    -------
-    tuple
-        ``(material_ids, structures, row_errors)``.
+    metrics
+        Metric key -> result (what :func:`evaluate_samples` returns).
+    rows
+        CSP / reconstruction: one row per target (``target_id``, ``n_candidates``,
+        ``n_candidates_valid``, ``candidate0_valid``, ``gt_valid``, then per protocol
+        ``<protocol>.matched``, ``<protocol>.rms``, ``<protocol>.best_candidate``,
+        ``<protocol>.reason``). Generation: one row per sample (``sample_id``, ``constructed``,
+        ``comp_valid``, ``struct_valid``, ``valid``, ``reason``).
+    mode
+        ``generate``, ``csp`` or ``reconstruct``.
     """
-    from generators.data import load_split
 
-    loaded = load_split(dataset, split, data_dir=data_dir, limit=limit, progress=progress)
-    ids = [r.material_id for r in loaded.records]
-    structures = [r.structure for r in loaded.records]
-    errors = [{"id": e.material_id, "reason": e.reason} for e in loaded.errors]
-    return ids, structures, errors
+    metrics: dict[str, MetricResult]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "generate"
+
+    def write_rows_csv(self, path: str | Path) -> Path:
+        """Write :attr:`rows` as a CSV (empty cells for ``None``) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        with path.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
 
 
-def evaluate_samples(
+def _ground_truth(
+    gt: GroundTruth | GroundTruthLoader | Sequence[Any] | None,
+    gt_ids: Sequence[str] | None,
+    mode: str,
+    items: list[EvalItem],
+    limit: int | None,
+) -> GroundTruth:
+    """The ground truth the caller gave, read through its loader when it is one."""
+    if gt is None:
+        raise ValueError(
+            "no ground truth: pass gt= (structures, a GroundTruth, or a loader such as "
+            "flows.evaluation.split_ground_truth or analysis.ground_truth.read_gt_file)"
+        )
+    if isinstance(gt, GroundTruth):
+        return gt
+    if callable(gt):
+        # generation: the first `limit` rows are the ground truth. CSP: the targets are usually
+        # the first rows of the split (the sampler walks it in order), so try the first
+        # `limit` rows and read all rows only if a target is not among them.
+        truth = gt(limit)
+        if mode != "generate" and limit is not None:
+            wanted = list(dict.fromkeys(i.target_id for i in items if i.target_id))[:limit]
+            if not set(wanted) <= set(truth.ids):
+                truth = gt(None)
+        return truth
+    return GroundTruth.from_structures(list(gt), gt_ids)
+
+
+def evaluate(
     samples: str | Path | Sequence[Any],
     dataset: str,
     *,
-    mode: str | None = None,
-    gt: Sequence[Structure] | None = None,
+    gt: GroundTruth | GroundTruthLoader | Sequence[Any] | None = None,
     gt_ids: Sequence[str] | None = None,
-    gt_split: str = "test",
-    data_dir: str | Path | None = None,
+    mode: str | None = None,
     limit: int | None = None,
     protocols: Sequence[str] | None = None,
     n_samples: int = N_SAMPLES,
@@ -180,8 +219,8 @@ def evaluate_samples(
     progress: bool = True,
     out: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, MetricResult]:
-    """Compute the applicable paper metrics of a sample set and write ``metrics.json``.
+) -> Evaluation:
+    """Compute the applicable paper metrics of a sample set, per target and in total.
 
     Parameters
     ----------
@@ -189,19 +228,20 @@ def evaluate_samples(
         A sample directory, or a list of ``SampleRecord`` / ``EvalItem`` / structures (a plain
         list of structures is treated as ``generate`` samples).
     dataset
-        Dataset name (cutoffs, ground truth).
+        Dataset name (COV cutoffs; checked against the sample directory's index).
+    gt
+        The ground truth: a :class:`~analysis.ground_truth.GroundTruth`, a loader of one
+        (called with ``limit``, see below), or a list of structures (Structure, dict, CIF text
+        or :class:`~analysis.construction.CheckedStructure`; ids from ``gt_ids``). Required.
+    gt_ids
+        Material ids of a plain list of ground-truth structures (default ``"0"``, ``"1"``...).
     mode
         ``generate``, ``csp`` or ``reconstruct``; default from ``index.json`` (or ``generate``
         for plain structures).
-    gt, gt_ids
-        Ground-truth structures and their material ids; default: loaded from ``gt_split``.
-    gt_split
-        Split used as ground truth (``test``).
-    data_dir
-        Data directory override for the ground truth.
     limit
-        Evaluate only the first ``limit`` samples (generate) or targets (csp/reconstruct); for
-        generation the ground truth is also limited to its first ``limit`` rows.
+        Evaluate only the first ``limit`` samples (generate) or targets (csp/reconstruct). A
+        loader reads the first ``limit`` rows (generation: they are the ground truth; CSP: all
+        rows are read when a target is not among them); given structures are used whole.
     protocols
         Match protocols (default: every protocol that applies to the mode and k).
     n_samples, seed
@@ -219,7 +259,8 @@ def evaluate_samples(
         (:func:`analysis.fingerprints.default_cache_path`); pass ``FingerprintCache(None)`` for
         an in-memory cache.
     n_jobs
-        Worker processes (``None`` = all cores).
+        Worker processes (:func:`analysis.parallel.resolve_jobs`: ``None`` = ``DFTLOOP_JOBS``
+        or all cores, 1 = this process).
     progress
         Show progress bars.
     out
@@ -230,8 +271,14 @@ def evaluate_samples(
 
     Returns
     -------
-    dict[str, MetricResult]
-        Metric key -> result.
+    Evaluation
+        The metrics and the per-target (or per-sample) rows.
+
+    Raises
+    ------
+    ValueError
+        Without ground truth, for an unknown mode or protocol, for samples of another dataset,
+        or for CSP samples without a ``target_id``.
     """
     say = log or (lambda _msg: None)
     timings: dict[str, float] = {}
@@ -251,29 +298,14 @@ def evaluate_samples(
         raise ValueError(
             f"{sample_dir}: samples are for dataset {index['dataset']!r}, not {dataset!r}"
         )
-    gt_errors: list[dict[str, str]] = []
     t0 = time.perf_counter()
-    if gt is None:
-        # generation: the first `limit` rows are the ground truth. CSP: the targets are usually
-        # the first rows of the split (the sampler walks it in order), so try the first
-        # `limit` rows and read the whole split only if a target is not among them.
-        gt_ids, gt_list, gt_errors = load_ground_truth(dataset, gt_split, data_dir, limit, progress)
-        if mode != "generate" and limit is not None:
-            wanted = list(dict.fromkeys(i.target_id for i in items if i.target_id))[:limit]
-            if not set(wanted) <= set(gt_ids):
-                gt_ids, gt_list, gt_errors = load_ground_truth(
-                    dataset, gt_split, data_dir, None, progress
-                )
-    else:
-        gt_list = list(gt)
-        gt_ids = [str(i) for i in (gt_ids if gt_ids is not None else range(len(gt_list)))]
+    truth = _ground_truth(gt, gt_ids, mode, items, limit)
     timings["load_ground_truth_s"] = time.perf_counter() - t0
-    say(f"ground truth: {len(gt_list)} structures of {dataset}/{gt_split}")
+    say(f"ground truth: {len(truth.structures)} structures ({truth.label})")
     common = {
         "dataset": dataset,
-        "ground_truth": f"{dataset}/{gt_split} via generators.data.load_split "
-        f"(preprocessed as the papers do), {len(gt_list)} structures",
-        "n_gt_rows_failed": len(gt_errors),
+        "ground_truth": f"{truth.source}, {len(truth.structures)} structures",
+        "n_gt_rows_failed": len(truth.row_errors),
     }
     if mode == "generate":
         if limit is not None:
@@ -284,9 +316,12 @@ def evaluate_samples(
             cache = FingerprintCache(fingerprint_cache or default_cache_path())
         else:
             cache = FingerprintCache(None)
-        results = _evaluate_generation(
+        gt_checked = check_structures(truth.structures, truth.ids)
+        gt_structures = [c.structure for c in gt_checked if c.constructed]
+        common["n_gt_not_constructed"] = len(gt_checked) - len(gt_structures)
+        results, rows = _evaluate_generation(
             items,
-            gt_list,
+            gt_structures,
             dataset,
             cache=cache,
             n_samples=n_samples,
@@ -302,10 +337,10 @@ def evaluate_samples(
             say=say,
         )
     else:
-        results = _evaluate_csp(
+        results, rows = _evaluate_csp(
             items,
-            gt_list,
-            list(gt_ids),
+            list(truth.structures),
+            list(truth.ids),
             dataset,
             mode=mode,
             limit=limit,
@@ -323,18 +358,35 @@ def evaluate_samples(
         metadata = {
             "dataset": dataset,
             "mode": mode,
-            "gt_split": gt_split,
+            "gt_split": truth.label,
+            "gt_source": truth.source,
             "sample_dir": str(sample_dir) if sample_dir else None,
             "model": index.get("model"),
             "checkpoint_sha256": index.get("checkpoint_sha256"),
             "n_samples_read": len(items),
             "limit": limit,
-            "gt_row_errors": gt_errors,
+            "gt_row_errors": truth.row_errors,
             "timings_s": timings,
         }
         write_metrics_json(results, out, metadata)
         say(f"wrote {out}")
-    return results
+    return Evaluation(results, rows, mode)
+
+
+def evaluate_samples(
+    samples: str | Path | Sequence[Any], dataset: str, **options: Any
+) -> dict[str, MetricResult]:
+    """Compute the applicable paper metrics of a sample set and write ``metrics.json``.
+
+    The metrics of :func:`evaluate` (same arguments; ``gt`` is required); use that function
+    for the per-target rows.
+
+    Returns
+    -------
+    dict[str, MetricResult]
+        Metric key -> result.
+    """
+    return evaluate(samples, dataset, **options).metrics
 
 
 def _evaluate_generation(
@@ -354,7 +406,7 @@ def _evaluate_generation(
     progress: bool,
     timings: dict[str, float],
     say: Callable[[str], None],
-) -> dict[str, MetricResult]:
+) -> tuple[dict[str, MetricResult], list[dict[str, Any]]]:
     checked = [item.checked() for item in items]
     t0 = time.perf_counter()
     records = assess_validity(
@@ -410,7 +462,18 @@ def _evaluate_generation(
     if predictor is not None:
         results["wdist_prop"] = wasserstein_property(chosen, gt, predictor, property_name, sampling)
     timings["wasserstein_s"] = time.perf_counter() - t0
-    return results
+    rows = [
+        {
+            "sample_id": r.id,
+            "constructed": r.constructed,
+            "comp_valid": r.comp_valid,
+            "struct_valid": r.struct_valid,
+            "valid": r.valid,
+            "reason": r.reason,
+        }
+        for r in records
+    ]
+    return results, rows
 
 
 def _fp_invalid(record: ValidityRecord, error: str | None) -> ValidityRecord:
@@ -438,7 +501,7 @@ def _evaluate_csp(
     progress: bool,
     timings: dict[str, float],
     say: Callable[[str], None],
-) -> dict[str, MetricResult]:
+) -> tuple[dict[str, MetricResult], list[dict[str, Any]]]:
     groups: dict[str, list[EvalItem]] = {}
     for item in items:
         if item.target_id is None:
@@ -482,10 +545,20 @@ def _evaluate_csp(
     for cands in cand_lists:
         pred_valid.append([r.valid for r in flat_records[pos : pos + len(cands)]])
         pos += len(cands)
+    rows: list[dict[str, Any]] = [
+        {
+            "target_id": target,
+            "n_candidates": len(valid),
+            "n_candidates_valid": sum(valid),
+            "candidate0_valid": valid[0] if valid else None,
+            "gt_valid": gt_record.valid,
+        }
+        for target, valid, gt_record in zip(targets, pred_valid, gt_records, strict=True)
+    ]
     results: dict[str, MetricResult] = {}
     for protocol in protocols:
         t0 = time.perf_counter()
-        out = csp_match(
+        outcome = match_targets(
             cand_lists,
             gts,
             protocol,
@@ -498,21 +571,25 @@ def _evaluate_csp(
             dataset=dataset,
         )
         timings[f"match_{protocol}_s"] = time.perf_counter() - t0
+        out = outcome.metrics
         for name, result in out.items():
             result.definition["mode"] = mode
             result.definition["n_targets_missing_from_gt"] = len(missing)
             results[f"{protocol}.{name}"] = result
+        for row, match in zip(rows, outcome.targets, strict=True):
+            row[f"{protocol}.matched"] = match.matched
+            row[f"{protocol}.rms"] = match.rms
+            row[f"{protocol}.best_candidate"] = match.best_candidate
+            row[f"{protocol}.reason"] = match.reason
         say(f"{protocol}: match rate {out['match_rate'].value}, RMSE {out['rmse'].value}")
     results.update(validity_metrics(flat_records, validity_definition(oxidation_states_set=ox_set)))
-    return results
+    return results, rows
 
 
-def evaluate_split(
+def evaluate_against_itself(
+    truth: GroundTruth,
     dataset: str,
-    split: str = "test",
     *,
-    limit: int | None = None,
-    data_dir: str | Path | None = None,
     with_coverage: bool = True,
     coverage_criterion: Criterion = "code",
     oxidation_states_set: str = DEFAULT_OXIDATION_STATE_SET,
@@ -522,20 +599,19 @@ def evaluate_split(
     out: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, MetricResult]:
-    """Evaluate a dataset split against itself (the pipeline's first sanity stage).
+    """Evaluate a set of ground-truth structures against itself (a sanity check of the metrics).
 
-    Every structure is its own CSP prediction (expected: match rate 1, RMSE 0) and the split is
+    Every structure is its own CSP prediction (expected: match rate 1, RMSE 0) and the set is
     also treated as a generated set against itself (expected: COV-R = COV-P = 1, W1 = 0);
     validity is that of the dataset.
 
     Parameters
     ----------
-    dataset, split
-        Registry keys.
-    limit
-        Only the first ``limit`` rows.
-    data_dir
-        Data directory override.
+    truth
+        The structures (a dataset split read by ``flows.evaluation.evaluate_split``, or a file
+        read by :func:`analysis.ground_truth.read_gt_file`).
+    dataset
+        Dataset name (COV cutoffs).
     with_coverage
         Compute COV (CrystalNN fingerprints).
     coverage_criterion
@@ -545,7 +621,7 @@ def evaluate_split(
     fingerprint_cache
         Fingerprint cache or SQLite path.
     n_jobs
-        Worker processes.
+        Worker processes (:func:`analysis.parallel.resolve_jobs`).
     progress
         Show progress bars.
     out
@@ -558,14 +634,11 @@ def evaluate_split(
     dict[str, MetricResult]
         CSP metrics (``diffcsp.*``, ``cdvae.*``, ``continuousp.*``) and generation metrics.
     """
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ids, structures, errors = load_ground_truth(dataset, split, data_dir, limit, progress)
-    timings = {"load_split_s": time.perf_counter() - t0}
-    t0 = time.perf_counter()
+    ids, structures = truth.ids, truth.structures
     common: dict[str, Any] = {
-        "gt": structures,
-        "gt_ids": ids,
-        "gt_split": split,
+        "gt": truth,
         "oxidation_states_set": oxidation_states_set,
         "n_jobs": n_jobs,
         "progress": progress,
@@ -588,18 +661,18 @@ def evaluate_split(
     timings["generation_metrics_s"] = time.perf_counter() - t0
     results.update(gen)
     for result in results.values():
-        result.definition["self_evaluation"] = f"{dataset}/{split} against itself"
-        result.definition["n_gt_rows_failed"] = len(errors)
+        result.definition["self_evaluation"] = f"{truth.label} against itself"
+        result.definition["n_gt_rows_failed"] = len(truth.row_errors)
     if out is not None:
         write_metrics_json(
             results,
             out,
             {
                 "dataset": dataset,
-                "split": split,
-                "limit": limit,
+                "split": truth.label,
+                "gt_source": truth.source,
                 "self_evaluation": True,
-                "gt_row_errors": errors,
+                "gt_row_errors": truth.row_errors,
                 "timings_s": timings,
             },
         )

@@ -275,7 +275,8 @@ def compute_fingerprints(
     cache
         A :class:`FingerprintCache`, a SQLite path, or ``None`` (no reuse across calls).
     n_jobs
-        Worker processes (``None`` = all cores).
+        Worker processes (:func:`analysis.parallel.resolve_jobs`: ``None`` = ``DFTLOOP_JOBS`` or
+        all cores, 1 = this process).
     progress
         Show a progress bar.
 

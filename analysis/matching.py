@@ -83,6 +83,59 @@ PROTOCOLS: dict[str, MatchProtocol] = {
 }
 
 
+@dataclass
+class TargetMatch:
+    """The match of one target under one protocol.
+
+    Parameters
+    ----------
+    target_id
+        The target's id (material id).
+    matched
+        Whether a (gated) candidate matches the ground truth.
+    rms
+        Normalised RMS distance of the best matching candidate, else ``None``.
+    best_candidate
+        Index of that candidate among the target's candidates, else ``None``.
+    n_candidates
+        Candidates the protocol looks at (1 for single-candidate protocols).
+    n_compared
+        Candidates that passed the construction check and the validity gate.
+    gt_constructed
+        Whether the ground truth could be built.
+    gt_passed_gate
+        Whether the ground truth passed the protocol's gate (always ``True`` without a gate).
+    reason
+        Why the target cannot match (no candidate, ground truth missing or gated), else ``None``.
+    """
+
+    target_id: str
+    matched: bool
+    rms: float | None
+    best_candidate: int | None
+    n_candidates: int
+    n_compared: int
+    gt_constructed: bool
+    gt_passed_gate: bool
+    reason: str | None = None
+
+
+@dataclass
+class MatchOutcome:
+    """What :func:`match_targets` returns: per-target matches and the two metrics.
+
+    Parameters
+    ----------
+    targets
+        One :class:`TargetMatch` per target, in input order.
+    metrics
+        ``{"match_rate": MetricResult, "rmse": MetricResult}`` (what :func:`csp_match` returns).
+    """
+
+    targets: list[TargetMatch]
+    metrics: dict[str, MetricResult]
+
+
 def _rms_pair(
     args: tuple[Structure, Structure, dict[str, float]],
 ) -> tuple[float | None, str | None]:
@@ -120,6 +173,25 @@ def csp_match(
     preds: Sequence[Sequence[Any]],
     gts: Sequence[Any],
     protocol: str = "diffcsp",
+    **options: Any,
+) -> dict[str, MetricResult]:
+    """Match rate and RMSE of predicted candidates against their ground-truth structures.
+
+    The two metrics of :func:`match_targets` (same arguments); use that function for the
+    per-target matches.
+
+    Returns
+    -------
+    dict[str, MetricResult]
+        ``match_rate`` and ``rmse``.
+    """
+    return match_targets(preds, gts, protocol, **options).metrics
+
+
+def match_targets(
+    preds: Sequence[Sequence[Any]],
+    gts: Sequence[Any],
+    protocol: str = "diffcsp",
     *,
     ids: Sequence[str] | None = None,
     pred_valid: Sequence[Sequence[bool]] | None = None,
@@ -127,11 +199,11 @@ def csp_match(
     tolerances: dict[str, float] | None = None,
     oxidation_states_set: str = DEFAULT_OXIDATION_STATE_SET,
     fingerprint_gate: bool = False,
-    n_jobs: int | None = 1,
+    n_jobs: int | None = None,
     progress: bool = False,
     dataset: str | None = None,
-) -> dict[str, MetricResult]:
-    """Match rate and RMSE of predicted candidates against their ground-truth structures.
+) -> MatchOutcome:
+    """Match every target's candidates against its ground truth: per target and in total.
 
     Parameters
     ----------
@@ -153,7 +225,8 @@ def csp_match(
     fingerprint_gate
         Also count a crystal invalid when its CrystalNN fingerprint throws (slow; see module).
     n_jobs
-        Worker processes (``None`` = all cores).
+        Worker processes (:func:`analysis.parallel.resolve_jobs`: ``None`` = ``DFTLOOP_JOBS``
+        or all cores, 1 = this process).
     progress
         Show progress bars.
     dataset
@@ -161,8 +234,8 @@ def csp_match(
 
     Returns
     -------
-    dict[str, MetricResult]
-        ``match_rate`` and ``rmse``.
+    MatchOutcome
+        One :class:`TargetMatch` per target, and ``match_rate`` and ``rmse``.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown match protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
@@ -192,17 +265,20 @@ def csp_match(
     )
 
     jobs: list[tuple[Structure, Structure, dict[str, float]]] = []
-    owners: list[int] = []
+    owners: list[tuple[int, int]] = []
     errors: list[dict[str, str]] = []
+    reasons: list[str | None] = [None] * n
     pos = 0
     n_pred_total = n_pred_missing = n_pred_gated = 0
     for i, cands in enumerate(cand_lists):
         gt = gt_checked[i]
         if not gt.constructed:
-            errors.append({"id": ids[i], "reason": f"ground truth: {gt.error}"})
+            reasons[i] = f"ground truth: {gt.error}"
+            errors.append({"id": ids[i], "reason": reasons[i]})
         elif not gt_ok[i]:
-            errors.append({"id": ids[i], "reason": "ground truth invalid (gated by protocol)"})
-        for _ in cands:
+            reasons[i] = "ground truth invalid (gated by protocol)"
+            errors.append({"id": ids[i], "reason": reasons[i]})
+        for j in range(len(cands)):
             item, ok = flat[pos], flat_valid[pos]
             pos += 1
             n_pred_total += 1
@@ -221,18 +297,37 @@ def csp_match(
                     else (item.structure, gt.structure)
                 )
                 jobs.append((*pair, tolerances))
-                owners.append(i)
+                owners.append((i, j))
         if not cands:
-            errors.append({"id": ids[i], "reason": "no candidate"})
+            reasons[i] = "no candidate"
+            errors.append({"id": ids[i], "reason": reasons[i]})
     results = parallel_map(
         _rms_pair, jobs, n_jobs=n_jobs, desc=f"match ({protocol})", progress=progress
     )
     best: dict[int, float] = {}
-    for owner, (rms, err) in zip(owners, results, strict=True):
+    best_candidate: dict[int, int] = {}
+    n_compared = [0] * n
+    for (owner, candidate), (rms, err) in zip(owners, results, strict=True):
+        n_compared[owner] += 1
         if err:
             errors.append({"id": ids[owner], "reason": err})
-        if rms is not None:
-            best[owner] = min(rms, best.get(owner, np.inf))
+        if rms is not None and rms < best.get(owner, np.inf):
+            best[owner] = rms
+            best_candidate[owner] = candidate
+    targets = [
+        TargetMatch(
+            target_id=ids[i],
+            matched=i in best,
+            rms=best.get(i),
+            best_candidate=best_candidate.get(i),
+            n_candidates=len(cand_lists[i]),
+            n_compared=n_compared[i],
+            gt_constructed=gt_checked[i].constructed,
+            gt_passed_gate=bool(gt_ok[i]),
+            reason=_unmatched_reason(reasons[i], i in best, n_compared[i]),
+        )
+        for i in range(n)
+    ]
     n_matched = len(best)
     counts = {
         "n_targets": n,
@@ -263,7 +358,7 @@ def csp_match(
         "dataset": dataset,
     }
     rmse = float(np.mean(list(best.values()))) if best else None
-    return {
+    metrics = {
         "match_rate": MetricResult(
             "match_rate",
             n_matched / n if n else None,
@@ -281,6 +376,15 @@ def csp_match(
             [],
         ),
     }
+    return MatchOutcome(targets, metrics)
+
+
+def _unmatched_reason(reason: str | None, matched: bool, n_compared: int) -> str | None:
+    if reason is not None or matched:
+        return reason
+    if n_compared:
+        return "no candidate matches the ground truth"
+    return "no candidate passed the construction check and the validity gate"
 
 
 def _validity_flags(

@@ -1,4 +1,11 @@
-"""A process-pool map with a progress bar, used for the slow per-structure work."""
+"""A process-pool map with a progress bar, used for the slow per-structure work.
+
+Every function of :mod:`analysis` that takes ``n_jobs`` follows one convention
+(:func:`resolve_jobs`): ``None`` (the default) means ``DFTLOOP_JOBS`` if set, else all the cores
+this process may use; a positive number is that many worker processes; 1 runs in this process.
+Small batches run in this process whatever ``n_jobs`` says (a pool costs start-up time), and so
+does all work inside a daemonic process (a Dask or multiprocessing worker may not start children).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,31 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+def resolve_jobs(n_jobs: int | None) -> int:
+    """The number of worker processes ``n_jobs`` asks for (the module's convention).
+
+    Parameters
+    ----------
+    n_jobs
+        ``None`` for :func:`default_jobs`, else a positive number.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Raises
+    ------
+    ValueError
+        For zero or a negative number.
+    """
+    if n_jobs is None:
+        return default_jobs()
+    if int(n_jobs) < 1:
+        raise ValueError(f"n_jobs must be None (all cores) or a positive number, not {n_jobs}")
+    return int(n_jobs)
+
+
 def parallel_map(
     func: Callable[[T], R],
     items: Sequence[T],
@@ -46,7 +78,8 @@ def parallel_map(
     items
         The inputs.
     n_jobs
-        Worker processes; ``None`` means :func:`default_jobs`, 1 runs in this process.
+        Worker processes (:func:`resolve_jobs`); ``None`` means :func:`default_jobs`, 1 runs
+        in this process.
     desc
         Progress-bar label.
     progress
@@ -59,7 +92,9 @@ def parallel_map(
     list
         ``[func(item) for item in items]``.
     """
-    n_jobs = default_jobs() if n_jobs is None else max(1, n_jobs)
+    n_jobs = resolve_jobs(n_jobs)
+    if multiprocessing.current_process().daemon:
+        n_jobs = 1  # a daemonic process (a Dask or pool worker) may not start children
     n_jobs = min(n_jobs, max(1, len(items) // max(1, min_items_per_job)))
     bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
     try:

@@ -196,7 +196,8 @@ class NoveltyReference:
     matcher
         The matcher (default: pymatgen defaults, see the module docstring).
     n_jobs
-        Processes for the one-off reduction (default 1; ``None`` = all cores).
+        Processes for the one-off reduction (:func:`analysis.parallel.resolve_jobs`: ``None``
+        = ``DFTLOOP_JOBS`` or all cores, 1 = this process).
     progress
         Show a progress bar while reducing.
     """
@@ -207,7 +208,7 @@ class NoveltyReference:
         ids: Sequence[str] | None = None,
         matcher: StructureMatcher | None = None,
         *,
-        n_jobs: int | None = 1,
+        n_jobs: int | None = None,
         progress: bool = False,
     ) -> None:
         self.matcher = matcher or StructureMatcher()

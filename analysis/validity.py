@@ -308,7 +308,7 @@ def assess_validity(
     ids: Sequence[str] | None = None,
     cutoff: float = STRUCTURE_CUTOFF,
     oxidation_states_set: str = DEFAULT_OXIDATION_STATE_SET,
-    n_jobs: int | None = 1,
+    n_jobs: int | None = None,
     progress: bool = False,
 ) -> list[ValidityRecord]:
     """Validity flags for a batch; bad items are flagged with a reason, never raised.
@@ -324,7 +324,8 @@ def assess_validity(
     oxidation_states_set
         SMACT oxidation-state set (default SMACT-14).
     n_jobs
-        Worker processes (``None`` = all cores).
+        Worker processes (:func:`analysis.parallel.resolve_jobs`: ``None`` = ``DFTLOOP_JOBS`` or
+        all cores, 1 = this process).
     progress
         Show a progress bar.
 
@@ -445,7 +446,10 @@ def validity_metrics(
 
 
 def structure_validity(
-    items: Sequence[Any], ids: Sequence[str] | None = None, cutoff: float = STRUCTURE_CUTOFF
+    items: Sequence[Any],
+    ids: Sequence[str] | None = None,
+    cutoff: float = STRUCTURE_CUTOFF,
+    n_jobs: int | None = None,
 ) -> MetricResult:
     """Structural validity of a batch (fraction of all items).
 
@@ -457,13 +461,15 @@ def structure_validity(
         Item ids.
     cutoff
         Distance cutoff (Å).
+    n_jobs
+        Worker processes (:func:`analysis.parallel.resolve_jobs`).
 
     Returns
     -------
     MetricResult
         ``struct_validity``.
     """
-    records = assess_validity(items, ids, cutoff=cutoff)
+    records = assess_validity(items, ids, cutoff=cutoff, n_jobs=n_jobs)
     return validity_metrics(records, validity_definition(cutoff))["struct_validity"]
 
 
@@ -471,6 +477,7 @@ def composition_validity(
     items: Sequence[Any],
     ids: Sequence[str] | None = None,
     oxidation_states_set: str = DEFAULT_OXIDATION_STATE_SET,
+    n_jobs: int | None = None,
 ) -> MetricResult:
     """Compositional (SMACT) validity of a batch (fraction of all items).
 
@@ -482,12 +489,14 @@ def composition_validity(
         Item ids.
     oxidation_states_set
         SMACT set (default SMACT-14, as smact 2.2.1).
+    n_jobs
+        Worker processes (:func:`analysis.parallel.resolve_jobs`).
 
     Returns
     -------
     MetricResult
         ``comp_validity``.
     """
-    records = assess_validity(items, ids, oxidation_states_set=oxidation_states_set)
+    records = assess_validity(items, ids, oxidation_states_set=oxidation_states_set, n_jobs=n_jobs)
     definition = validity_definition(oxidation_states_set=oxidation_states_set)
     return validity_metrics(records, definition)["comp_validity"]

@@ -3,7 +3,11 @@
 ::
 
     dftloop evaluate SAMPLE_DIR --dataset perov_5 [--gt-split test] [--limit N] [--out metrics.json]
+    dftloop evaluate SAMPLE_DIR --dataset perov_5 --gt-file test.csv   # raw-CIF ground truth
     dftloop evaluate --dataset perov_5 --split test --limit 200      # the split against itself
+
+Besides ``metrics.json`` the command writes one CSV row per target (CSP / reconstruction:
+matched, RMS and validity per protocol) or per sample (generation: validity flags).
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ def evaluate(
         "perov_5"
     ),
     gt_split: Annotated[str, typer.Option(help="Ground-truth split for SAMPLE_DIR.")] = "test",
+    gt_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ground truth from a CSV with a 'cif' column (as --gt_file of CDVAE/DiffCSP; "
+            "ids from its material_id column) instead of --gt-split. Without SAMPLE_DIR: "
+            "evaluate this file against itself."
+        ),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Without SAMPLE_DIR: evaluate this split against itself.")
     ] = None,
@@ -30,6 +42,13 @@ def evaluate(
         int | None, typer.Option(help="Only the first N samples/targets (or split rows).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="metrics.json path.")] = None,
+    rows: Annotated[
+        Path | None,
+        typer.Option(
+            help="Per-target (CSP) or per-sample (generation) CSV; default beside the metrics "
+            "file, <name>_per_target.csv or <name>_per_sample.csv."
+        ),
+    ] = None,
     protocol: Annotated[
         list[str] | None,
         typer.Option(help="CSP match protocol(s): diffcsp, cdvae, diffcsp_multi, continuousp."),
@@ -43,7 +62,10 @@ def evaluate(
     ] = "smact14",
     n_samples: Annotated[int, typer.Option(help="Valid samples for Wasserstein distances.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the valid-sample draw.")] = 0,
-    jobs: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (default: $DFTLOOP_JOBS, else all cores).", min=1),
+    ] = None,
     fp_cache: Annotated[
         Path | None,
         typer.Option(
@@ -51,13 +73,18 @@ def evaluate(
         ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory override.")] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or progress messages.")
+    ] = False,
 ) -> None:
     """Compute match rate/RMSE, validity, COV and Wasserstein metrics and write metrics.json."""
     from rich.console import Console
     from rich.table import Table
 
-    from analysis.evaluate import evaluate_samples, evaluate_split
+    from analysis.evaluate import evaluate_against_itself
+    from analysis.ground_truth import GroundTruth, read_gt_file
     from analysis.validity import OXIDATION_STATE_SETS
+    from flows.evaluation import evaluate_split, evaluate_with_split
 
     if cov_criterion not in ("code", "joint"):
         raise typer.BadParameter(
@@ -68,46 +95,69 @@ def evaluate(
             f"--oxidation-states must be one of {sorted(OXIDATION_STATE_SETS)}, "
             f"not {oxidation_states!r}"
         )
+    if gt_file is not None and not gt_file.is_file():
+        raise typer.BadParameter(f"--gt-file {gt_file} does not exist")
     console = Console(stderr=True)
-    cache = fp_cache  # None: analysis.fingerprints.default_cache_path()
+    log = None if quiet else console.print
+    progress = not quiet
+    options = {
+        "oxidation_states_set": oxidation_states,
+        "fingerprint_cache": fp_cache,  # None: analysis.fingerprints.default_cache_path()
+        "n_jobs": jobs,
+        "progress": progress,
+        "log": log,
+    }
+
+    def read_gt(limit: int | None) -> GroundTruth:
+        assert gt_file is not None
+        try:
+            return read_gt_file(gt_file, limit=limit)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
     if sample_dir is None:
-        if split is None:
-            raise typer.BadParameter("give SAMPLE_DIR, or --split to evaluate a split itself")
-        out = out or Path(f"metrics_{dataset}_{split}.json")
-        results = evaluate_split(
-            dataset,
-            split,
-            limit=limit,
-            data_dir=data_dir,
-            with_coverage=coverage,
-            coverage_criterion=cov_criterion,  # type: ignore[arg-type]
-            oxidation_states_set=oxidation_states,
-            fingerprint_cache=cache,
-            n_jobs=jobs,
-            out=out,
-            log=console.print,
-        )
+        if split is None and gt_file is None:
+            raise typer.BadParameter(
+                "give SAMPLE_DIR, or --split (or --gt-file) to evaluate a split itself"
+            )
+        label = split if gt_file is None else gt_file.stem
+        out = out or Path(f"metrics_{dataset}_{label}.json")
+        self_options = {
+            **options,
+            "with_coverage": coverage,
+            "coverage_criterion": cov_criterion,
+            "out": out,
+        }
+        if gt_file is not None:
+            results = evaluate_against_itself(read_gt(limit), dataset, **self_options)
+        else:
+            assert split is not None
+            results = evaluate_split(dataset, split, limit=limit, data_dir=data_dir, **self_options)
     else:
         if not (sample_dir / "index.json").is_file():
             raise typer.BadParameter(f"{sample_dir}: no index.json (not a sample directory)")
         out = out or sample_dir / "metrics.json"
-        results = evaluate_samples(
+        evaluation = evaluate_with_split(
             sample_dir,
             dataset,
             gt_split=gt_split,
             data_dir=data_dir,
+            gt=read_gt if gt_file is not None else None,
             limit=limit,
             protocols=protocol or None,
             n_samples=n_samples,
-            coverage_criterion=cov_criterion,  # type: ignore[arg-type]
-            oxidation_states_set=oxidation_states,
+            coverage_criterion=cov_criterion,
             seed=seed,
             with_coverage=coverage,
-            fingerprint_cache=cache,
-            n_jobs=jobs,
             out=out,
-            log=console.print,
+            **options,
         )
+        results = evaluation.metrics
+        kind = "per_sample" if evaluation.mode == "generate" else "per_target"
+        rows = rows or out.with_name(f"{out.stem}_{kind}.csv")
+        evaluation.write_rows_csv(rows)
+        if log is not None:
+            log(f"wrote {rows} ({len(evaluation.rows)} rows)")
     table = Table(title=f"{dataset}: metrics ({out})")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -7,7 +7,7 @@
     dftloop sample --checkpoint runs/x/best.pt --reconstruct test         # VAE reconstruction
 
 Rerunning the same command continues an interrupted run. ``--evaluate`` then prints the
-foundation metrics (``analysis.evaluate.evaluate_samples``; ``dftloop evaluate`` does more).
+foundation metrics (``flows.evaluation.evaluate_samples``; ``dftloop evaluate`` does more).
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def sample(
         f"{summary.seconds:.1f} s)"
     )
     if evaluate:
-        from analysis.evaluate import evaluate_samples
-        from generators.sample_io import read_index
+        from dftloop_io.samples import read_index
+        from flows.evaluation import evaluate_samples
 
         dataset = read_index(out_dir)["dataset"]
         results = evaluate_samples(

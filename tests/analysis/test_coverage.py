@@ -72,6 +72,19 @@ def test_mp20_cutoffs_and_unknown_dataset():
         cov_cutoffs("qm9")
 
 
+def test_cutoffs_agree_with_the_dataset_registry():
+    """analysis keeps its own table (it may not import the data layer); both must say the same."""
+    from analysis.datasets import CDVAE_NAMES, COV_CUTOFFS, cov_cutoffs
+    from generators.data import DATASETS
+
+    assert sorted(COV_CUTOFFS) == sorted(DATASETS)
+    for name, info in DATASETS.items():
+        assert COV_CUTOFFS[name] == (info.cov_struct_cutoff, info.cov_comp_cutoff)
+        assert (CDVAE_NAMES[name] is not None) == info.cov_cutoffs_published
+    assert "MP-20 values used" in cov_cutoffs("mpts_52")[2]
+    assert "MP-20 values used" not in cov_cutoffs("perov_5")[2]
+
+
 def test_diversity_is_the_mean_pairwise_distance():
     from analysis.coverage import fingerprint_diversity
 

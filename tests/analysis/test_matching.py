@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from analysis.matching import csp_match, rms_dist
+from analysis.matching import csp_match, match_targets, rms_dist
 
 A, N = 5.0, 4
 NORM = (A**3 / N) ** (1 / 3)  # (V/N)^(1/3) of the quaternary cell
@@ -117,6 +117,36 @@ def test_k_candidates_any_match_min_rmse(quaternary):
     # k = 1 on the non-matching candidate alone: unmatched, RMSE undefined
     none = csp_match([[cands[1]]], [quaternary], "diffcsp")
     assert none["match_rate"].value == 0.0 and none["rmse"].value is None
+
+
+def test_per_target_matches_name_the_best_candidate(quaternary):
+    near, far = _displaced(quaternary, 0, [0.1, 0, 0]), _displaced(quaternary, 0, [0.2, 0, 0])
+    wrong = Structure(Lattice.tetragonal(5.0, 8.0), ["Na", "Cl", "K", "Br"], quaternary.frac_coords)
+    preds = [[far, wrong, near], [wrong], [], [None, wrong]]
+    outcome = match_targets(preds, [quaternary] * 4, "diffcsp_multi", ids=["a", "b", "c", "d"])
+    a, b, c, d = outcome.targets
+    assert (a.target_id, a.matched, a.best_candidate) == ("a", True, 2)
+    assert a.rms == pytest.approx(0.1 * np.sqrt(N - 1) / N / NORM)
+    assert (a.n_candidates, a.n_compared, a.reason) == (3, 3, None)
+    assert (b.matched, b.rms, b.best_candidate) == (False, None, None)
+    assert b.reason == "no candidate matches the ground truth"
+    assert (c.matched, c.n_candidates, c.reason) == (False, 0, "no candidate")
+    assert (d.n_candidates, d.n_compared, d.matched) == (2, 1, False)
+    # the metrics are the aggregate of the per-target matches
+    assert outcome.metrics["match_rate"].value == 0.25
+    assert outcome.metrics["rmse"].value == pytest.approx(a.rms)
+    assert csp_match(preds, [quaternary] * 4, "diffcsp_multi")["match_rate"].value == 0.25
+
+
+def test_n_jobs_convention(monkeypatch):
+    from analysis.parallel import parallel_map, resolve_jobs
+
+    monkeypatch.setenv("DFTLOOP_JOBS", "3")
+    assert resolve_jobs(None) == 3 and resolve_jobs(2) == 2
+    with pytest.raises(ValueError, match="n_jobs must be None"):
+        resolve_jobs(0)
+    with pytest.raises(ValueError, match="n_jobs must be None"):
+        parallel_map(abs, [-1, 2], n_jobs=-1, progress=False)
 
 
 def test_unknown_protocol_is_a_clear_error(quaternary):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.evaluate import evaluate_split
+from flows.evaluation import evaluate_split
 
 
 @pytest.mark.slow

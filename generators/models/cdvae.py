@@ -8,7 +8,9 @@ DimeNet++-style :class:`~generators.models.decoders.PeriodicDirectionalDecoder` 
 ``dimenet_pp`` and for configs without the key) predicts a Cartesian vector per atom and type
 logits. The type noise and the per-crystal loss means are :class:`CrystalVAE`'s. Coordinate loss:
 target = (min-image x_true − x_noisy)/σ², prediction/σ, 0.5·‖pred/σ − target‖²·σ², averaged per
-crystal and then over the batch; type loss: CE/σ_type, mean per crystal.
+crystal and then over the batch; type loss: CE/σ_type, mean per crystal. The noise is added in
+the cell the decoder sees (the true one under teacher forcing, else the predicted one) and the
+target displacement is measured in the true cell, as in the original.
 
 Sampling: annealed Langevin dynamics over the σ levels with ``steps_per_level`` (100) steps of
 size step_lr·(σ/σ_L)² (step_lr 1e-4): x ← x + step·pred/σ + sqrt(2·step)·N(0, I), types set to
@@ -129,7 +131,11 @@ class CDVAE(CrystalVAE):
         sigma = self.sigmas[level][batch.batch].unsqueeze(-1)
         type_sigma = self.type_sigmas[type_level][batch.batch]
         noise = torch.randn_like(batch.frac_coords) * sigma
-        noisy_frac, target = noise_coordinates(batch.frac_coords, lattice, num_atoms, noise)
+        noisy_frac, _ = noise_coordinates(batch.frac_coords, lattice, num_atoms, noise)
+        # the target is the way back measured in the true cell, as in the original: the same as
+        # the noise under teacher forcing, the true-cell image of it on a predicted cell
+        true_lattice = batch.lattice.view(-1, 3, 3)
+        target = min_image_difference(batch.frac_coords, noisy_frac, true_lattice, num_atoms)
         noisy_types = self.noisy_atom_types(
             batch.atom_types, composition_logits, batch.batch, type_sigma
         )

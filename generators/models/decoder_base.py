@@ -1,11 +1,19 @@
 """What the CDVAE-family decoders share: conditioning on z and the type head.
 
 Both decoders (:class:`~generators.models.gemnet_t.GemNetTDecoder` and the DimeNet++-style
-:class:`~generators.models.decoders.PeriodicDirectionalDecoder`) embed atom i as
-h_i = Linear([Embedding(Z_i), z_b(i), extra_i] → hidden) (CDVAE's ``atom_latent_emb``;
-DP-CDVAE's extra features are its time embedding and Fourier features), run their own periodic
-message passing, and predict type logits with Linear(→ 100) from their atom features (DP-CDVAE:
-from [features, z, extra]). A subclass implements :meth:`LatentConditionedDecoder.propagate`.
+:class:`~generators.models.decoders.PeriodicDirectionalDecoder`) embed atom i from
+[Embedding(Z_i), z_b(i), extra_i] (DP-CDVAE's extra features are its time embedding and Fourier
+features), run their own periodic message passing, and predict type logits with Linear(→ 100)
+from their atom features. Two conditionings (``conditioning``):
+
+* ``project`` — h_i = Linear([Embedding(Z_i), z, extra] → hidden), CDVAE's ``atom_latent_emb``;
+  the atoms stay ``hidden`` wide and the type head reads the final h (or, with
+  ``type_head_sees_conditioning``, [h, z, extra]);
+* ``wide`` — DP-CDVAE's published GemNet: the atoms are hidden + latent + extra wide
+  (128 + 256 + 128 + 36 = 548), h_i = MLP([Embedding(Z_i), z, extra]) with
+  Linear(W, W), ReLU, Linear(W, W), and the type head Linear(W → 100) reads the final wide h.
+
+A subclass implements :meth:`LatentConditionedDecoder.propagate`.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from generators.crystal import MAX_ATOMIC_NUMBER
+
+CONDITIONINGS = ("project", "wide")
+"""How z and the extra features enter the atom embeddings (module docstring)."""
 
 
 class LatentConditionedDecoder(nn.Module):
@@ -28,11 +39,44 @@ class LatentConditionedDecoder(nn.Module):
 
     type_head_sees_conditioning: bool
 
-    def init_conditioning(self, hidden_dim: int, latent_dim: int, extra_atom_dim: int) -> None:
-        """Create ``atom_emb`` (Embedding(101, hidden)) and ``atom_latent_emb``."""
+    def init_conditioning(
+        self,
+        hidden_dim: int,
+        latent_dim: int,
+        extra_atom_dim: int,
+        conditioning: str = "project",
+    ) -> int:
+        """Create ``atom_emb`` (Embedding(101, hidden)) and ``atom_latent_emb``.
+
+        Parameters
+        ----------
+        conditioning
+            ``project`` (Linear to ``hidden_dim``) or ``wide`` (MLP at hidden + latent + extra).
+
+        Returns
+        -------
+        int
+            The width of the atom embeddings h.
+
+        Raises
+        ------
+        ValueError
+            For another ``conditioning``.
+        """
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"decoder conditioning must be one of {CONDITIONINGS}, not {conditioning!r}"
+            )
         self.atom_emb = nn.Embedding(MAX_ATOMIC_NUMBER + 1, hidden_dim)
         nn.init.uniform_(self.atom_emb.weight, -math.sqrt(3), math.sqrt(3))
-        self.atom_latent_emb = nn.Linear(hidden_dim + latent_dim + extra_atom_dim, hidden_dim)
+        width = hidden_dim + latent_dim + extra_atom_dim
+        if conditioning == "wide":
+            self.atom_latent_emb: nn.Module = nn.Sequential(
+                nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)
+            )
+            return width
+        self.atom_latent_emb = nn.Linear(width, hidden_dim)
+        return hidden_dim
 
     def init_type_head(
         self,
@@ -90,4 +134,4 @@ class LatentConditionedDecoder(nn.Module):
         return vector, self.fc_atom(features)
 
 
-__all__ = ["LatentConditionedDecoder"]
+__all__ = ["CONDITIONINGS", "LatentConditionedDecoder"]

@@ -10,8 +10,13 @@ CE/σ_s.
 
 The denoiser is the decoder named by ``model.decoder.type`` (GemNet-T in the ``paper``
 configs, the DimeNet++-style substitute for ``dimenet_pp`` or a section without the key),
-conditioned on z, a sinusoidal time embedding (dim 128, MLP 128 → 512 → 128) and Fourier
-features of the fractional coordinates (2π·2^k, k = 3..8: 36 dims). Its Cartesian vector output
+conditioned on z, a sinusoidal time embedding (dim 128, MLP 128 → 512 → 128, ReLU in the
+``paper`` configs: ``time_activation``) and Fourier features of the fractional coordinates
+(2π·2^k, k = 3..8: 36 dims). With ``model.decoder.conditioning: wide`` (the ``paper`` configs)
+GemNet-T runs as published: atoms 128 + 256 + 128 + 36 = 548 wide after a two-layer MLP over
+[Z-embedding, z, time, Fourier], the type head on the final 548-wide h
+(:mod:`generators.models.decoder_base`); with ``project`` the conditioning is one Linear to the
+hidden width and the type head sees [h, z, time, Fourier]. Its Cartesian vector output
 is turned into a fractional ε prediction by L⁻¹, which makes ε̂ invariant to rotating the cell.
 
 Sampling: r_T is a re-centred Gaussian; for j = T−1..1 the "modified" predictor
@@ -64,6 +69,7 @@ DPCDVAE_DEFAULTS: dict[str, Any] = merge_config(
         "type_sigma_end": 5.0,
         "time_dim": 128,
         "time_hidden": 512,
+        "time_activation": "silu",
         "time_input": "step",
         "fourier_k_min": 3,
         "fourier_k_max": 8,
@@ -71,7 +77,13 @@ DPCDVAE_DEFAULTS: dict[str, Any] = merge_config(
         "decoder": DECODER_DEFAULTS,
     },
 )
-"""Paper defaults (``conf/ddpm_carbon_dime.yaml``)."""
+"""Paper defaults (``conf/ddpm_carbon_dime.yaml``), except two keys whose default keeps
+checkpoints written before they existed loading as trained: ``time_activation`` (``silu``; the
+published time MLP uses ReLU, which the ``paper`` configs set) and the decoder's
+``conditioning`` (absent: ``project``; the ``paper`` configs set DP-CDVAE's ``wide``)."""
+
+TIME_ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
+"""Activation of the time-embedding MLP (``model.time_activation``)."""
 
 
 class DPCDVAE(CrystalVAE):
@@ -101,10 +113,15 @@ class DPCDVAE(CrystalVAE):
             dyadic_frequencies(int(cfg["fourier_k_min"]), int(cfg["fourier_k_max"])),
         )
         time_dim = int(cfg["time_dim"])
+        if cfg["time_activation"] not in TIME_ACTIVATIONS:
+            raise ValueError(
+                f"time_activation must be one of {sorted(TIME_ACTIVATIONS)}, "
+                f"not {cfg['time_activation']!r}"
+            )
         self.time_embedding = nn.Sequential(
             SinusoidalTimeEmbedding(time_dim),
             nn.Linear(time_dim, int(cfg["time_hidden"])),
-            nn.SiLU(),
+            TIME_ACTIVATIONS[cfg["time_activation"]](),
             nn.Linear(int(cfg["time_hidden"]), time_dim),
         )
         fourier_dim = 2 * 3 * len(self.fourier_frequencies)
@@ -260,4 +277,4 @@ class DPCDVAE(CrystalVAE):
         return r - torch.floor(r), types
 
 
-__all__ = ["DPCDVAE", "DPCDVAE_DEFAULTS"]
+__all__ = ["DPCDVAE", "DPCDVAE_DEFAULTS", "TIME_ACTIVATIONS"]

@@ -25,11 +25,17 @@ Structure (hidden = emb_size_atom = emb_size_edge, 128 in the papers):
   (``num_before_skip`` 1, ``num_after_skip`` 2), the atom update (rbf-gated messages summed per
   atom, Dense + ``num_atom`` 3 residual layers, residual to h) and the edge update from
   [h_j, h_i, m_ji] (``num_concat`` 1);
-* **output blocks** (one per block plus one after the embedding): per edge, residual layers on
-  m_ji gated by the rbf and a Dense to one scalar s_ji; per atom the direct force-like vector
-  Σ_j s_ji·(x_j − x_i)/|x_j − x_i| summed over the blocks — CDVAE's ``pred_cart_coord_diff``;
-* **type head**: Linear(h → 100) on the final atom embedding, as CDVAE's ``fc_atom``
-  (DP-CDVAE: on [h, z, extra]).
+* **output blocks** (one per block plus one after the embedding): per edge, a Dense and
+  ``num_atom`` residual layers on m_ji, gated by the rbf, and a Dense to one scalar s_ji; per
+  atom the direct force-like vector Σ_j s_ji·(x_j − x_i)/|x_j − x_i| summed over the blocks —
+  CDVAE's ``pred_cart_coord_diff``;
+* **type head**: Linear(h → 100) on the final atom embedding, as CDVAE's ``fc_atom``.
+
+``conditioning="wide"`` builds DP-CDVAE's published variant: the atom embeddings are
+hidden + latent + extra wide (128 + 256 + time 128 + Fourier 36 = 548) after a two-layer ReLU
+MLP over [Embedding(Z), z, extra] (its ``atom_latent_emb``), every atom-side layer (atom update,
+edge embedding and edge update inputs) runs at that width, the edges stay ``hidden`` (128) wide,
+and the type head Linear(548 → 100) reads the final wide h.
 
 Activations are GemNet's scaled SiLU (SiLU/0.6), weights He-orthogonal initialised.
 
@@ -314,14 +320,14 @@ class TripletInteraction(nn.Module):
 
 
 class AtomUpdate(nn.Module):
-    """rbf-gated messages summed onto their centre atom, Dense + residual layers."""
+    """rbf-gated messages summed onto their centre atom, Dense(edge → atom) + residual layers."""
 
-    def __init__(self, hidden: int, emb_rbf: int, num_atom: int) -> None:
+    def __init__(self, atom_dim: int, edge_dim: int, emb_rbf: int, num_atom: int) -> None:
         super().__init__()
-        self.dense_rbf = Dense(emb_rbf, hidden, activation=False)
+        self.dense_rbf = Dense(emb_rbf, edge_dim, activation=False)
         self.scale_sum = ScaleFactor()
         self.layers = nn.Sequential(
-            Dense(hidden, hidden), *(ResidualLayer(hidden) for _ in range(num_atom))
+            Dense(edge_dim, atom_dim), *(ResidualLayer(atom_dim) for _ in range(num_atom))
         )
 
     def forward(self, m: Tensor, rbf: Tensor, centre: Tensor, num_nodes: int) -> Tensor:
@@ -345,7 +351,8 @@ class InteractionBlock(nn.Module):
 
     def __init__(
         self,
-        hidden: int,
+        atom_dim: int,
+        edge_dim: int,
         emb_trip: int,
         emb_rbf: int,
         emb_cbf: int,
@@ -356,13 +363,13 @@ class InteractionBlock(nn.Module):
         num_atom: int,
     ) -> None:
         super().__init__()
-        self.dense_ji = Dense(hidden, hidden)
-        self.triplet = TripletInteraction(hidden, emb_trip, emb_rbf, emb_cbf, emb_bil)
-        self.before_skip = nn.Sequential(*(ResidualLayer(hidden) for _ in range(num_before_skip)))
-        self.after_skip = nn.Sequential(*(ResidualLayer(hidden) for _ in range(num_after_skip)))
-        self.atom_update = AtomUpdate(hidden, emb_rbf, num_atom)
-        self.concat = EdgeEmbedding(hidden, hidden, hidden)
-        self.residual_m = nn.Sequential(*(ResidualLayer(hidden) for _ in range(num_concat)))
+        self.dense_ji = Dense(edge_dim, edge_dim)
+        self.triplet = TripletInteraction(edge_dim, emb_trip, emb_rbf, emb_cbf, emb_bil)
+        self.before_skip = nn.Sequential(*(ResidualLayer(edge_dim) for _ in range(num_before_skip)))
+        self.after_skip = nn.Sequential(*(ResidualLayer(edge_dim) for _ in range(num_after_skip)))
+        self.atom_update = AtomUpdate(atom_dim, edge_dim, emb_rbf, num_atom)
+        self.concat = EdgeEmbedding(atom_dim, edge_dim, edge_dim)
+        self.residual_m = nn.Sequential(*(ResidualLayer(edge_dim) for _ in range(num_concat)))
 
     def forward(
         self,
@@ -386,11 +393,13 @@ class InteractionBlock(nn.Module):
 
 
 class ForceOutput(nn.Module):
-    """GemNet's direct-force output branch: residual layers, rbf gate, Dense → one edge scalar."""
+    """GemNet's direct-force output branch: Dense + residual layers, rbf gate, Dense → scalar."""
 
     def __init__(self, hidden: int, emb_rbf: int, num_atom: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*(ResidualLayer(hidden) for _ in range(num_atom)))
+        self.layers = nn.Sequential(
+            Dense(hidden, hidden), *(ResidualLayer(hidden) for _ in range(num_atom))
+        )
         self.dense_rbf = Dense(emb_rbf, hidden, activation=False)
         self.scale_rbf = ScaleFactor()
         self.out = Dense(hidden, 1, activation=False)
@@ -419,12 +428,17 @@ class GemNetTDecoder(LatentConditionedDecoder):
     extra_atom_dim
         Extra per-atom conditioning (DP-CDVAE: time embedding + Fourier features); 0 for CDVAE.
     type_head_sees_conditioning
-        If true the type head sees [h, z, extra] (DP-CDVAE), otherwise h (CDVAE).
+        With ``conditioning="project"``: if true the type head sees [h, z, extra], otherwise h
+        (CDVAE). Ignored with ``"wide"``, whose type head reads the final wide h.
     num_spherical, num_radial, emb_size_trip, emb_size_rbf, emb_size_cbf, emb_size_bil_trip,
     num_before_skip, num_after_skip, num_concat, num_atom, envelope_exponent
         GemNet-T sizes (7, 128, 64, 16, 16, 64, 1, 2, 1, 3, 5).
     cutoff, max_neighbors
         Periodic radius graph (7 Å, 20 neighbours).
+    conditioning
+        ``project`` (CDVAE: atoms ``hidden_dim`` wide after Linear([Z-embedding, z, extra]))
+        or ``wide`` (DP-CDVAE as published: atoms hidden + latent + extra wide after a
+        two-layer ReLU MLP; the edges stay ``hidden_dim`` wide).
     """
 
     def __init__(
@@ -447,15 +461,17 @@ class GemNetTDecoder(LatentConditionedDecoder):
         cutoff: float = 7.0,
         max_neighbors: int = 20,
         envelope_exponent: int = 5,
+        conditioning: str = "project",
     ) -> None:
         super().__init__()
         self.cutoff = cutoff
         self.max_neighbors = max_neighbors
         self.num_spherical = num_spherical
         self.emb_size_cbf = emb_size_cbf
-        self.init_conditioning(hidden_dim, latent_dim, extra_atom_dim)
+        atom_dim = self.init_conditioning(hidden_dim, latent_dim, extra_atom_dim, conditioning)
+        self.atom_dim = atom_dim
         self.rbf = GaussianRBF(num_radial, cutoff, envelope_exponent)
-        self.edge_emb = EdgeEmbedding(hidden_dim, num_radial, hidden_dim)
+        self.edge_emb = EdgeEmbedding(atom_dim, num_radial, hidden_dim)
         # Shared by all blocks, as in GemNet: rbf projections and the cbf down-projection.
         self.mlp_rbf3 = Dense(num_radial, emb_size_rbf, activation=False)
         self.mlp_cbf3 = nn.Linear(num_radial, emb_size_cbf * num_spherical, bias=False)
@@ -464,6 +480,7 @@ class GemNetTDecoder(LatentConditionedDecoder):
         self.mlp_rbf_out = Dense(num_radial, emb_size_rbf, activation=False)
         self.interactions = nn.ModuleList(
             InteractionBlock(
+                atom_dim,
                 hidden_dim,
                 emb_size_trip,
                 emb_size_rbf,
@@ -479,7 +496,9 @@ class GemNetTDecoder(LatentConditionedDecoder):
         self.outputs = nn.ModuleList(
             ForceOutput(hidden_dim, emb_size_rbf, num_atom) for _ in range(num_blocks + 1)
         )
-        self.init_type_head(hidden_dim, latent_dim, extra_atom_dim, type_head_sees_conditioning)
+        if conditioning == "wide":  # the type head reads the final wide h, nothing else
+            type_head_sees_conditioning = False
+        self.init_type_head(atom_dim, latent_dim, extra_atom_dim, type_head_sees_conditioning)
 
     def propagate(
         self, h: Tensor, frac_coords: Tensor, lattice: Tensor, num_atoms: Tensor

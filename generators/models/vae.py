@@ -184,9 +184,12 @@ class CrystalVAE(CrystalGenerator):
         """The papers' validation loss: ``val_cost_coord``·coord + ``val_cost_type``·type.
 
         CDVAE weighs 10·coord + 1·type, DP-CDVAE 1·coord + 0.1·type (set in the configs); the
-        other terms are reported, not summed.
+        other terms are reported, not summed. As in both originals the decoder works on the
+        *predicted* lattice at every epoch (no teacher forcing; the number of atoms is the true
+        one, as the originals' validation step uses it too), so the validation loss that drives
+        the plateau scheduler and the choice of ``best.pt`` measures what sampling will see.
         """
-        terms = self.training_loss(batch, epoch)
+        terms = self.training_loss(batch, epoch, teacher_forcing=False)
         terms["loss"] = (
             self.config["val_cost_coord"] * terms["coord"]
             + self.config["val_cost_type"] * terms["type"]
@@ -388,8 +391,22 @@ class CrystalVAE(CrystalGenerator):
         """Weight of the coordinate loss at ``epoch``."""
         raise NotImplementedError
 
-    def training_loss(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
-        """All loss terms of one batch; ``"loss"`` is the paper-weighted sum."""
+    def training_loss(
+        self, batch: Batch, epoch: int, teacher_forcing: bool | None = None
+    ) -> dict[str, Tensor]:
+        """All loss terms of one batch; ``"loss"`` is the paper-weighted sum.
+
+        Parameters
+        ----------
+        batch
+            Crystal batch.
+        epoch
+            Current epoch (teacher forcing and epoch-dependent weights).
+        teacher_forcing
+            Decode on the true lattice (``True``) or on the predicted one (``False``); ``None``
+            (training): the true one before ``teacher_forcing_max_epoch``. A predicted cell too
+            degenerate for a periodic graph is replaced by the true one either way.
+        """
         cfg = self.config
         num_atoms = batch.num_atoms.view(-1)
         lattice = batch.lattice.view(-1, 3, 3)
@@ -407,7 +424,9 @@ class CrystalVAE(CrystalGenerator):
             b,
         )
         kl = self.kl_divergence(mu, log_var)
-        if epoch < int(cfg["teacher_forcing_max_epoch"]):
+        if teacher_forcing is None:
+            teacher_forcing = epoch < int(cfg["teacher_forcing_max_epoch"])
+        if teacher_forcing:
             decoder_lattice = lattice
         else:
             decoder_lattice = self.unscale_lattice(lattice_pred.detach(), num_atoms)

@@ -146,6 +146,82 @@ def test_teacher_forcing_switches_to_the_predicted_lattice(batch, make_vae_confi
 
 
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
+def test_validation_decodes_on_the_predicted_lattice(
+    model_name: str, batch, make_vae_config
+) -> None:  # type: ignore[no-untyped-def]
+    """Validation never teacher-forces: during teacher forcing (epoch 0 of 10**6) its loss equals
+    the training loss's terms *after* teacher forcing (same seed) and differs from the
+    teacher-forced ones; the decoder sees the lattice the head predicts from z."""
+    torch.manual_seed(0)
+    fresh = build_model(
+        model_name, make_vae_config(model_name, teacher_forcing_max_epoch=10**6)["model"]
+    )
+    fresh.fit_statistics(batch)
+    fresh.eval()
+    seen: list[torch.Tensor] = []
+    hook = fresh.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[3]))
+
+    def terms(call):  # type: ignore[no-untyped-def]
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return call()
+
+    val = terms(lambda: fresh.validation_loss(batch, epoch=0))
+    forced = terms(lambda: fresh.training_loss(batch, epoch=0))
+    free = terms(lambda: fresh.training_loss(batch, epoch=10**6))
+    hook.remove()
+    weights = {"cdvae": (10.0, 1.0), "dpcdvae": (1.0, 0.1)}[model_name]
+    expected = weights[0] * free["coord"] + weights[1] * free["type"]
+    assert torch.allclose(val["loss"], expected)
+    teacher = weights[0] * forced["coord"] + weights[1] * forced["type"]
+    assert not torch.allclose(val["loss"], teacher, rtol=1e-3)
+    # the lattice of the validation pass is the head's prediction from z (same seed: same z)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        mu, log_var = fresh.encode(batch)
+        z = fresh.reparameterize(mu, log_var)
+        predicted = fresh.unscale_lattice(fresh.predict_statistics(z)[1], batch.num_atoms)
+    assert torch.allclose(seen[0], predicted, atol=1e-5)
+    assert not torch.allclose(seen[0], batch.lattice, atol=1e-2)
+    assert torch.equal(seen[1].view(-1, 3, 3), batch.lattice.view(-1, 3, 3))
+
+
+def test_coordinate_target_is_measured_in_the_true_cell(batch, make_vae_config) -> None:  # type: ignore[no-untyped-def]
+    """On a predicted cell the noise is added in that cell and the target is the way back in the
+    true cell (CDVAE's coord_loss converts the noisy fractions with the true lattice)."""
+    torch.manual_seed(0)
+    fresh = CDVAE(make_vae_config("cdvae")["model"])
+    fresh.fit_statistics(batch)
+    captured: dict[str, torch.Tensor] = {}
+
+    class Zero(torch.nn.Module):
+        def forward(self, z, frac, types, lattice, num_atoms, index):  # type: ignore[no-untyped-def]
+            captured["frac"] = frac
+            return torch.zeros_like(frac), torch.zeros(len(frac), 100)
+
+    fresh.decoder = Zero()
+    other = batch.lattice.view(-1, 3, 3) * 1.1
+    torch.manual_seed(3)
+    terms = fresh.denoising_loss(batch, torch.zeros(3, 64), other, torch.zeros(3, 100), 0)
+    torch.manual_seed(3)
+    level = torch.randint(0, 50, (3,))
+    sigma = fresh.sigmas[level][batch.batch].unsqueeze(-1)
+    # independent: pymatgen's minimum-image vector from the noisy site to the true one
+    lattices = batch.lattice.view(-1, 3, 3).double().numpy()
+    noisy = captured["frac"].double().numpy()
+    per_atom = []
+    for k in range(len(noisy)):
+        lattice = Lattice(lattices[int(batch.batch[k])])
+        _, image = lattice.get_distance_and_image(noisy[k], batch.frac_coords[k].double().numpy())
+        d = lattice.get_cartesian_coords(batch.frac_coords[k].double().numpy() + image - noisy[k])
+        s = float(sigma[k])
+        per_atom.append(0.5 * float(np.sum((d / s**2) ** 2)) * s**2)  # prediction 0
+    per_atom_t = torch.tensor(per_atom)
+    means = [per_atom_t[batch.batch == b].mean() for b in range(3)]
+    assert float(terms["coord"]) == pytest.approx(float(torch.stack(means).mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_denoising_samples_average_independent_draws(
     model_name: str, batch, make_vae_config
 ) -> None:  # type: ignore[no-untyped-def]
@@ -266,4 +342,10 @@ def test_cli_train_then_reconstruct_and_generate(
         records = load_samples(out)
         assert len(records) == 2
         assert all(r.structure is not None or r.error for r in records)
-    assert {r.target_id for r in load_samples(tmp_path / "samples--reconstruct")} != {None}
+    # reconstructions are tied to the crystals they reconstruct, generated crystals to none
+    from generators.data import load_split
+
+    val = load_split("perov_5", "val", data_dir=data_dir, limit=2, progress=False).records
+    reconstructed = load_samples(tmp_path / "samples--reconstruct")
+    assert sorted(r.target_id for r in reconstructed) == sorted(r.material_id for r in val)
+    assert all(r.target_id is None for r in load_samples(tmp_path / "samples--n"))

@@ -107,7 +107,79 @@ def test_paper_configs_default_to_gemnet_t() -> None:
         assert isinstance(decoder, GemNetTDecoder)
         assert (len(decoder.interactions), decoder.num_spherical, decoder.cutoff) == (3, 7, 7.0)
         assert decoder.rbf.offsets.shape == (128,)
-        assert decoder.atom_latent_emb.in_features == 128 + 256
+    cdvae = build_decoder(load_config("cdvae", "paper", "carbon_24")["model"]["decoder"], 256)
+    assert cdvae.atom_latent_emb.in_features == 128 + 256  # CDVAE: one Linear back to 128
+
+
+def gemnet_t_parameter_count(atom: int, edge: int, conditioning_in: int, wide: bool) -> int:
+    """Parameters of GemNet-T as GemNet's layer inventory builds it, written out by hand.
+
+    num_radial 128, num_spherical 7, emb_size_rbf/cbf 16, trip/bil_trip 64, 3 blocks, num_atom 3,
+    one residual layer before and two after the skip, num_concat 1; bias-free Dense layers; the
+    energy branch of the output blocks is not counted (the decoders discard the energy), the
+    type head Linear(atom → 100) is. ``atom`` / ``edge`` are the atom and edge widths.
+    """
+    radial, sph, rbf, cbf, trip, bil, blocks, n_atom = 128, 7, 16, 16, 64, 64, 3, 3
+
+    def residual(units: int) -> int:
+        return 2 * units * units
+
+    shared = 3 * radial * rbf + sph * radial * cbf  # mlp_rbf3, _h, _out; mlp_cbf3
+    if wide:  # MLP (Linear, ReLU, Linear) at the full width
+        conditioning = 2 * (conditioning_in * conditioning_in + conditioning_in)
+    else:  # Linear(128 + latent + extra -> 128)
+        conditioning = conditioning_in * atom + atom
+    embedding = 101 * 128 + conditioning + (2 * atom + radial) * edge
+    triplet = edge * edge + rbf * edge + edge * trip + cbf * trip * bil + 2 * bil * edge
+    atom_update = rbf * edge + edge * atom + n_atom * residual(atom)
+    interaction = (
+        edge * edge + triplet + 3 * residual(edge) + atom_update + (2 * atom + edge) * edge
+    ) + residual(edge)
+    force_output = edge * edge + n_atom * residual(edge) + rbf * edge + edge
+    type_head = atom * 100 + 100
+    return shared + embedding + blocks * interaction + (blocks + 1) * force_output + type_head
+
+
+def test_published_gemnet_widths_and_parameter_count(make_crystals) -> None:  # type: ignore[no-untyped-def]
+    """DP-CDVAE's denoiser as published: atoms 128 + 256 + 128 + 36 = 548 wide (models.md:
+    hidden 128, latent 256, time embedding 128, Fourier features 2·3·6 = 36), edges 128 wide,
+    an MLP conditioning, and the type head on the final 548-wide h. CDVAE's stays 128 wide."""
+    width = 128 + 256 + 128 + 2 * 3 * len(range(3, 9))
+    assert width == 548
+    model = build_model("dpcdvae", load_config("dpcdvae", "paper", "perov_5")["model"])
+    decoder = model.decoder
+    assert isinstance(decoder, GemNetTDecoder)
+    linears = [m for m in decoder.atom_latent_emb if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(548, 548), (548, 548)]
+    assert isinstance(decoder.atom_latent_emb[1], torch.nn.ReLU)
+    assert (decoder.fc_atom.in_features, decoder.fc_atom.out_features) == (548, 100)
+    assert not decoder.type_head_sees_conditioning
+    block = decoder.interactions[0]
+    assert block.atom_update.layers[0].linear.weight.shape == (548, 128)  # edge -> atom
+    assert block.concat.dense.linear.weight.shape == (128, 2 * 548 + 128)  # [h_j, h_i, m]
+    assert decoder.edge_emb.dense.linear.weight.shape == (128, 2 * 548 + 128)  # [h_j, h_i, rbf]
+    assert isinstance(model.time_embedding[2], torch.nn.ReLU)
+    count = sum(p.numel() for p in decoder.parameters())
+    assert count == gemnet_t_parameter_count(548, 128, 548, wide=True) == 8_174_204
+    cdvae = build_model("cdvae", load_config("cdvae", "paper", "perov_5")["model"]).decoder
+    assert sum(p.numel() for p in cdvae.parameters()) == gemnet_t_parameter_count(
+        128, 128, 128 + 256, wide=False
+    )
+    # the wide denoiser runs: [N, 3] vectors and [N, 100] logits
+    batch = structures_to_batch(make_crystals(2, seed=4))
+    model.fit_statistics(batch)
+    with torch.no_grad():
+        eps, logits = model.denoise(
+            torch.randn(2, 256),
+            batch.frac_coords,
+            batch.atom_types,
+            batch.lattice,
+            batch.num_atoms,
+            batch.batch,
+            torch.tensor([10, 500]),
+        )
+    assert eps.shape == (len(batch.atom_types), 3) and logits.shape == (len(eps), 100)
+    assert torch.isfinite(eps).all() and torch.isfinite(logits).all()
 
 
 def test_decoder_selection_and_bad_options(make_vae_config) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@
     dftloop dft converge --dataset carbon_24                # k-spacing and cutoff, pw.x
     dftloop dft converge --dataset carbon_24 --n-random 2 --max-random-atoms 8 --n-procs 2
     dftloop dft show --dataset carbon_24                    # the protocol a relaxer would use
+    dftloop dft phases --dataset carbon_24 --pressures 0,10  # diamond/graphite/lonsdaleite H
 
 ``converge`` runs pw.x SCFs on the dataset's reference structures (carbon: diamond, graphite,
 lonsdaleite) plus a few random training structures, tightening the k-point spacing and then the
@@ -151,6 +152,87 @@ def converge(
     if write_default:
         packaged = result.write(PACKAGED_CONVERGED_DIR / f"{dataset}.json")
         console.print(f"package default written to {packaged}")
+
+
+@dft_app.command("phases")
+def phases(
+    dataset: Annotated[str, typer.Option(help="Dataset whose protocol is used.")] = "carbon_24",
+    relaxer: Annotated[str, typer.Option(help="chgnet | espresso | chgnet+espresso | ...")] = (
+        "espresso"
+    ),
+    pressures: Annotated[str, typer.Option(help="Pressures, GPa, comma-separated.")] = "0,10",
+    protocol: Annotated[
+        list[str] | None, typer.Option(help="Protocol override, key=value (repeatable).")
+    ] = None,
+    n_procs: Annotated[int, typer.Option(help="MPI ranks for pw.x.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write every RelaxResult as JSON.")] = None,
+) -> None:
+    """Relax diamond, graphite and lonsdaleite at each pressure; print enthalpies vs diamond.
+
+    The table gives, per pressure, each phase's energy, enthalpy ``H = E + pV`` and volume per
+    atom, ``H − H(diamond)`` in meV/atom, and graphite's interlayer distance (``c / 2``).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from relax import get_relaxer
+    from relax.io import save_results
+    from relax.protocol import dataset_protocol, parse_assignments
+    from relax.prototypes import CARBON_REFERENCES, interlayer_distance
+
+    console = Console(width=140)
+    try:
+        base = dataset_protocol(dataset).with_overrides(**parse_assignments(protocol or []))
+        values = [float(x) for x in pressures.split(",") if x.strip()]
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from None
+    items = [(name, build()) for name, build in CARBON_REFERENCES.items()]
+    table = Table(title=f"{relaxer}, {dataset} protocol, dispersion {base.dispersion}")
+    for col in (
+        "p GPa",
+        "phase",
+        "status",
+        "E eV/atom",
+        "H eV/atom",
+        "V Å³/atom",
+        "H − H(diamond) meV/atom",
+    ):
+        table.add_column(col)
+    table.add_column("layer Å")
+    everything = []
+    for p in values:
+        chosen = base.with_overrides(pressure_gpa=p)
+        stage = {"n_procs": n_procs} if "espresso" in relaxer else {}
+        if "+" in relaxer:
+            engine = get_relaxer(relaxer, protocol=chosen, espresso=stage)
+        else:
+            engine = get_relaxer(relaxer, protocol=chosen, **stage)
+        results = engine.relax(items)
+        everything += results
+        ref = results[0].final_enthalpy_per_atom_eV
+        for (name, _), r in zip(items, results, strict=True):
+            h = r.final_enthalpy_per_atom_eV
+            diff = "-" if h is None or ref is None else f"{(h - ref) * 1000:.1f}"
+            layer = (
+                f"{interlayer_distance(r.structure()):.3f}"
+                if name == "graphite" and r.final_structure
+                else ""
+            )
+            table.add_row(
+                f"{p:g}",
+                name,
+                r.status,
+                "-" if r.final_energy_per_atom_eV is None else f"{r.final_energy_per_atom_eV:.5f}",
+                "-" if h is None else f"{h:.5f}",
+                "-" if r.final_volume_per_atom_A3 is None else f"{r.final_volume_per_atom_A3:.3f}",
+                diff,
+                layer,
+            )
+    console.print(table)
+    if out is not None:
+        save_results(everything, out, relaxer=relaxer)
+        console.print(f"results written to {out}")
 
 
 @dft_app.command("show")

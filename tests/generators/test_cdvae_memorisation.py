@@ -6,9 +6,11 @@ measured on this machine (docs/cdvae.md); the ``slow`` ones are the full version
 crystals, 5400 epochs, 23.8-26.1 min on one core here, in mini-batches of 8 with a cosine
 learning-rate decay and a moving average of the weights; the thresholds of the issue: >= 90 %
 reconstructed, >= 95 % of 100 generated structures valid). The slow tests fail below the
-validity threshold and are marked ``xfail`` (at run time, after the validity assertion) below
-the reconstruction threshold, which seven of eight runs on this CPU reach (CDVAE 87.5-93.8 %,
-DP-CDVAE 93.8-96.9 %, four seeds each; docs/cdvae.md).
+validity bar: at least 95 % and at least the validity of random coordinates in the generated
+cells with half of its invalid fraction removed (random coordinates in perov_5 cells are
+already 92.5 % valid; :mod:`memorisation_gates`). They fail below a hard reconstruction floor
+of 80 % and are marked ``xfail`` between it and the 90 % target, which seven of eight runs on
+this CPU reach (CDVAE 87.5-93.8 %, DP-CDVAE 93.8-96.9 %, four seeds each; docs/cdvae.md).
 
 Environment of the slow test: ``DFTLOOP_MEMORISATION_DECODER=gemnet_t`` trains the narrow
 GemNet-T decoder instead of cpu-small's DimeNet++-style one;
@@ -36,12 +38,18 @@ import pytest
 import torch
 
 from analysis.matching import rms_dist
-from analysis.validity import structure_is_valid
 from generators.configs import deep_merge, load_config
 from generators.crystal import batch_to_structures, data_list_to_batch
 from generators.data import small_crystals
 from generators.registry import build_model
 from generators.trainer import fit, structures_to_data_list
+
+from .memorisation_gates import (
+    check_match_rate,
+    check_validity,
+    random_coordinate_validity,
+    validity_fraction,
+)
 
 
 def train_on(
@@ -100,10 +108,30 @@ def reconstruction_rate(model, records) -> float:  # type: ignore[no-untyped-def
     return matched / len(records)
 
 
-def validity_rate(model, n: int) -> float:  # type: ignore[no-untyped-def]
-    """Fraction of ``n`` generated crystals that are structurally valid."""
+def generated_structures(model, n: int) -> list:  # type: ignore[no-untyped-def]
+    """``n`` generated crystals (``None`` where no structure could be built), seed 1."""
     structures, _ = batch_to_structures(model.sample_generate(n, torch.Generator().manual_seed(1)))
-    return sum(1 for s in structures if s is not None and structure_is_valid(s)) / n
+    return structures
+
+
+RECONSTRUCTION_FLOOR = 0.8
+"""The slow test fails below this reconstruction rate (measured 87.5-96.9 %, eight runs)."""
+RECONSTRUCTION_TARGET = 0.9
+VALIDITY_ABSOLUTE = 0.95
+
+
+def memorisation_verdict(match: float, validity: float, random_validity: float) -> None:
+    """The slow test's pass/fail rule: the validity bar (:data:`VALIDITY_ABSOLUTE` and beating
+    random coordinates in the same cells), then the reconstruction floor (fail) and target
+    (``xfail`` between the two)."""
+    check_validity(validity, random_validity, absolute=VALIDITY_ABSOLUTE)
+    check_match_rate(
+        match,
+        RECONSTRUCTION_FLOOR,
+        RECONSTRUCTION_TARGET,
+        "perov_5 runs of this setting on this CPU reconstruct CDVAE 87.5-93.8 % (3 of 4 seeds "
+        ">= 90 %), DP-CDVAE 93.8-96.9 % (2026-12-04, docs/cdvae.md)",
+    )
 
 
 SHORT_EPOCHS = 40
@@ -212,15 +240,12 @@ def test_memorisation_full(model_name: str, data_dir: Path, tmp_path: Path) -> N
     match = reconstruction_rate(model, records)
     print(f"{model_name}: {epochs} epochs in {seconds / 60:.1f} min, reconstruction {match:.1%}")
     model.configure_sampling(**GENERATION_CHAIN[model_name])
-    validity = validity_rate(model, 100)
+    generated = generated_structures(model, 100)
+    validity = validity_fraction(generated)
+    random_validity = random_coordinate_validity(generated, seed=1)
     print(
         f"{model_name}: {epochs} epochs in {seconds / 60:.1f} min, reconstruction {match:.1%}, "
-        f"validity {validity:.1%}, sampling {(time.perf_counter() - start) / 60:.1f} min"
+        f"validity {validity:.1%} (random coordinates in the same cells {random_validity:.1%}), "
+        f"sampling {(time.perf_counter() - start) / 60:.1f} min"
     )
-    assert validity >= 0.95
-    if match < 0.9:  # the validity above is enforced; this target is a measured gap
-        pytest.xfail(
-            f"reconstruction {match:.1%} < 90 %: below target in this run; perov_5 runs of "
-            "this setting on this CPU reconstruct CDVAE 87.5-93.8 % (3 of 4 seeds >= 90 %), "
-            "DP-CDVAE 93.8-96.9 % (2026-12-04, docs/cdvae.md)"
-        )
+    memorisation_verdict(match, validity, random_validity)

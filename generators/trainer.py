@@ -12,6 +12,11 @@ by default; ``cosine`` annealing to ``min_lr``; ``none``). It writes into ``out_
 * ``metrics.jsonl``: one JSON line per epoch (train/val loss terms, lr, crystals/s);
 * ``config.json``: the resolved configuration.
 
+Progress (epoch, losses, learning rate, crystals/s, time left) is logged with :mod:`logging` on
+the ``generators.trainer`` logger at INFO, at most one epoch line every
+:data:`PROGRESS_LOG_SECONDS` plus the first and last epoch; a flow that trains forwards this
+logger to its run logs.
+
 With ``ema_decay`` set (e.g. 0.999; off by default, not in the papers' recipes) an exponential
 moving average of the weights is kept (:class:`generators.ema.WeightAverage`): validation, the
 checkpoints' ``ema_state_dict`` (which :func:`load_checkpoint` loads for sampling) and the
@@ -32,6 +37,7 @@ diverged weights.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -57,6 +63,13 @@ from generators.models.base import CrystalGenerator
 from generators.registry import build_model, model_class
 
 CHECKPOINT_FORMAT = "dftloop-checkpoint/1"
+
+logger = logging.getLogger(__name__)
+"""Progress of the training (``generators.trainer``, INFO), see :func:`fit`."""
+
+PROGRESS_LOG_SECONDS = 30.0
+"""Least time between two epoch lines of the progress log (the first and last are always
+written)."""
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
@@ -565,8 +578,14 @@ def fit(
     resume_state: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    log_every_s: float = PROGRESS_LOG_SECONDS,
 ) -> TrainResult:
     """Train a model instance on crystal Data lists (the engine behind :func:`train`).
+
+    Progress goes to the ``generators.trainer`` logger at INFO: a line when training starts,
+    one per epoch at most every ``log_every_s`` seconds (always the first and the last epoch
+    of the run) with the epoch, losses, learning rate, crystals/s and the time left, and the
+    reason training stopped.
 
     Parameters
     ----------
@@ -588,6 +607,8 @@ def fit(
         Show a progress bar.
     on_epoch_end
         Called with (epoch, metrics) after each epoch (e.g. to stop a test run).
+    log_every_s
+        Least time between two epoch lines of the progress log (0: every epoch).
 
     Raises
     ------
@@ -596,229 +617,434 @@ def fit(
     TrainingDivergedError
         When a loss turns NaN/inf (nothing is written for that epoch).
     """
-    train_cfg = validate_train_config(config.get("train", {}))
-    if len(train_data) == 0:
-        raise ValueError(f"{dataset}: the training set is empty; nothing to train on")
-    val_data = list(val_data or [])
-    rank, world, local_rank = _distributed_context()
-    distributed = world > 1
-    if device is None and distributed and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
-    dev = choose_device(device)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    is_main = rank == 0
-    out = Path(out_dir)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
-
-    seed = int(train_cfg["seed"])
-    seed_everything(seed)
-    if resume_state is None:
-        model.fit_statistics(data_list_to_batch(list(train_data)))
-    else:
-        model.load_state_dict(resume_state["state_dict"])
-    model.to(dev)
-    average = (
-        WeightAverage(model, float(train_cfg["ema_decay"]))
-        if train_cfg["ema_decay"] is not None
-        else None
+    run = _TrainingRun(
+        model, config, train_data, val_data, Path(out_dir), dataset, device, resume_state
     )
-    if average is not None and resume_state is not None and resume_state.get("ema"):
-        average.load_state_dict(resume_state["ema"])
+    return run.fit(progress=progress, on_epoch_end=on_epoch_end, log_every_s=log_every_s)
 
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=float(train_cfg["lr"]),
-        betas=tuple(float(b) for b in train_cfg["betas"]),
-        weight_decay=float(train_cfg["weight_decay"]),
-    )
-    scheduler = build_scheduler(optimizer, train_cfg)
-    precision = str(train_cfg["precision"])
-    if precision == "fp16" and dev.type != "cuda":
-        raise ValueError(f"train.precision fp16 needs a CUDA device, got {dev}; use fp32 or bf16")
-    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    start_epoch, best_val, since_best = 1, math.inf, 0
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler"):
-            scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch = int(resume_state["epoch"]) + 1
-        best_val = float(resume_state["best_val"])
-        since_best = int(resume_state.get("epochs_since_best", 0))
+
+class _TrainingRun:
+    """One call of :func:`fit`: the set-up state and the named steps of the training loop.
+
+    The steps run in this order for every epoch: :meth:`train_one_epoch`, :meth:`validate`
+    (on validated epochs), :meth:`finish_epoch` (schedule, metrics line, periodic ``last.pt``);
+    :meth:`checkpoint_payload` is what both checkpoints hold.
+    """
+
+    def __init__(
+        self,
+        model: CrystalGenerator,
+        config: dict[str, Any],
+        train_data: Sequence[Data],
+        val_data: Sequence[Data] | None,
+        out: Path,
+        dataset: str,
+        device: str | None,
+        resume_state: dict[str, Any] | None,
+    ) -> None:
+        train_cfg = validate_train_config(config.get("train", {}))
+        if len(train_data) == 0:
+            raise ValueError(f"{dataset}: the training set is empty; nothing to train on")
+        self.model, self.config, self.train_cfg, self.dataset, self.out = (
+            model,
+            config,
+            train_cfg,
+            dataset,
+            out,
+        )
+        self.train_data = train_data
+        self.val_data = list(val_data or [])
+        self._set_up_devices(device)
+        self.seed = int(train_cfg["seed"])
+        seed_everything(self.seed)
+        self._set_up_model(resume_state)
+        self._set_up_optimisation()
+        self.start_epoch, self.best_val, self.since_best = 1, math.inf, 0
+        if resume_state is not None:
+            self._restore(resume_state)
+        self._set_up_parallel()
+        self.batch_size = int(train_cfg["batch_size"])
+        self.val_batch_size = int(train_cfg["val_batch_size"] or self.batch_size)
+        self.max_epochs = int(train_cfg["max_epochs"])
+        budget = train_cfg["max_minutes"]
+        self.deadline = time.monotonic() + 60.0 * float(budget) if budget else math.inf
+        self.version = code_version()
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    def _set_up_devices(self, device: str | None) -> None:
+        """Rank, device, process group; the run directory and ``config.json`` (rank 0)."""
+        self.rank, self.world, local_rank = _distributed_context()
+        self.distributed = self.world > 1
+        if device is None and self.distributed and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+        self.dev = choose_device(device)
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.dev.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+
+    def _set_up_model(self, resume_state: dict[str, Any] | None) -> None:
+        """Statistics (or the checkpoint's weights), device, and the weight average."""
+        model = self.model
+        if resume_state is None:
+            model.fit_statistics(data_list_to_batch(list(self.train_data)))
+        else:
+            model.load_state_dict(resume_state["state_dict"])
+        model.to(self.dev)
+        decay = self.train_cfg["ema_decay"]
+        self.average = WeightAverage(model, float(decay)) if decay is not None else None
+        if self.average is not None and resume_state is not None and resume_state.get("ema"):
+            self.average.load_state_dict(resume_state["ema"])
+
+    def _set_up_optimisation(self) -> None:
+        """Adam, the learning-rate scheduler, precision (autocast, gradient scaler)."""
+        train_cfg = self.train_cfg
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=float(train_cfg["lr"]),
+            betas=tuple(float(b) for b in train_cfg["betas"]),
+            weight_decay=float(train_cfg["weight_decay"]),
+        )
+        self.scheduler = build_scheduler(self.optimizer, train_cfg)
+        precision = str(train_cfg["precision"])
+        if precision == "fp16" and self.dev.type != "cuda":
+            raise ValueError(
+                f"train.precision fp16 needs a CUDA device, got {self.dev}; use fp32 or bf16"
+            )
+        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+
+    def _restore(self, resume_state: dict[str, Any]) -> None:
+        """Optimiser, scheduler, epoch counters and random states of a checkpoint."""
+        self.optimizer.load_state_dict(resume_state["optimizer"])
+        if self.scheduler is not None and resume_state.get("scheduler"):
+            self.scheduler.load_state_dict(resume_state["scheduler"])
+        self.start_epoch = int(resume_state["epoch"]) + 1
+        self.best_val = float(resume_state["best_val"])
+        self.since_best = int(resume_state.get("epochs_since_best", 0))
         set_rng_state(resume_state["rng"])
 
-    loss_module: torch.nn.Module = _LossModule(model)
-    if distributed:
-        loss_module = torch.nn.parallel.DistributedDataParallel(
-            loss_module,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=bool(train_cfg["find_unused_parameters"]),
+    def _set_up_parallel(self) -> None:
+        """The loss module (wrapped in DDP when distributed) and the distributed sampler."""
+        self.loss_module: torch.nn.Module = _LossModule(self.model)
+        if self.distributed:
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module,
+                device_ids=[self.dev.index] if self.dev.type == "cuda" else None,
+                find_unused_parameters=bool(self.train_cfg["find_unused_parameters"]),
+            )
+        self.sampler = (
+            torch.utils.data.distributed.DistributedSampler(
+                list(self.train_data),
+                num_replicas=self.world,
+                rank=self.rank,
+                shuffle=True,
+                seed=self.seed,
+            )
+            if self.distributed
+            else None
         )
-    sampler = (
-        torch.utils.data.distributed.DistributedSampler(
-            list(train_data), num_replicas=world, rank=rank, shuffle=True, seed=seed
-        )
-        if distributed
-        else None
-    )
-    batch_size = int(train_cfg["batch_size"])
-    val_batch_size = int(train_cfg["val_batch_size"] or batch_size)
-    max_epochs = int(train_cfg["max_epochs"])
-    budget = train_cfg["max_minutes"]
-    deadline = time.monotonic() + 60.0 * float(budget) if budget else math.inf
-    version = code_version()
-    history: list[dict[str, Any]] = []
-    stop_reason = "max_epochs"
-    epoch = start_epoch - 1
 
-    def checkpoint_payload(epoch_done: int) -> dict[str, Any]:
+    # ------------------------------------------------------------------ the loop
+
+    def fit(
+        self,
+        *,
+        progress: bool,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+        log_every_s: float,
+    ) -> TrainResult:
+        """Run the epochs, write the final ``last.pt`` and return the result."""
+        stop_reason = "max_epochs"
+        epoch = self.start_epoch - 1
+        log = _ProgressLog(self, log_every_s)
+        bar = tqdm(
+            total=self.max_epochs,
+            initial=self.start_epoch - 1,
+            desc=f"train {self.model.name}/{self.dataset}",
+            disable=not (progress and self.is_main),
+            unit="epoch",
+            mininterval=1.0,
+        )
+        try:
+            for epoch in range(self.start_epoch, self.max_epochs + 1):
+                record = self.train_one_epoch(epoch, bar)
+                if epoch % int(self.train_cfg["val_every"]) == 0 or epoch == self.max_epochs:
+                    self.validate(epoch, record)
+                self.finish_epoch(epoch, record)
+                bar.update(1)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, record)
+                reason = self.stop_reason()
+                log.epoch(epoch, record, last=reason is not None or epoch == self.max_epochs)
+                if reason is not None:
+                    stop_reason = reason
+                    break
+            else:
+                epoch = self.max_epochs
+            if self.is_main and epoch >= self.start_epoch:
+                save_checkpoint(self.out / "last.pt", self.checkpoint_payload(epoch))
+        finally:
+            bar.close()
+        log.stopped(epoch, stop_reason)
+        if self.distributed:
+            dist.barrier()
+        if self.average is not None:
+            self.average.copy_to(self.model)
+        return TrainResult(self.model, epoch, self.best_val, stop_reason, self.out, self.history)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        """The shuffled training batches of ``epoch`` (seeded by the seed and the epoch)."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            return DataLoader(
+                list(self.train_data), batch_size=self.batch_size, sampler=self.sampler
+            )
+        shuffle_gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return DataLoader(
+            list(self.train_data), batch_size=self.batch_size, shuffle=True, generator=shuffle_gen
+        )
+
+    def train_one_epoch(self, epoch: int, bar: Any) -> dict[str, Any]:
+        """One pass over the training set; returns the epoch's metrics record.
+
+        Stops early (mid-epoch) at the wall-time deadline; raises
+        :class:`TrainingDivergedError` before the optimiser step of a non-finite loss.
+        """
+        self.model.train()
+        loader = self._loader(epoch)
+        sums: dict[str, float] = {}
+        crystals = 0
+        tic = time.monotonic()
+        for batch_number, batch in enumerate(loader):
+            batch = batch.to(self.dev)
+            terms = self._losses(batch, epoch, batch_number)
+            self._step(terms["loss"])
+            n = int(batch.num_graphs)
+            crystals += n
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
+            bar.set_postfix(loss=f"{sums['loss'] / crystals:.4f}", refresh=False)
+            if time.monotonic() > self.deadline:
+                break
+        seconds = time.monotonic() - tic
         return {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.name,
-            "dataset": dataset,
-            "config": config,
-            "state_dict": model.state_dict(),
-            "ema_state_dict": (average.averaged_state_dict(model) if average is not None else None),
-            "ema": average.state_dict() if average is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch_done,
-            "best_val": best_val,
-            "epochs_since_best": since_best,
-            "rng": rng_state(),
-            "code_version": version,
+            "epoch": epoch,
+            "train": {k: v / max(crystals, 1) for k, v in sums.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "crystals_per_s": crystals / seconds if seconds > 0 else None,
         }
 
-    bar = tqdm(
-        total=max_epochs,
-        initial=start_epoch - 1,
-        desc=f"train {model.name}/{dataset}",
-        disable=not (progress and is_main),
-        unit="epoch",
-        mininterval=1.0,
-    )
-    try:
-        for epoch in range(start_epoch, max_epochs + 1):
-            model.train()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-                loader = DataLoader(list(train_data), batch_size=batch_size, sampler=sampler)
+    def _losses(self, batch: Batch, epoch: int, batch_number: int) -> dict[str, Tensor]:
+        """The loss terms of one batch; a non-finite loss on any rank stops every rank."""
+        dev = self.dev
+        with (
+            torch.autocast(device_type=dev.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        ):
+            try:
+                terms: dict[str, Tensor] | None = self.loss_module(batch, epoch)
+                problem = ""
+            except FloatingPointError as exc:  # non-finite values inside the forward
+                terms, problem = None, str(exc)
+        finite = (
+            torch.isfinite(terms["loss"].detach()).float()
+            if terms is not None
+            else torch.zeros((), device=dev)
+        )
+        if self.distributed:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            if terms is None:
+                what = f"non-finite values in the forward pass: {problem}"
             else:
-                shuffle_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-                loader = DataLoader(
-                    list(train_data), batch_size=batch_size, shuffle=True, generator=shuffle_gen
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                what = f"non-finite loss: {values}"
+            raise TrainingDivergedError(
+                f"{self.model.name}/{self.dataset}: epoch {epoch}, batch {batch_number} "
+                f"(rank {self.rank}), {what}; training stopped, the last good checkpoints "
+                f"in {self.out} are kept"
+            )
+        assert terms is not None
+        return terms
+
+    def _step(self, loss: Tensor) -> None:
+        """Backward pass, gradient clipping by value, optimiser step, weight average."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.train_cfg["grad_clip_value"] is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_value_(
+                self.model.parameters(), float(self.train_cfg["grad_clip_value"])
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
+
+    def validate(self, epoch: int, record: dict[str, Any]) -> None:
+        """Validation loss (averaged weights), plateau step, best loss and ``best.pt``."""
+        if self.val_data:
+            with self.average.applied(self.model) if self.average is not None else nullcontext():
+                val_terms = evaluate_loss(
+                    self.model, self.val_data, self.val_batch_size, epoch, self.dev, self.seed
                 )
-            sums: dict[str, float] = {}
-            crystals = 0
-            tic = time.monotonic()
-            for batch_number, batch in enumerate(loader):
-                batch = batch.to(dev)
-                with (
-                    torch.autocast(device_type=dev.type, dtype=autocast_dtype)
-                    if autocast_dtype is not None
-                    else nullcontext()
-                ):
-                    try:
-                        terms: dict[str, Tensor] | None = loss_module(batch, epoch)
-                        problem = ""
-                    except FloatingPointError as exc:  # non-finite values inside the forward
-                        terms, problem = None, str(exc)
-                finite = (
-                    torch.isfinite(terms["loss"].detach()).float()
-                    if terms is not None
-                    else torch.zeros((), device=dev)
-                )
-                if distributed:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if finite.item() < 1:
-                    if terms is None:
-                        what = f"non-finite values in the forward pass: {problem}"
-                    else:
-                        values = {k: float(v.detach()) for k, v in terms.items()}
-                        what = f"non-finite loss: {values}"
-                    raise TrainingDivergedError(
-                        f"{model.name}/{dataset}: epoch {epoch}, batch {batch_number} "
-                        f"(rank {rank}), {what}; training stopped, the last good checkpoints "
-                        f"in {out} are kept"
-                    )
-                loss = terms["loss"]
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if train_cfg["grad_clip_value"] is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_value_(
-                        model.parameters(), float(train_cfg["grad_clip_value"])
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                if average is not None:
-                    average.update(model)
-                n = int(batch.num_graphs)
-                crystals += n
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
-                bar.set_postfix(loss=f"{sums['loss'] / crystals:.4f}", refresh=False)
-                if time.monotonic() > deadline:
-                    break
-            seconds = time.monotonic() - tic
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "train": {k: v / max(crystals, 1) for k, v in sums.items()},
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "crystals_per_s": crystals / seconds if seconds > 0 else None,
-            }
-            validated = epoch % int(train_cfg["val_every"]) == 0 or epoch == max_epochs
-            if validated:
-                if val_data:
-                    with average.applied(model) if average is not None else nullcontext():
-                        val_terms = evaluate_loss(model, val_data, val_batch_size, epoch, dev, seed)
-                    record["val"] = val_terms
-                    monitor = val_terms["loss"]
-                else:
-                    monitor = record["train"]["loss"]
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(monitor)
-                improved = monitor < best_val
-                if improved:
-                    best_val, since_best = monitor, 0
-                else:
-                    since_best += 1
-                record["best_val"] = best_val
-                if improved and is_main:
-                    save_checkpoint(out / "best.pt", checkpoint_payload(epoch))
-            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-                scheduler.step()
-            history.append(record)
-            if is_main:
-                with (out / "metrics.jsonl").open("a") as log:
-                    log.write(json.dumps(record) + "\n")
-                if epoch % int(train_cfg["checkpoint_every"]) == 0:
-                    save_checkpoint(out / "last.pt", checkpoint_payload(epoch))
-            bar.update(1)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
-            patience = train_cfg["early_stopping_patience"]
-            if patience is not None and since_best >= int(patience):
-                stop_reason = "early_stopping"
-                break
-            if time.monotonic() > deadline:
-                stop_reason = "time_budget"
-                break
+            record["val"] = val_terms
+            monitor = val_terms["loss"]
         else:
-            epoch = max_epochs
-        if is_main and epoch >= start_epoch:
-            save_checkpoint(out / "last.pt", checkpoint_payload(epoch))
-    finally:
-        bar.close()
-    if distributed:
-        dist.barrier()
-    if average is not None:
-        average.copy_to(model)
-    return TrainResult(model, epoch, best_val, stop_reason, out, history)
+            monitor = record["train"]["loss"]
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(monitor)
+        improved = monitor < self.best_val
+        if improved:
+            self.best_val, self.since_best = monitor, 0
+        else:
+            self.since_best += 1
+        record["best_val"] = self.best_val
+        if improved and self.is_main:
+            save_checkpoint(self.out / "best.pt", self.checkpoint_payload(epoch))
+
+    def finish_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """Epoch-wise schedule step, the ``metrics.jsonl`` line and the periodic ``last.pt``."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.step()
+        self.history.append(record)
+        if self.is_main:
+            with (self.out / "metrics.jsonl").open("a") as log:
+                log.write(json.dumps(record) + "\n")
+            if epoch % int(self.train_cfg["checkpoint_every"]) == 0:
+                save_checkpoint(self.out / "last.pt", self.checkpoint_payload(epoch))
+
+    def stop_reason(self) -> str | None:
+        """``early_stopping`` or ``time_budget`` when training should stop now, else ``None``."""
+        patience = self.train_cfg["early_stopping_patience"]
+        if patience is not None and self.since_best >= int(patience):
+            return "early_stopping"
+        if time.monotonic() > self.deadline:
+            return "time_budget"
+        return None
+
+    def checkpoint_payload(self, epoch_done: int) -> dict[str, Any]:
+        """The checkpoint dict after ``epoch_done`` epochs (format ``dftloop-checkpoint/1``)."""
+        average = self.average
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.name,
+            "dataset": self.dataset,
+            "config": self.config,
+            "state_dict": self.model.state_dict(),
+            "ema_state_dict": (
+                average.averaged_state_dict(self.model) if average is not None else None
+            ),
+            "ema": average.state_dict() if average is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": epoch_done,
+            "best_val": self.best_val,
+            "epochs_since_best": self.since_best,
+            "rng": rng_state(),
+            "code_version": self.version,
+        }
+
+
+class _ProgressLog:
+    """The training's progress lines on the ``generators.trainer`` logger (rank 0 only)."""
+
+    def __init__(self, run: _TrainingRun, every_s: float) -> None:
+        self.run = run
+        self.every_s = float(every_s)
+        self.enabled = run.is_main
+        self.started = time.monotonic()
+        self.last_logged: float | None = None
+        self.last_val: float | None = None
+        if self.enabled:
+            resumed = f", resumed after epoch {run.start_epoch - 1}" if run.start_epoch > 1 else ""
+            logger.info(
+                "training %s/%s on %s: %d training and %d validation crystals, epochs %d-%d%s",
+                run.model.name,
+                run.dataset,
+                run.dev,
+                len(run.train_data),
+                len(run.val_data),
+                run.start_epoch,
+                run.max_epochs,
+                resumed,
+            )
+
+    def epoch(self, epoch: int, record: dict[str, Any], *, last: bool) -> None:
+        """Log ``epoch`` if it is the run's first or last, or ``every_s`` passed since a line."""
+        if "val" in record:
+            self.last_val = float(record["val"]["loss"])
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        due = self.last_logged is None or last or now - self.last_logged >= self.every_s
+        if not due:
+            return
+        self.last_logged = now
+        run = self.run
+        done = epoch - run.start_epoch + 1
+        per_epoch = (now - self.started) / max(done, 1)
+        eta = min(per_epoch * (run.max_epochs - epoch), max(run.deadline - now, 0.0))
+        rate = record.get("crystals_per_s")
+        logger.info(
+            "%s/%s epoch %d/%d: train loss %.4g, val loss %s, lr %.3g, %s crystals/s, ETA %s",
+            run.model.name,
+            run.dataset,
+            epoch,
+            run.max_epochs,
+            record["train"].get("loss", math.nan),
+            "n/a" if self.last_val is None else f"{self.last_val:.4g}",
+            record["lr"],
+            "n/a" if rate is None else f"{rate:.1f}",
+            format_duration(0.0 if last else eta),
+        )
+
+    def stopped(self, epoch: int, reason: str) -> None:
+        """Log why training ended and the best monitored loss."""
+        if self.enabled:
+            logger.info(
+                "%s/%s stopped after epoch %d (%s) in %s; best monitored loss %.4g; checkpoints "
+                "in %s",
+                self.run.model.name,
+                self.run.dataset,
+                epoch,
+                reason,
+                format_duration(time.monotonic() - self.started),
+                self.run.best_val,
+                self.run.out,
+            )
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min 05 s"``, ``"3 h 07 min"`` (``"unknown"`` for a non-finite time).
+
+    Parameters
+    ----------
+    seconds
+        A duration.
+
+    Returns
+    -------
+    str
+        The duration in words a log reader takes in at a glance.
+    """
+    if not math.isfinite(seconds):
+        return "unknown"
+    total = round(max(seconds, 0.0))
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def cosine_factor(epoch: int, epochs: int, min_ratio: float) -> float:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -158,6 +160,67 @@ def test_resume_equals_uninterrupted_run(
     assert resumed.best_val == pytest.approx(full.best_val, rel=1e-6)
     for key, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+
+
+def _progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "generators.trainer"]
+
+
+def test_progress_goes_to_the_trainer_logger(
+    tmp_path: Path, perov_val_data, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tiny_config(max_epochs=4, val_every=2)
+    train, val = perov_val_data[:8], perov_val_data[8:12]
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="generators.trainer"):
+        result = fit(
+            DiffCSP(config["model"]), config, train, val, tmp_path / "a", dataset="perov_5"
+        )
+    lines = _progress_lines(caplog)
+    assert lines[0] == (
+        "training diffcsp/perov_5 on cpu: 8 training and 4 validation crystals, epochs 1-4"
+    )
+    epoch_lines = [line for line in lines if re.match(r"diffcsp/perov_5 epoch \d", line)]
+    # epochs take well under 30 s here: only the first and the last are logged
+    assert [line.split(":")[0] for line in epoch_lines] == [
+        "diffcsp/perov_5 epoch 1/4",
+        "diffcsp/perov_5 epoch 4/4",
+    ]
+    first, last = result.history[0], result.history[-1]
+    assert f"train loss {first['train']['loss']:.4g}, val loss n/a, lr 0.001" in epoch_lines[0]
+    assert (
+        f"train loss {last['train']['loss']:.4g}, val loss {last['val']['loss']:.4g}"
+        in (epoch_lines[1])
+    )
+    assert re.search(r"[0-9.]+ crystals/s, ETA \d+ s$", epoch_lines[0])
+    assert epoch_lines[1].endswith("ETA 0 s")
+    assert lines[-1].startswith("diffcsp/perov_5 stopped after epoch 4 (max_epochs)")
+
+    caplog.clear()
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="generators.trainer"):
+        every = fit(
+            DiffCSP(config["model"]),
+            config,
+            train,
+            val,
+            tmp_path / "b",
+            dataset="perov_5",
+            log_every_s=0.0,
+        )
+    epoch_lines = [
+        line for line in _progress_lines(caplog) if re.match(r"diffcsp/perov_5 epoch \d", line)
+    ]
+    epochs = [line.split(":")[0].split()[-1] for line in epoch_lines]
+    assert epochs == ["1/4", "2/4", "3/4", "4/4"]
+    # logging changes nothing in the training
+    assert every.history[-1]["train"] == result.history[-1]["train"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="generators.trainer"):
+        interrupted_after_two_epochs_and_resumed(config, train, val, tmp_path / "c")
+    starts = [line for line in _progress_lines(caplog) if line.startswith("training ")]
+    assert starts[-1].endswith("epochs 3-4, resumed after epoch 2")
 
 
 def test_weight_average_follows_its_formula_and_restores_the_model() -> None:

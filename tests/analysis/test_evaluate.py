@@ -421,6 +421,14 @@ def test_cli_gt_file_rows_and_quiet(tmp_path, data_dir, monkeypatch):
     assert [str(i) for i in per_target["target_id"]] == ids[:5]
     assert per_target["continuousp.matched"].tolist() == [True] * 4 + [False]
     assert per_target["continuousp.rms"][:4].abs().max() < 1e-8
+    # without SAMPLE_DIR the file is evaluated against itself
+    self_args = ["evaluate", "--dataset", "perov_5", "--gt-file", str(gt_file), "--no-coverage"]
+    self_args += ["--jobs", "1", "--quiet", "--out", str(tmp_path / "self.json")]
+    itself = runner.invoke(app, self_args)
+    assert itself.exit_code == 0, itself.output
+    self_metrics = read_metrics_json(tmp_path / "self.json")
+    assert self_metrics["continuousp.match_rate"].value == 1.0
+    assert self_metrics["continuousp.match_rate"].counts["n_targets"] == 6
     monkeypatch.chdir(tmp_path)  # a short path: the error box does not wrap it
     bad = runner.invoke(app, [*args[:4], "--gt-file", "nope.csv"])
     assert bad.exit_code != 0 and "does not exist" in bad.output

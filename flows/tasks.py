@@ -7,9 +7,12 @@ write happens in the flow process (one writer per store, no SQLite lock contenti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,49 @@ RELAX_CACHE_POLICY = INPUTS + TASK_SOURCE
 
 FINISHED_MARKER = "finished.json"
 """Written by :func:`train_generator_task` into a run directory when its training has ended."""
+
+TRAINING_LOGGERS: tuple[str, ...] = ("generators.trainer",)
+"""Library loggers whose records (epoch, losses, ETA) belong in the flow-run logs."""
+
+
+@contextlib.contextmanager
+def library_logs_to_run(
+    names: tuple[str, ...] = TRAINING_LOGGERS, level: int = logging.INFO
+) -> Iterator[None]:
+    """Send the records of library loggers to the logs of the current Prefect run.
+
+    The library does not import Prefect; its modules log with :mod:`logging`. Inside this
+    context each named logger has Prefect's ``APILogHandler`` (unless
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` attached one already) and passes records of ``level`` and
+    above (a logger left at ``NOTSET`` would inherit the root logger's ``WARNING``). Both are
+    undone on exit.
+
+    Parameters
+    ----------
+    names
+        Logger names.
+    level
+        Lowest level sent.
+    """
+    from prefect.logging.handlers import APILogHandler
+
+    undo: list[tuple[logging.Logger, logging.Handler | None, int]] = []
+    for name in names:
+        logger = logging.getLogger(name)
+        handler: logging.Handler | None = None
+        if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+            handler = APILogHandler()
+            logger.addHandler(handler)
+        undo.append((logger, handler, logger.level))
+        if logger.getEffectiveLevel() > level:
+            logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, handler, old_level in undo:
+            logger.setLevel(old_level)
+            if handler is not None:  # records already queued are still sent
+                logger.removeHandler(handler)
 
 
 @functools.lru_cache(maxsize=4)
@@ -315,16 +361,17 @@ def train_generator_task(
         return str(best)
     from generators.trainer import train
 
-    result = train(
-        model,
-        dataset,
-        config_name,
-        out_dir,
-        max_minutes=max_minutes,
-        limit=limit,
-        overrides=overrides,
-        progress=False,
-    )
+    with library_logs_to_run():  # epochs, losses and ETA in this run's logs
+        result = train(
+            model,
+            dataset,
+            config_name,
+            out_dir,
+            max_minutes=max_minutes,
+            limit=limit,
+            overrides=overrides,
+            progress=False,
+        )
     best = Path(result.out_dir) / "best.pt"
     checkpoint = best if best.is_file() else Path(result.out_dir) / "last.pt"
     record = {"checkpoint": str(checkpoint), "epochs": result.epochs}

@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 echo "Prefect server: $PREFECT_API_URL (PREFECT_HOME=$PREFECT_HOME)"
 if [ "${1:-}" != "--background" ]; then
+  cli_hint
   exec "$PREFECT" server start
 fi
 log="$PREFECT_HOME/server.log"
@@ -17,4 +18,5 @@ if ! wait_for_api "${PREFECT_SERVER_STARTUP_TIMEOUT:-180}"; then
   tail -n 30 "$log" >&2
   exit 1
 fi
-echo "healthy (pid $(cat "$PREFECT_HOME/server.pid"), log $log); UI: http://$PREFECT_SERVER_API_HOST:$PREFECT_SERVER_API_PORT"
+echo "healthy (pid $(cat "$PREFECT_HOME/server.pid"), log $log); UI: $PREFECT_UI_URL"
+cli_hint

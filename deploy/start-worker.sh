@@ -15,9 +15,11 @@ case "$pool" in
 esac
 cd "$DFTLOOP_ROOT"
 if [ "${2:-}" != "--background" ]; then
+  cli_hint
   exec "${cmd[@]}"
 fi
 log="$PREFECT_HOME/worker-$pool.log"
 setsid "${cmd[@]}" >>"$log" 2>&1 < /dev/null &
 echo $! > "$PREFECT_HOME/worker-$pool.pid"
 echo "worker for pool $pool started (pid $!, log $log)"
+cli_hint

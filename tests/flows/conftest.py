@@ -32,6 +32,19 @@ os.environ.setdefault("DFTLOOP_TORCH_THREADS", "1")
 TINY_CHGNET = {"fmax": 0.2, "max_steps": 30}
 """CHGNet settings of the tests: a few ionic steps per structure on 5-atom perovskites."""
 
+HEARTBEAT_SECONDS = 30
+"""Flow-run heartbeat period of the test server's workers (the crash window is 3 of them)."""
+
+
+@pytest.fixture(scope="session")
+def harness() -> Iterator[None]:
+    """One ``prefect_test_harness`` (a temporary server and database) for every test that runs
+    flows in this process; tests find their own runs by flow-run id."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=600):
+        yield
+
 
 def free_port() -> int:
     """Return a free TCP port on 127.0.0.1."""
@@ -49,7 +62,7 @@ class PrefectServer:
 
     @property
     def api(self) -> str:
-        return self.env["PREFECT_API_URL"]
+        return f"http://127.0.0.1:{self.env['PREFECT_SERVER_API_PORT']}/api"
 
     @property
     def ui(self) -> str:
@@ -70,8 +83,10 @@ class PrefectServer:
         return proc.stdout
 
     def prefect(self, *args: str, timeout: float = 300) -> str:
+        """The ``prefect`` CLI as the docs print it: ``source deploy/env.sh`` first (the test
+        environment sets the port, not ``PREFECT_API_URL``)."""
         proc = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "prefect"), *args],
+            ["bash", "-c", 'source deploy/env.sh && exec .venv/bin/prefect "$@"', "prefect", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -160,8 +175,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_STARTUP_TIMEOUT="240",
+        # heartbeats every 30 s (Prefect's minimum): a killed run is Crashed after 90 s
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
         DFTLOOP_TORCH_THREADS="1",
     )
     server = PrefectServer(env=env, home=home)
@@ -175,3 +191,58 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
                 with contextlib.suppress(Exception):
                     server.stop_worker(pool)
         server.script("stop-prefect-server.sh", timeout=120)
+
+
+def run_artifacts(flow_run_id: str) -> dict[str, object]:
+    """``{key: artifact}`` of the keyed artifacts created on one flow run (the current API;
+    Prefect's own unkeyed ones, e.g. of a failed task's result, are left out)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
+
+
+def child_flow_runs(flow_run_id: str) -> dict[str, str]:
+    """``{flow name: flow run id}`` of the subflow runs of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        names = {f.id: f.name for f in client.read_flows()}
+    return {names[r.flow_id]: str(r.id) for r in runs}
+
+
+def run_log_messages(flow_run_id: str, timeout: float = 60, expect: str = "") -> list[str]:
+    """The log messages of one flow run (waits up to ``timeout`` s for ``expect`` to arrive:
+    Prefect sends logs in batches from a background worker)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        messages = [log.message for log in logs]
+        if any(expect in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(1)
+
+
+@pytest.fixture
+def no_shipped_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No registered (shipped or user) checkpoints: the nightly table finds only what a test
+    trained or passed."""
+    monkeypatch.delenv("DFTLOOP_MODEL_REGISTRY", raising=False)
+    monkeypatch.setattr("generators.model_zoo.REGISTRY_FILE", tmp_path / "no-registry.json")
+

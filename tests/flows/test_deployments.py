@@ -99,3 +99,21 @@ def test_the_nightly_schedule_asks_for_the_full_table() -> None:
     assert run["write_docs"] is True and run["docs_note"]
     # a run started by hand computes the same table but leaves docs/benchmarks.md alone
     assert nightly["parameters"].get("write_docs", defaults["write_docs"]) is False
+
+
+def test_the_smoke_nightly_is_small_and_apart() -> None:
+    """nightly-benchmark/smoke: every stage of the nightly chain, minutes not hours, and a
+    project directory of its own so that its 1-minute checkpoints are never the nightly's."""
+    deployments = _load()["deployments"]
+    nightly = next(d for d in deployments if d["name"] == "nightly")
+    smoke = next(d for d in deployments if d["name"] == "smoke")
+    assert smoke["entrypoint"] == nightly["entrypoint"]
+    assert not smoke.get("schedules")  # started by hand only
+    run = smoke["parameters"]
+    assert run["train_missing"] is True and run["train_max_minutes"] <= 1
+    assert run["generate"] is True and run["relax"] is True
+    assert run["n"] <= 2 and run["eval_limit"] <= 2 and run["eval_coverage"] is False
+    assert run["relaxer_settings"]["max_steps"] <= 50
+    assert run["home"] == "{{ $DFTLOOP_HOME }}/nightly-smoke"
+    assert not run.get("write_docs")
+    assert smoke["work_pool"]["name"] == "local"

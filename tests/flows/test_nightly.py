@@ -7,21 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 
-@pytest.fixture(scope="module")
-def harness() -> None:
-    with prefect_test_harness(server_startup_timeout=600):
-        yield
-
-
-def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -> None:
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
+def test_nightly_table_artifacts_and_docs_block(
+    harness: None, no_shipped_models: None, tmp_path: Path
+) -> None:
     from flows.nightly import GENERATORS, nightly_benchmark
+
+    from .conftest import run_artifacts
 
     start, end = (
         "<!-- nightly:perov_5:cpu-small:start -->",
@@ -34,28 +27,41 @@ def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -
     docs.write_text(f"# Benchmarks\n\n{start}\nOLD TABLE\n{end}\n\n{other}\n\n## Later\n")
     broken = tmp_path / "broken.pt"
     broken.write_text("not a checkpoint")
-    rows = nightly_benchmark(
+    state = nightly_benchmark(
         dataset="perov_5",
         scale="cpu-small",
         n=2,
-        checkpoints={"cdvae": str(broken)},
+        checkpoints={"cdvae": str(broken), "diffcsp": str(broken)},
         home=str(tmp_path),
         write_docs=True,
         docs_path=str(docs),
         docs_note=["command: test"],
+        return_state=True,
     )
+    rows = state.result()
     by_model = {r["model"]: r for r in rows}
     assert list(by_model) == list(GENERATORS)
-    for model in ("diffcsp", "dpcdvae", "continuousp"):
-        assert by_model[model]["status"].startswith(("no checkpoint", "not available"))
+    for model in ("dpcdvae", "continuousp"):
+        where = tmp_path / "checkpoints" / model / "perov_5" / "cpu-small"
+        assert by_model[model]["status"] == (
+            f"no checkpoint in {where} (run train-generator or pass train_missing=true)"
+        )
     # a checkpoint that does not load: each stage fails on its own and says so, nothing relaxed
     cdvae = by_model["cdvae"]
-    if not cdvae["status"].startswith("not available"):
-        assert cdvae["status"] == "partial: reconstruct, generation failed", cdvae
-        assert cdvae["notes"]["reconstruct"].startswith("failed: ")
-        assert cdvae["notes"]["generation"].startswith("failed: ")
-        assert cdvae["notes"]["relax"] == "no samples to relax"
-        assert cdvae.get("match_rate") is None and cdvae["checkpoint"] == str(broken)
+    assert cdvae["status"] == "partial: reconstruct, generation failed; relax not run", cdvae
+    assert cdvae["notes"]["reconstruct"].startswith("failed: ")
+    assert cdvae["notes"]["generation"].startswith("failed: ")
+    assert cdvae["notes"]["relax"] == "not run: no samples to relax"
+    assert cdvae.get("match_rate") is None and cdvae["checkpoint"] == str(broken)
+    # DiffCSP's generation needs its own (DiffCSP-C) checkpoint: without one the stage did not
+    # run, and the row is not "ok" even where the CSP stage would have worked
+    diffcsp = by_model["diffcsp"]
+    assert diffcsp["status"] == "partial: csp failed; generation, relax not run", diffcsp
+    generate_dir = tmp_path / "checkpoints" / "diffcsp" / "perov_5" / "cpu-small-generate"
+    assert diffcsp["notes"]["generation"] == (
+        f"not run: no checkpoint in {generate_dir} (run train-generator or pass "
+        "train_missing=true)"
+    )
     [report] = (tmp_path / "reports" / "nightly").glob("perov_5-cpu-small-*.json")
     assert [r["model"] for r in json.loads(report.read_text())] == list(GENERATORS)
 
@@ -66,25 +72,48 @@ def test_nightly_table_artifacts_and_docs_block(harness: None, tmp_path: Path) -
     assert f"{end}\n\n{other}\n\n## Later\n" in text
     assert "command: test" in text
     # paper numbers beside our empty cells: DiffCSP k=1 CSP, CDVAE reconstruction
-    assert "| diffcsp | no checkpoint in " in text and "| – / 52.02 | – / 0.0760 |" in text
+    assert "| diffcsp | partial | – | – / 52.02 | – / 0.0760 |" in text  # n "–": nothing ran
     assert "– / 97.52 | – / 0.0156 |" in text
-    # DP-CDVAE, ContinuouSP: the papers' tables are not transcribed, and the cells say so
+    assert "- diffcsp: partial: csp failed; generation, relax not run; csp: failed: " in text
+    # DP-CDVAE, ContinuouSP: the papers' numbers are not in dftloop, and the cells say so
     lines = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
     assert lines["| dpcdvae"].count("– / unknown") == 8
     assert lines["| continuousp"].count("– / unknown") == 2
 
-    async def _artifacts() -> list:
-        keys = ["nightly-perov-5-cpu-small", "nightly-perov-5-cpu-small-markdown"]
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
-            )
-        return sorted(found, key=lambda a: a.key)
-
-    table, markdown = anyio.run(_artifacts)
+    artifacts = run_artifacts(str(state.state_details.flow_run_id))
+    table = artifacts["nightly-perov-5-cpu-small"]
+    markdown = artifacts["nightly-perov-5-cpu-small-markdown"]
+    assert set(artifacts) == {table.key, markdown.key}
     assert table.type == "table" and "match_rate_paper" in str(table.data)
     assert "52.02" in str(table.data) and "no checkpoint" in str(table.data)
     assert markdown.type == "markdown" and "| – / 52.02 | – / 0.0760 |" in str(markdown.data)
+
+
+def test_row_status_and_the_relaxed_sample_set() -> None:
+    from flows.nightly import relaxed_set_note, row_status
+
+    assert row_status({}) == "ok"
+    assert row_status({"generation": "off (generate=false)", "relax": "off (relax=false)"}) == "ok"
+    assert row_status({"generation": "not run: no checkpoint in x"}) == (
+        "partial: generation not run"
+    )
+    assert row_status({"csp": "failed: E", "generation": "failed: E", "relax": "not run: y"}) == (
+        "partial: csp, generation failed; relax not run"
+    )
+    # a relax note that reports failed relaxations is not a failed stage
+    assert row_status({"relax": "6 of 8 relaxed; 2 failed (x)"}) == "ok"
+    assert relaxed_set_note("diffcsp", "generated", None) is None
+    assert relaxed_set_note(
+        "continuousp", "csp", "continuousp is a CSP-only model (no ab initio generation)"
+    ) == (
+        "ΔE and RMSD are of the CSP samples (structures predicted for the test compositions), "
+        "not of generated crystals (generation: continuousp is a CSP-only model (no ab initio "
+        "generation))"
+    )
+    assert relaxed_set_note("cdvae", "reconstruct", "failed: E") == (
+        "ΔE and RMSD are of the reconstructed test structures, not of generated crystals "
+        "(generation: failed: E)"
+    )
 
 
 def _overlapping_samples(path: Path, gaps: list[float]) -> str:

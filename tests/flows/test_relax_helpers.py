@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from prefect import flow
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.hashing import structure_hash
 from flows.relax_stage import flow_run_provenance, samples_provenance
@@ -14,12 +12,6 @@ from flows.store import ResultStore
 from flows.tasks import load_sample_items
 
 from .conftest import TINY_CHGNET
-
-
-@pytest.fixture(scope="module")
-def harness() -> None:
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
 
 
 def test_relax_structures_reuses_what_generate_and_relax_stored(

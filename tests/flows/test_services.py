@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.crash_detection import AUTOMATION_NAME
 from flows.store import ResultStore
 
-from .conftest import DEPLOY, TINY_CHGNET, PrefectServer
+from .conftest import DEPLOY, HEARTBEAT_SECONDS, TINY_CHGNET, PrefectServer
 
 pytestmark = pytest.mark.services
 
@@ -83,12 +84,22 @@ def test_generate_and_relax_local_end_to_end(prefect_server: PrefectServer) -> N
     assert {a["structure_hash"] for a in analyses} == hashes
     assert all(a["delta_e_mev_per_atom"] is not None for a in analyses)
 
-    artifacts = server.request("/artifacts/filter", {})
+    # the four artifacts are on the run the user started (not on its analyze subflow)
+    artifacts = server.request(
+        "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+    )
     by_key = {a["key"]: a for a in artifacts}  # type: ignore[union-attr]
     prefix = "dataset-perov-5-chgnet"
-    for suffix in ("metrics", "per-structure", "delta-e-histogram", "store"):
-        assert f"{prefix}-{suffix}" in by_key
+    kinds = ("metrics", "per-structure", "delta-e-histogram", "store")
+    assert set(by_key) == {f"{prefix}-{kind}" for kind in kinds}
     assert "data:image/png;base64," in by_key[f"{prefix}-delta-e-histogram"]["data"]
+
+    # deploy.sh created the automation that marks runs without heartbeats Crashed
+    [automation] = server.request(
+        "/automations/filter", {"automations": {"name": {"any_": [AUTOMATION_NAME]}}}
+    )  # type: ignore[misc]
+    assert automation["trigger"]["within"] == 3 * HEARTBEAT_SECONDS
+    assert automation["actions"][0]["state"] == "CRASHED"
 
     # the UI (headless Chromium) shows the per-structure table with the sample ids
     table = by_key[f"{prefix}-per-structure"]
@@ -104,7 +115,8 @@ def test_generate_and_relax_local_end_to_end(prefect_server: PrefectServer) -> N
 
 @pytest.mark.slow
 def test_resume_after_worker_kill(prefect_server: PrefectServer) -> None:
-    """kill -9 the worker mid-relaxation, restart, rerun: completes, nothing recomputed or lost."""
+    """kill -9 the worker and its flow run mid-relaxation: the run is marked Crashed by the
+    heartbeat automation; restart, rerun: completes, nothing recomputed or lost."""
     server = prefect_server
     params = {"n": 5, "seed": 12, "chunk_size": 1, "relaxer_settings": TINY_CHGNET}
     if not (server.home / "prefect" / "worker-local.pid").exists():
@@ -116,13 +128,22 @@ def test_resume_after_worker_kill(prefect_server: PrefectServer) -> None:
         assert server.flow_run(first)["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED")
         time.sleep(1)
     server.kill_worker("local", (first,))
+    killed = time.monotonic()
     time.sleep(2)
     before = {d["doc_id"]: d["created_at"] for d in _docs(server, "relaxation", 12)}
     time.sleep(15)  # nothing of the killed run is still writing
     assert {d["doc_id"] for d in _docs(server, "relaxation", 12)} == set(before)
     assert 2 <= len(before) < 5, before
     done_hashes = {d["structure_hash"] for d in _docs(server, "relaxation", 12)}
-    assert server.flow_run(first)["state"]["type"] != "COMPLETED"
+
+    # no process is left to report: the heartbeat automation marks the run Crashed after three
+    # missed heartbeats (90 s here), with a message that says what happened
+    assert server.flow_run(first)["state"]["type"] == "RUNNING"
+    run = server.wait(first, timeout=6 * HEARTBEAT_SECONDS)
+    crashed_after = time.monotonic() - killed
+    assert run["state"]["type"] == "CRASHED", run["state"]
+    assert run["state"]["message"].startswith(f"No heartbeat for {3 * HEARTBEAT_SECONDS} s")
+    assert crashed_after > 2 * HEARTBEAT_SECONDS, crashed_after  # not before beats were missed
 
     server.start_worker("local")
     second = server.run_deployment("generate-and-relax/local", **params)
@@ -136,6 +157,34 @@ def test_resume_after_worker_kill(prefect_server: PrefectServer) -> None:
         assert after[doc_id] == created
     ledger = [e for e in _ledger(server.home) if e["structure_hash"] in done_hashes]
     assert len(ledger) == len(done_hashes)  # finished relaxations were computed exactly once
+
+
+def test_sbatch_on_the_one_node_cluster() -> None:
+    """deploy/slurm/start-cluster.sh brings up a cluster that runs a job; sacct is not there
+    (no accounting database), the job is followed with scontrol and the jobcomp file."""
+    subprocess.run(["bash", str(DEPLOY / "slurm" / "start-cluster.sh")], check=True, timeout=120)
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", "--wrap", "echo dftloop-sbatch-ok", "--output", "/dev/null"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    assert job_id.isdigit(), job_id
+    deadline = time.monotonic() + 120
+    info = ""
+    while time.monotonic() < deadline:
+        info = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True
+        ).stdout
+        if "JobState=COMPLETED" in info:
+            break
+        time.sleep(1)
+    assert "JobState=COMPLETED" in info and "ExitCode=0:0" in info, info
+    jobcomp = Path("/var/log/slurm/jobcomp.log").read_text()
+    assert f"JobId={job_id} " in jobcomp and "JobState=COMPLETED" in jobcomp
+    sacct = subprocess.run(["sacct", "-j", job_id], capture_output=True, text=True)
+    assert sacct.returncode != 0 and "accounting storage is disabled" in sacct.stderr.lower()
 
 
 @pytest.mark.slow

@@ -4,9 +4,12 @@ Minimal and documented: one function for one structure (:func:`compare_to_relaxe
 summary over many (:func:`summarize_stability`, a list of :class:`~analysis.results.MetricResult`).
 Per-model statistics: :func:`summarize_values` (mean, median, std and a percentile-bootstrap 95 %
 interval of the mean, :func:`bootstrap_interval`), :func:`summarize_by_model` over per-structure
-rows, and :func:`compare_models` (difference of two models' means with a bootstrap interval and a
-permutation p-value). Energy above hull is in :mod:`analysis.hull`, S.U.N. in :mod:`analysis.sun`,
-plots in :mod:`analysis.stability_plots`.
+rows, and :func:`compare_models` (difference of two models' means with a bootstrap interval, a
+Welch t-interval, a permutation p-value and the smallest difference the sample sizes could detect,
+:mod:`analysis.stability_stats`). :func:`dataset_floor_rows` gives the same per-structure rows for
+test-split structures relaxed with the same relaxer (the floor every model is read against).
+Energy above hull is in :mod:`analysis.hull`, S.U.N. in :mod:`analysis.sun`, rows of the stability
+experiment in :mod:`analysis.stability_rows`, plots in :mod:`analysis.stability_plots`.
 
 Definitions
 -----------
@@ -18,6 +21,9 @@ Definitions
     ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(initial, relaxed)[0]``,
     the RMS displacement normalised by ``(V/N)^(1/3)`` as in the CDVAE/DiffCSP protocol (the same
     matcher tolerances as the CSP metrics); ``None`` when the matcher finds no match.
+``rmsd_unscaled``
+    The same with ``scale=False`` (cells compared without rescaling to a common volume,
+    :func:`analysis.structure_metrics.rmsd_to_relaxed`).
 ``delta_volume_frac``
     ``(V_relaxed - V_initial) / V_initial``.
 """
@@ -25,7 +31,7 @@ Definitions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,9 +39,15 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from analysis.results import MetricResult
-
-MATCHER_TOLERANCES: dict[str, float] = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
-"""StructureMatcher tolerances (CDVAE/DiffCSP evaluation protocol)."""
+from analysis.stability_rows import DATASET_LABEL, public_row, structure_row
+from analysis.stability_stats import (
+    minimum_detectable_difference,
+    p_value_text,
+    pooled_std,
+    t_interval,
+    welch_interval,
+)
+from analysis.structure_metrics import MATCHER_TOLERANCES, rmsd_to_relaxed
 
 
 def compare_to_relaxed(
@@ -63,7 +75,8 @@ def compare_to_relaxed(
     -------
     dict
         ``delta_e_mev_per_atom`` (float or None), ``rmsd`` (float or None), ``matched``
-        (bool), ``delta_volume_frac`` (float), ``n_sites`` (int).
+        (bool), ``rmsd_unscaled`` (float or None), ``matched_unscaled`` (bool),
+        ``delta_volume_frac`` (float), ``n_sites`` (int).
     """
     matcher = matcher or StructureMatcher(**MATCHER_TOLERANCES)
     delta_e = None
@@ -73,10 +86,13 @@ def compare_to_relaxed(
             delta_e = None
     rms = matcher.get_rms_dist(initial, relaxed)
     rmsd = None if rms is None else float(rms[0])
+    unscaled = rmsd_to_relaxed(initial, relaxed, scale=False)
     return {
         "delta_e_mev_per_atom": delta_e,
         "rmsd": rmsd,
         "matched": rmsd is not None,
+        "rmsd_unscaled": unscaled,
+        "matched_unscaled": unscaled is not None,
         "delta_volume_frac": (relaxed.volume - initial.volume) / initial.volume,
         "n_sites": len(initial),
     }
@@ -287,8 +303,9 @@ def summarize_values(
     dict
         ``n`` (finite values used), ``n_missing``, ``mean``, ``median``, ``std`` (sample
         standard deviation, ``ddof=1``; ``None`` for ``n < 2``), ``ci_low``/``ci_high``
-        (percentile bootstrap interval of the mean, :func:`bootstrap_interval`), ``confidence``
-        and ``n_resamples``. With ``n == 0`` every statistic is ``None``.
+        (percentile bootstrap interval of the mean, :func:`bootstrap_interval`), ``t_low``/
+        ``t_high`` (Student-t interval of the mean, ``None`` for ``n < 2``), ``confidence`` and
+        ``n_resamples``. With ``n == 0`` every statistic is ``None``.
     """
     data, missing = _finite(values)
     out: dict[str, Any] = {
@@ -299,6 +316,8 @@ def summarize_values(
         "std": None,
         "ci_low": None,
         "ci_high": None,
+        "t_low": None,
+        "t_high": None,
         "confidence": confidence,
         "n_resamples": n_resamples,
     }
@@ -314,6 +333,7 @@ def summarize_values(
         ci_low=low,
         ci_high=high,
     )
+    out["t_low"], out["t_high"] = t_interval(data, confidence)
     return out
 
 
@@ -329,9 +349,12 @@ def compare_models(
     """Difference of means ``mean(a) - mean(b)`` of two independent samples, with its uncertainty.
 
     The interval is a percentile bootstrap in which each group is resampled independently
-    with replacement (its own size kept). The p-value is a two-sided permutation test of
-    ``|mean(a) - mean(b)|`` under random relabelling of the pooled values,
-    ``(1 + #{|d_perm| >= |d_obs|}) / (1 + n_permutations)`` (never exactly 0).
+    with replacement (its own size kept); a Welch t-interval is given beside it. The p-value is
+    a two-sided permutation test of ``|mean(a) - mean(b)|`` under random relabelling of the
+    pooled values, ``(1 + #{|d_perm| >= |d_obs|}) / (1 + n_permutations)`` (never exactly 0;
+    ``p_value_text`` says ``"< 1/N"`` at that resolution). ``detectable_difference`` is the
+    smallest true difference a two-sample t-test at these sizes and this pooled spread detects
+    with 80 % power at the 5 % level.
 
     Parameters
     ----------
@@ -349,10 +372,12 @@ def compare_models(
     Returns
     -------
     dict
-        ``difference``, ``ci_low``, ``ci_high``, ``p_value``, ``mean_a``, ``mean_b``, ``n_a``,
-        ``n_b``, ``n_missing_a``, ``n_missing_b``, ``confidence``, ``n_resamples``,
-        ``n_permutations`` and ``method``. If a group has no finite value the statistics are
-        ``None`` (and ``note`` says why) instead of an exception, so a report still renders.
+        ``difference``, ``ci_low``, ``ci_high`` (bootstrap), ``t_low``, ``t_high`` (Welch),
+        ``p_value``, ``p_value_text``, ``pooled_std``, ``detectable_difference``, ``mean_a``,
+        ``mean_b``, ``n_a``, ``n_b``, ``n_missing_a``, ``n_missing_b``, ``confidence``,
+        ``n_resamples``, ``n_permutations`` and ``method``. If a group has no finite value the
+        statistics are ``None`` (and ``note`` says why) instead of an exception, so a report
+        still renders.
     """
     _check_confidence(confidence)
     a, miss_a = _finite(values_a)
@@ -361,7 +386,12 @@ def compare_models(
         "difference": None,
         "ci_low": None,
         "ci_high": None,
+        "t_low": None,
+        "t_high": None,
         "p_value": None,
+        "p_value_text": "",
+        "pooled_std": None,
+        "detectable_difference": None,
         "mean_a": float(np.mean(a)) if a.size else None,
         "mean_b": float(np.mean(b)) if b.size else None,
         "n_a": int(a.size),
@@ -372,7 +402,8 @@ def compare_models(
         "n_resamples": n_resamples,
         "n_permutations": n_permutations,
         "method": "difference of means a - b; percentile bootstrap resampling each group "
-        "independently; two-sided permutation test",
+        "independently; Welch t-interval; two-sided permutation test; smallest difference "
+        "detected with 80 % power at the 5 % level (two-sample t-test, pooled spread)",
     }
     if a.size == 0 or b.size == 0:
         out["note"] = "no finite values in " + ("a" if a.size == 0 else "b")
@@ -396,11 +427,21 @@ def compare_models(
         perm = rng.permuted(np.broadcast_to(pooled, (size, pooled.size)), axis=1)
         d = perm[:, : a.size].mean(axis=1) - perm[:, a.size :].mean(axis=1)
         exceed += int(np.count_nonzero(np.abs(d) >= abs(diff) - tol))
+    p_value = (1 + exceed) / (1 + n_permutations)
+    t_low, t_high = welch_interval(a, b, confidence)
+    spread = pooled_std(a, b)
     out.update(
         difference=diff,
         ci_low=float(low),
         ci_high=float(high),
-        p_value=(1 + exceed) / (1 + n_permutations),
+        t_low=t_low,
+        t_high=t_high,
+        p_value=p_value,
+        p_value_text=p_value_text(p_value, n_permutations),
+        pooled_std=spread,
+        detectable_difference=minimum_detectable_difference(
+            int(a.size), int(b.size), spread, alpha=1.0 - confidence
+        ),
     )
     return out
 
@@ -440,3 +481,60 @@ def summarize_by_model(
         model: {key: summarize_values([r.get(key) for r in group], seed=seed) for key in keys}
         for model, group in grouped.items()
     }
+
+
+def dataset_floor_rows(
+    structures: Sequence[tuple[str, Structure]],
+    docs: Mapping[str, Mapping[str, Any] | None],
+    *,
+    settings_hash: str | None = None,
+    label: str = DATASET_LABEL,
+    keep_structures: bool = False,
+) -> list[dict[str, Any]]:
+    """Stability rows of test-split structures relaxed with the models' relaxer and protocol.
+
+    The dataset's own floor: what ΔE (ΔH), RMSD and ΔV the same relaxer gives to structures
+    that are already minima of the reference method. Every model's numbers are read against
+    it; the rows have the same columns as the models' rows
+    (:func:`analysis.stability_rows.structure_row`), so :func:`summarize_stability` and
+    :func:`summarize_by_model` take them as they are.
+
+    Parameters
+    ----------
+    structures
+        ``(id, structure)`` of the test-split structures as stored in the split (e.g. ids
+        ``"test:<material id>"``), drawn at random (:func:`analysis.dft_subset.random_subset`).
+    docs
+        ``{id: relaxation document}`` of the same relaxer and settings as the models' rows
+        (``None`` or absent: not relaxed, the row says so).
+    settings_hash
+        The models' relaxation settings hash: every document must carry it.
+    label
+        The ``model`` value of the rows.
+    keep_structures
+        Keep the private structure fields (``_structure``, ``_relaxed_structure``) that the
+        hull and S.U.N. steps read.
+
+    Returns
+    -------
+    list of dict
+        One row per structure, in input order.
+
+    Raises
+    ------
+    ValueError
+        A document whose settings hash differs from ``settings_hash`` (the message names the
+        structure and both hashes): its numbers would not be comparable with the models'.
+    """
+    rows = []
+    for sid, structure in structures:
+        doc = docs.get(sid)
+        found = (doc or {}).get("settings_hash")
+        if doc is not None and settings_hash is not None and found != settings_hash:
+            raise ValueError(
+                f"{sid}: relaxed with settings {found!r}, not the models' {settings_hash!r}; "
+                "the dataset floor must use the same relaxer and protocol"
+            )
+        row = structure_row(sid, structure, doc, model=label, settings_hash=settings_hash or found)
+        rows.append(row if keep_structures else public_row(row))
+    return rows

@@ -1,4 +1,4 @@
-"""Plots of the stability analysis: ΔE histograms per model and ΔE versus RMSD.
+"""Plots of the stability analysis: ΔE histograms, ΔE versus RMSD, cell size and density.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot state, no display needed), and
 saved as PNG. ``None``/NaN values are left out; the legend says how many values each model has.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -148,3 +149,148 @@ def plot_delta_e_vs_rmsd(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_distributions(
+    per_model: Mapping[str, Mapping[str, Sequence[float | None]]],
+    path: str | Path,
+    *,
+    reference: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Cell-size and density distributions of each model beside the test split.
+
+    Parameters
+    ----------
+    per_model
+        ``{model: {"n_sites": [...], "density": [...]}}`` of the structures as generated (the
+        test split's own structures under its label).
+    path
+        Output PNG file.
+    reference
+        The label of the test split in ``per_model`` (drawn as a filled grey histogram).
+    title
+        Figure title.
+
+    Returns
+    -------
+    Path
+        The written PNG.
+    """
+    fig = Figure(figsize=(9.0, 3.8), dpi=100)
+    panels = (("n_sites", "atoms per cell", True), ("density", "density (g/cm³)", False))
+    for col, (key, label, integer) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, col + 1)
+        data = {m: _finite(v.get(key, [])) for m, v in per_model.items()}
+        everything = np.concatenate([d for d in data.values() if d.size] or [np.empty(0)])
+        if not everything.size:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel(label)
+            continue
+        low, high = float(everything.min()), float(everything.max())
+        if integer:
+            edges = np.arange(np.floor(low) - 0.5, np.ceil(high) + 1.5, 1.0)
+        else:
+            if low == high:
+                low, high = low - 0.5, high + 0.5
+            edges = np.linspace(low, high, 26)
+        for k, (model, values) in enumerate(data.items()):
+            if not values.size:
+                continue
+            name = f"{model} (n={values.size})"
+            if model == reference:
+                ax.hist(values, bins=edges, density=True, color="#babdb6", label=name)
+            else:
+                colour = _COLOURS[k % len(_COLOURS)]
+                ax.hist(
+                    values,
+                    bins=edges,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.6,
+                    color=colour,
+                    label=name,
+                )
+        ax.set_xlabel(label)
+        ax.set_ylabel("fraction per unit")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def experiment_plots(
+    rows: Sequence[Mapping[str, Any]],
+    models: Sequence[str],
+    report_dir: str | Path,
+    *,
+    reference: str | None = None,
+    quantity: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The stability experiment's plots: ΔE histograms, ΔE versus RMSD, distributions.
+
+    Parameters
+    ----------
+    rows
+        Per-structure rows (:mod:`analysis.stability_rows`).
+    models
+        Model labels, in legend order (the test split among them when present).
+    report_dir
+        Directory of the PNG files.
+    reference
+        Label of the test-split rows (the reference of the distribution plot).
+    quantity
+        ``{"force_field": "E" | "H", "dft": ...}``: names the energy axis (ΔE or ΔH).
+
+    Returns
+    -------
+    dict
+        ``{plot title: PNG path}``; the DFT plots only when there are DFT values.
+    """
+    from analysis.stability_rows import pairs_of, values_of
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    quantity = quantity or {}
+    by_model = {m: [r for r in rows if r.get("model") == m] for m in models}
+    plots: dict[str, str] = {}
+    for label, method, de, rmsd in (
+        ("force field", "force_field", "delta_e_mev_per_atom", "rmsd"),
+        ("DFT", "dft", "dft_delta_e_mev_per_atom", "dft_rmsd"),
+    ):
+        per_model = {m: values_of(rs, de) for m, rs in by_model.items()}
+        if label == "DFT" and not any(per_model.values()):
+            continue
+        symbol = f"Δ{quantity.get(method, 'E')}"
+        tag = "ff" if label == "force field" else "dft"
+        plots[f"{symbol} histogram ({label})"] = str(
+            plot_delta_e_histograms(
+                per_model,
+                report_dir / f"delta_e_{tag}_histogram.png",
+                xlabel=f"{symbol} = value(generated) − value(relaxed), {label}, meV/atom",
+                title=f"{symbol} per model ({label})",
+            )
+        )
+        plots[f"{symbol} vs RMSD ({label})"] = str(
+            plot_delta_e_vs_rmsd(
+                {m: pairs_of(rs, de, rmsd) for m, rs in by_model.items()},
+                report_dir / f"delta_e_vs_rmsd_{tag}.png",
+                title=f"{symbol} versus RMSD ({label})",
+                ylabel=f"{symbol} (meV/atom)",
+            )
+        )
+    plots["cell size and density"] = str(
+        plot_distributions(
+            {
+                m: {
+                    "n_sites": [r.get("n_sites") for r in rs],
+                    "density": [r.get("density") for r in rs],
+                }
+                for m, rs in by_model.items()
+            },
+            report_dir / "distributions.png",
+            reference=reference,
+            title="Generated structures against the test split",
+        )
+    )
+    return plots

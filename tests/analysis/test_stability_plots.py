@@ -52,3 +52,23 @@ def test_scatter(tmp_path: Path) -> None:
     )
     _check_png(path)
     _check_png(plot_delta_e_vs_rmsd({}, tmp_path / "empty.png"))
+
+
+def test_distributions_against_the_test_split(tmp_path: Path) -> None:
+    from analysis.stability_plots import plot_distributions
+
+    path = plot_distributions(
+        {
+            "cdvae": {"n_sites": [6, 8, 8, 12, None], "density": [3.1, 3.3, 2.2]},
+            "test split": {"n_sites": [6, 6, 10, 24], "density": [3.5, 2.3, 2.25]},
+            "empty": {"n_sites": [], "density": []},
+        },
+        tmp_path / "distributions.png",
+        reference="test split",
+    )
+    rgb = _check_png(path)[..., :3]
+    # the test split is a filled grey histogram (#babdb6), the model a blue outline (#3465a4)
+    grey = (np.abs(rgb[..., 0] - 0xBA / 255) < 0.02) & (np.abs(rgb[..., 2] - 0xB6 / 255) < 0.02)
+    blue = (np.abs(rgb[..., 0] - 0x34 / 255) < 0.05) & (np.abs(rgb[..., 2] - 0xA4 / 255) < 0.05)
+    assert grey.sum() > 500 and blue.sum() > 50
+    _check_png(plot_distributions({}, tmp_path / "none.png"))

@@ -223,3 +223,143 @@ def preprocess_text(text: str, fmt: TextFormat, options: PreprocessOptions) -> C
     return CompactStructure.from_structure(
         preprocess_structure(parse_structure_text(text, fmt), options)
     )
+
+
+# ----------------------------------------------------------------------------- encoder graphs
+CRYSTALNN_OPTIONS: dict[str, object] = {
+    "distance_cutoffs": None,
+    "x_diff_weight": -1,
+    "porous_adjustment": False,
+}
+"""CDVAE's ``local_env.CrystalNN(distance_cutoffs=None, x_diff_weight=-1,
+porous_adjustment=False)`` (``cdvae/common/data_utils.py``)."""
+
+PARALLEL_GRAPHS = 200
+"""Structures from which :func:`crystalnn_graphs` uses a process pool (when workers > 1)."""
+
+
+class EncoderGraphError(ValueError):
+    """pymatgen's CrystalNN failed on a structure."""
+
+
+@dataclass(frozen=True)
+class EncoderGraph:
+    """Directed periodic edges j → i of one crystal, as the encoder consumes them.
+
+    Edge e runs from site ``sources[e]`` in the image ``offsets[e]`` to site ``targets[e]`` in
+    the home cell: its vector is x_j + n·L − x_i (``generators.graphs``' convention, and CDVAE's
+    ``edge_index``/``to_jimages``).
+
+    Attributes
+    ----------
+    sources, targets
+        Site indices j and i.
+    offsets
+        Integer lattice translations n of the source, one triple per edge.
+    """
+
+    sources: list[int]
+    targets: list[int]
+    offsets: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+def crystalnn_graph(structure: Structure, label: str | None = None) -> EncoderGraph:
+    """The CrystalNN bonding graph of a structure, both directions of every bond.
+
+    As CDVAE's preprocessing builds it: pymatgen's ``StructureGraph`` from CrystalNN with
+    :data:`CRYSTALNN_OPTIONS` (which merges the neighbours each site finds into one set of
+    bonds with their periodic images), then each bond u–v with image n as the two directed
+    edges v(n) → u and u(−n) → v.
+
+    Parameters
+    ----------
+    structure
+        An ordered, preprocessed structure.
+    label
+        Name used in the error message (default: the formula).
+
+    Returns
+    -------
+    EncoderGraph
+
+    Raises
+    ------
+    EncoderGraphError
+        If CrystalNN fails on the structure (naming it and pymatgen's message).
+    """
+    from pymatgen.analysis.graphs import StructureGraph
+    from pymatgen.analysis.local_env import CrystalNN
+
+    strategy = CrystalNN(**CRYSTALNN_OPTIONS)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            bonds = StructureGraph.from_local_env_strategy(structure, strategy)
+        except Exception as exc:  # pymatgen raises many types on odd geometries
+            name = label or structure.composition.reduced_formula
+            raise EncoderGraphError(f"{name}: CrystalNN failed: {exc}") from None
+    sources: list[int] = []
+    targets: list[int] = []
+    offsets: list[list[int]] = []
+    for u, v, image in bonds.graph.edges(data="to_jimage"):
+        n = [round(float(x)) for x in image]
+        sources += [int(v), int(u)]
+        targets += [int(u), int(v)]
+        offsets += [n, [-x for x in n]]
+    return EncoderGraph(sources, targets, offsets)
+
+
+def _graph_task(item: tuple[Structure, str | None]) -> EncoderGraph | str:
+    structure, label = item
+    try:
+        return crystalnn_graph(structure, label)
+    except EncoderGraphError as exc:
+        return str(exc)
+
+
+def crystalnn_graphs(
+    structures: list[Structure],
+    labels: list[str | None] | None = None,
+    workers: int = 1,
+) -> list[EncoderGraph]:
+    """:func:`crystalnn_graph` of many structures, in a process pool when there are many.
+
+    Parameters
+    ----------
+    structures
+        The structures.
+    labels
+        Names for error messages (default: formulas).
+    workers
+        Processes; a pool is used from :data:`PARALLEL_GRAPHS` structures on when > 1.
+
+    Returns
+    -------
+    list[EncoderGraph]
+        In the order of ``structures``.
+
+    Raises
+    ------
+    EncoderGraphError
+        For the first structure CrystalNN fails on.
+    """
+    items = list(zip(structures, labels or [None] * len(structures), strict=True))
+    if workers > 1 and len(items) >= PARALLEL_GRAPHS:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers only run pymatgen/numpy, never torch
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        chunk = max(1, len(items) // (4 * workers))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results = list(pool.map(_graph_task, items, chunksize=chunk))
+    else:
+        results = [_graph_task(item) for item in items]
+    for result in results:
+        if isinstance(result, str):
+            raise EncoderGraphError(result)
+    return [r for r in results if isinstance(r, EncoderGraph)]

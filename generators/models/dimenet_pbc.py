@@ -6,8 +6,11 @@ PyG's building blocks (``BesselBasisLayer``, the spherical basis functions of
 ``SphericalBasisLayer``, ``EmbeddingBlock``, ``InteractionPPBlock``, ``OutputPPBlock``) and feeds
 them with
 
-* periodic edges from :func:`generators.graphs.radius_graph_pbc` (7 Å) capped to the 20 nearest
-  neighbours by :func:`generators.graphs.cap_neighbors`, which keeps exact ties with the 20th, and
+* periodic edges: CDVAE's precomputed CrystalNN bonding graph (``graph="crystalnn"``, the
+  ``paper`` configs; :func:`generators.data.preprocessing.crystalnn_graph`, cached by
+  :class:`generators.data.cache.EncoderGraphStore`), or the radius graph of
+  :func:`generators.graphs.radius_graph_pbc` (7 Å) capped to the 20 nearest neighbours by
+  :func:`generators.graphs.cap_neighbors`, which keeps exact ties with the 20th, and
 * :func:`periodic_triplets`, a pure-torch triplet builder over periodic images: a triplet is
   k → j → i with (k, image) ≠ (i, image), so an atom does interact with its own periodic images.
 
@@ -37,6 +40,9 @@ from torch_geometric.utils import scatter
 
 from generators.crystal import MAX_ATOMIC_NUMBER, frac_to_cart
 from generators.graphs import PeriodicGraph, cap_neighbors, radius_graph_pbc
+
+ENCODER_GRAPHS = ("radius", "crystalnn")
+"""The encoder's graph (``model.encoder.graph``)."""
 
 
 @dataclass
@@ -169,12 +175,37 @@ def periodic_geometry(
     num_atoms: Tensor,
     cutoff: float,
     max_neighbors: int | None,
+    edges: tuple[Tensor, Tensor] | None = None,
 ) -> PeriodicGeometry:
-    """Radius graph (with images, tie-tolerant neighbour cap), triplets and angles of a batch."""
+    """Periodic graph, triplets and angles of a batch.
+
+    The radius graph (with images, tie-tolerant neighbour cap), or the given ``edges``
+    (``edge_index`` [2, E] of (neighbour j, centre i) and integer ``cell_offsets`` [E, 3], e.g. a
+    precomputed CrystalNN graph): their vectors x_j + n·L − x_i are computed here,
+    differentiably in the coordinates and the lattice.
+    """
     cart = frac_to_cart(frac_coords, lattice, num_atoms)
-    graph = radius_graph_pbc(cart, lattice, num_atoms, cutoff, max_neighbors)
+    if edges is None:
+        graph = radius_graph_pbc(cart, lattice, num_atoms, cutoff, max_neighbors)
+    else:
+        graph = graph_from_edges(cart, lattice, num_atoms, *edges)
     triplets = periodic_triplets(graph.edge_index, graph.cell_offsets, len(frac_coords))
     return PeriodicGeometry(graph, triplets, triplet_angles(graph.edge_vectors, triplets))
+
+
+def graph_from_edges(
+    cart_coords: Tensor, lattice: Tensor, num_atoms: Tensor, edge_index: Tensor, offsets: Tensor
+) -> PeriodicGraph:
+    """A :class:`PeriodicGraph` of given periodic edges (vectors x_j + n·L − x_i)."""
+    neighbour, centre = edge_index
+    offsets = offsets.to(cart_coords.dtype)
+    edge_lattice = lattice.repeat_interleave(num_atoms, 0)[centre]
+    vectors = (
+        cart_coords[neighbour]
+        + torch.einsum("ek,ekl->el", offsets, edge_lattice)
+        - cart_coords[centre]
+    )
+    return PeriodicGraph(edge_index, offsets, vectors, vectors.norm(dim=-1))
 
 
 class PeriodicDimeNetPP(nn.Module):
@@ -190,6 +221,10 @@ class PeriodicDimeNetPP(nn.Module):
         DimeNet++ hyperparameters (CDVAE: 128, 4, 64, 8, 256, 7, 6, 7.0 Å, 20, 5, 1, 2, 3).
     readout
         ``"mean"`` (CDVAE) or ``"sum"`` over the atoms of a crystal.
+    graph
+        ``"radius"``: the periodic radius graph (``cutoff``, ``max_neighbors``) built on the fly;
+        ``"crystalnn"``: CDVAE's precomputed CrystalNN bonding graph, passed to
+        :meth:`forward` as ``edges`` (``cutoff`` then only sets the bases' range).
     """
 
     def __init__(
@@ -209,10 +244,14 @@ class PeriodicDimeNetPP(nn.Module):
         num_after_skip: int = 2,
         num_output_layers: int = 3,
         readout: str = "mean",
+        graph: str = "radius",
     ) -> None:
         super().__init__()
         if readout not in {"mean", "sum"}:
             raise ValueError(f"readout must be 'mean' or 'sum', not {readout!r}")
+        if graph not in ENCODER_GRAPHS:
+            raise ValueError(f"encoder graph must be one of {ENCODER_GRAPHS}, not {graph!r}")
+        self.graph = graph
         self.cutoff = cutoff
         self.max_neighbors = max_neighbors
         self.readout = readout
@@ -250,11 +289,29 @@ class PeriodicDimeNetPP(nn.Module):
         )
 
     def atom_features(
-        self, frac_coords: Tensor, atom_types: Tensor, lattice: Tensor, num_atoms: Tensor
+        self,
+        frac_coords: Tensor,
+        atom_types: Tensor,
+        lattice: Tensor,
+        num_atoms: Tensor,
+        edges: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Per-atom outputs [N, out_channels] (the sum of the output blocks)."""
+        """Per-atom outputs [N, out_channels] (the sum of the output blocks).
+
+        Raises
+        ------
+        ValueError
+            If the encoder runs on CrystalNN graphs and ``edges`` is missing.
+        """
+        if self.graph == "crystalnn" and edges is None:
+            raise ValueError("the CrystalNN encoder needs the precomputed edges of the batch")
         geometry = periodic_geometry(
-            frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors
+            frac_coords,
+            lattice,
+            num_atoms,
+            self.cutoff,
+            self.max_neighbors,
+            edges if self.graph == "crystalnn" else None,
         )
         j, i = geometry.graph.edge_index
         tri = geometry.triplets
@@ -277,18 +334,25 @@ class PeriodicDimeNetPP(nn.Module):
         lattice: Tensor,
         num_atoms: Tensor,
         batch: Tensor,
+        edges: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Crystal embeddings [B, out_channels] (mean or sum over each crystal's atoms)."""
-        per_atom = self.atom_features(frac_coords, atom_types, lattice, num_atoms)
+        """Crystal embeddings [B, out_channels] (mean or sum over each crystal's atoms).
+
+        ``edges`` (``edge_index``, ``cell_offsets``) is the precomputed graph of a
+        ``crystalnn`` encoder; a ``radius`` encoder ignores it.
+        """
+        per_atom = self.atom_features(frac_coords, atom_types, lattice, num_atoms, edges)
         return scatter(per_atom, batch, dim=0, dim_size=len(num_atoms), reduce=self.readout)
 
 
 __all__ = [
+    "ENCODER_GRAPHS",
     "PeriodicDimeNetPP",
     "PeriodicGeometry",
     "PeriodicSphericalBasis",
     "Triplets",
     "cap_neighbors",
+    "graph_from_edges",
     "periodic_geometry",
     "periodic_triplets",
     "spherical_basis_functions",

@@ -2,7 +2,11 @@
 
 Both models encode a crystal with a periodic DimeNet++ (:mod:`generators.models.dimenet_pbc`)
 into a latent z (``fc_mu``/``fc_var``, KL weight β = 0.01), and decode from z with MLP heads
-(hidden 256, one hidden layer):
+(hidden 256, one hidden layer). The encoder's graph (``model.encoder.graph``) is the papers'
+CrystalNN bonding graph (``crystalnn``; computed once per crystal — a whole training split in
+parallel by :meth:`CrystalVAE.fit_statistics` — and kept in the data cache,
+:class:`~generators.data.cache.EncoderGraphStore`) or the 7 Å / 20-neighbour radius graph
+(``radius``). The heads:
 
 * the number of atoms (``max_atoms + 1`` classes, cross-entropy);
 * the lattice: lengths / N^(1/3) and the three angles, standardised with a scaler fitted on the
@@ -21,6 +25,8 @@ fitting of GemNet-T's scale factors on training data in :meth:`CrystalVAE.fit_st
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +41,8 @@ from generators.crystal import (
     lattice_from_scaled_features,
     scaled_lattice_features,
 )
+from generators.data.cache import EncoderGraphStore
+from generators.data.locations import cache_dir
 from generators.models.base import CrystalGenerator
 from generators.models.decoders import build_decoder
 from generators.models.dimenet_pbc import PeriodicDimeNetPP
@@ -54,8 +62,11 @@ ENCODER_DEFAULTS: dict[str, Any] = {
     "num_after_skip": 2,
     "num_output_layers": 3,
     "readout": "mean",
+    "graph": "radius",
 }
-"""CDVAE's ``conf/model/encoder/dimenet.yaml``."""
+"""CDVAE's ``conf/model/encoder/dimenet.yaml``, except ``graph``: absent it is ``radius`` (the
+7 Å / 20-neighbour graph, so checkpoints written before the key load as trained); the ``paper``
+configs set CDVAE's precomputed ``crystalnn`` graph."""
 
 VAE_DEFAULTS: dict[str, Any] = {
     "latent_dim": 256,
@@ -158,6 +169,54 @@ def degenerate_lattices(
     return ~finite | (per_atom < min_volume_per_atom) | (shortest < min_length)
 
 
+_GRAPH_STORES: dict[str, EncoderGraphStore] = {}
+
+
+def graph_store() -> EncoderGraphStore:
+    """The process's CrystalNN graph store in the current data cache directory."""
+    directory = str(cache_dir())
+    if directory not in _GRAPH_STORES:
+        _GRAPH_STORES[directory] = EncoderGraphStore(Path(directory))
+    return _GRAPH_STORES[directory]
+
+
+def data_workers() -> int:
+    """Processes for CrystalNN graphs: ``DFTLOOP_DATA_WORKERS`` (default 2)."""
+    value = os.environ.get("DFTLOOP_DATA_WORKERS", "").strip()
+    return max(1, int(value)) if value else 2
+
+
+def batch_encoder_edges(batch: Batch, workers: int = 1) -> tuple[Tensor, Tensor]:
+    """CrystalNN edges of a crystal batch from the graph store (computing missing ones).
+
+    Returns
+    -------
+    tuple
+        ``edge_index`` [2, E] (neighbour j, centre i; batch atom indices) and integer image
+        ``cell_offsets`` [E, 3] (float), on the batch's device.
+    """
+    num_atoms = batch.num_atoms.view(-1).cpu()
+    numbers = batch.atom_types.detach().cpu().numpy()
+    frac = batch.frac_coords.detach().cpu().float().numpy()
+    lattices = batch.lattice.detach().cpu().float().view(-1, 3, 3).numpy()
+    starts = (torch.cumsum(num_atoms, 0) - num_atoms).tolist()
+    crystals = [
+        (numbers[s : s + int(n)], frac[s : s + int(n)], lattices[k])
+        for k, (s, n) in enumerate(zip(starts, num_atoms.tolist(), strict=True))
+    ]
+    ids = getattr(batch, "material_id", None)
+    labels = [str(m) for m in ids] if isinstance(ids, list | tuple) else None
+    graphs = graph_store().graphs(crystals, labels, workers)
+    sources, targets, offsets = [], [], []
+    for start, graph in zip(starts, graphs, strict=True):
+        sources.append(torch.tensor(graph.sources, dtype=torch.long) + start)
+        targets.append(torch.tensor(graph.targets, dtype=torch.long) + start)
+        offsets.append(torch.tensor(graph.offsets, dtype=torch.float32).view(-1, 3))
+    device = batch.frac_coords.device
+    edge_index = torch.stack([torch.cat(sources), torch.cat(targets)]).to(device)
+    return edge_index, torch.cat(offsets).to(device=device, dtype=batch.frac_coords.dtype)
+
+
 SCALE_FIT_CRYSTALS = 32
 """Training crystals on which GemNet-T's scale factors are fitted (``fit_statistics``)."""
 
@@ -239,6 +298,7 @@ class CrystalVAE(CrystalGenerator):
         self.lattice_mean.copy_(features.mean(0))
         self.lattice_std.copy_(features.std(0, unbiased=False).clamp(min=1e-6))
         self.statistics_fitted.fill_(True)
+        self.precompute_encoder_graphs(train)
         self.fit_decoder_scales(train)
 
     def fit_decoder_scales(self, train: Batch) -> list[float]:
@@ -275,6 +335,42 @@ class CrystalVAE(CrystalGenerator):
         return lattice_from_scaled_features(features, num_atoms)
 
     # ------------------------------------------------------------------ encoder / heads
+    def encoder_edges(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """The CrystalNN edges of a batch for a ``crystalnn`` encoder (``None`` for ``radius``).
+
+        Edges attached to the batch (``encoder_edge_index`` [2, E], ``encoder_cell_offsets``
+        [E, 3]) are used as they are; otherwise each crystal's graph comes from the
+        :class:`~generators.data.cache.EncoderGraphStore` of the data cache, which computes
+        the ones it has not seen (and keeps them for every later run).
+
+        Raises
+        ------
+        EncoderGraphError
+            If CrystalNN fails on a crystal of the batch (naming it).
+        """
+        if self.encoder.graph != "crystalnn":
+            return None
+        if hasattr(batch, "encoder_edge_index") and hasattr(batch, "encoder_cell_offsets"):
+            return batch.encoder_edge_index, batch.encoder_cell_offsets
+        return batch_encoder_edges(batch)
+
+    def precompute_encoder_graphs(self, crystals: Batch) -> int:
+        """Compute and store the CrystalNN graphs of many crystals at once (in parallel).
+
+        :meth:`fit_statistics` calls it on the training split, so the graphs of a dataset are
+        computed once, in ``DFTLOOP_DATA_WORKERS`` processes (default 2), and read from the data
+        cache by every later run. Nothing happens for a ``radius`` encoder.
+
+        Returns
+        -------
+        int
+            The number of crystals whose graphs are now stored.
+        """
+        if self.encoder.graph != "crystalnn" or crystals.num_graphs == 0:
+            return 0
+        batch_encoder_edges(crystals, workers=data_workers())
+        return int(crystals.num_graphs)
+
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance [B, latent] of a crystal batch."""
         hidden = self.encoder(
@@ -283,6 +379,7 @@ class CrystalVAE(CrystalGenerator):
             batch.lattice.view(-1, 3, 3),
             batch.num_atoms.view(-1),
             batch.batch,
+            self.encoder_edges(batch),
         )
         return self.fc_mu(hidden), self.fc_var(hidden)
 

@@ -14,6 +14,7 @@ from scipy.special import eval_legendre
 from generators.configs import load_config
 from generators.crystal import frac_to_cart, structures_to_batch
 from generators.graphs import radius_graph_pbc
+from generators.models import vae
 from generators.models.cdvae import CDVAE
 from generators.models.decoders import PeriodicDirectionalDecoder, build_decoder
 from generators.models.dpcdvae import DPCDVAE
@@ -140,7 +141,9 @@ def gemnet_t_parameter_count(atom: int, edge: int, conditioning_in: int, wide: b
     return shared + embedding + blocks * interaction + (blocks + 1) * force_output + type_head
 
 
-def test_published_gemnet_widths_and_parameter_count(make_crystals) -> None:  # type: ignore[no-untyped-def]
+def test_published_gemnet_widths_and_parameter_count(
+    make_crystals, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     """DP-CDVAE's denoiser as published: atoms 128 + 256 + 128 + 36 = 548 wide (models.md:
     hidden 128, latent 256, time embedding 128, Fourier features 2·3·6 = 36), edges 128 wide,
     an MLP conditioning, and the type head on the final 548-wide h. CDVAE's stays 128 wide."""
@@ -166,6 +169,8 @@ def test_published_gemnet_widths_and_parameter_count(make_crystals) -> None:  # 
         128, 128, 128 + 256, wide=False
     )
     # the wide denoiser runs: [N, 3] vectors and [N, 100] logits
+    monkeypatch.setenv("DFTLOOP_CACHE_DIR", str(tmp_path))  # the encoder's CrystalNN graphs
+    monkeypatch.setattr(vae, "_GRAPH_STORES", {})
     batch = structures_to_batch(make_crystals(2, seed=4))
     model.fit_statistics(batch)
     with torch.no_grad():

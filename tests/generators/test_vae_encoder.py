@@ -186,3 +186,158 @@ def test_type_noise_names_crystals_with_non_finite_composition() -> None:
     logits[1, 5] = float("nan")
     with pytest.raises(FloatingPointError, match=r"crystals \[1\]"):
         CrystalVAE.noisy_atom_types(types, logits, batch_index, torch.full((4,), 0.01))
+
+
+# ----------------------------------------------------------------------------- CrystalNN graph
+def _pymatgen_crystalnn_edges(structure: Structure) -> set[tuple[int, int, tuple[int, ...]]]:
+    """Directed edges (j, i, image of j) straight from pymatgen's CrystalNN, with CDVAE's
+    settings, closed under reversal (a bond found from either end is a bond both ways)."""
+    from pymatgen.analysis.local_env import CrystalNN
+
+    strategy = CrystalNN(distance_cutoffs=None, x_diff_weight=-1, porous_adjustment=False)
+    edges: set[tuple[int, int, tuple[int, ...]]] = set()
+    for i, neighbours in enumerate(strategy.get_all_nn_info(structure)):
+        for info in neighbours:
+            image = tuple(round(float(x)) for x in info["image"])
+            edges.add((info["site_index"], i, image))
+            edges.add((i, info["site_index"], tuple(-x for x in image)))
+    return edges
+
+
+@pytest.fixture
+def graph_cache(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A fresh data cache directory for the CrystalNN graph store."""
+    from generators.models import vae
+
+    monkeypatch.setenv("DFTLOOP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(vae, "_GRAPH_STORES", {})
+    return tmp_path
+
+
+def test_crystalnn_edges_equal_pymatgens(perov_val_records, make_crystals) -> None:  # type: ignore[no-untyped-def]
+    from generators.data.preprocessing import crystalnn_graph
+
+    structures = [r.structure for r in perov_val_records[:4]] + make_crystals(2, seed=21)
+    for structure in structures:
+        graph = crystalnn_graph(structure)
+        ours = list(zip(graph.sources, graph.targets, map(tuple, graph.offsets), strict=True))
+        assert len(ours) == len(set(ours))  # no edge twice
+        assert set(ours) == _pymatgen_crystalnn_edges(structure)
+        assert len(ours) >= len(structure)  # every site bonded
+
+
+def test_encoder_runs_on_the_crystalnn_graph(
+    perov_val_records, make_vae_config, graph_cache
+) -> None:  # type: ignore[no-untyped-def]
+    """The edges the encoder gets are CrystalNN's, with the vectors pymatgen gives its
+    neighbours; they are stored once in the data cache and read back by a new store."""
+    from generators.data import cache as data_cache
+    from generators.data import preprocessing
+    from generators.models import vae
+
+    records = perov_val_records[:3]
+    batch = structures_to_batch([r.structure for r in records], [r.material_id for r in records])
+    torch.manual_seed(0)
+    model = CDVAE(make_vae_config("cdvae", encoder={"graph": "crystalnn"})["model"])
+    edge_index, offsets = model.encoder_edges(batch)
+    lattice = batch.lattice.view(-1, 3, 3)
+    cart = torch.einsum("ni,nij->nj", batch.frac_coords, lattice[batch.batch])
+    vectors = (
+        cart[edge_index[0]]
+        + torch.einsum("ek,ekl->el", offsets, lattice[batch.batch[edge_index[1]]])
+        - cart[edge_index[1]]
+    )
+    start, checked = 0, 0
+    for k, record in enumerate(records):
+        n = len(record.structure)
+        mine = (batch.batch[edge_index[1]] == k).nonzero().view(-1)
+        got = {
+            (
+                int(edge_index[0, e]) - start,
+                int(edge_index[1, e]) - start,
+                tuple(int(x) for x in offsets[e]),
+            )
+            for e in mine
+        }
+        assert got == _pymatgen_crystalnn_edges(record.structure)
+        # vectors from pymatgen's neighbour sites (Cartesian coordinates of the image)
+        from pymatgen.analysis.local_env import CrystalNN
+
+        nn_info = CrystalNN(
+            distance_cutoffs=None, x_diff_weight=-1, porous_adjustment=False
+        ).get_all_nn_info(record.structure)
+        for e in mine:
+            j, i = int(edge_index[0, e]) - start, int(edge_index[1, e]) - start
+            image = tuple(int(x) for x in offsets[e])
+            for info in nn_info[i]:
+                found = tuple(round(float(x)) for x in info["image"])
+                if info["site_index"] == j and found == image:
+                    expected = info["site"].coords - record.structure[i].coords
+                    assert np.allclose(vectors[e].numpy(), expected, atol=1e-4)
+                    checked += 1
+        start += n
+    assert checked >= len(edge_index[0]) // 2  # each bond's vector seen from one end at least
+    latent = model.encode(batch)[0]
+    assert latent.shape == (3, 64) and torch.isfinite(latent).all()
+    # stored in the data cache under the settings' key; a new store reads, never recomputes
+    chunks = list(graph_cache.glob("encoder-graphs/crystalnn-*/*.json.gz"))
+    assert len(chunks) == 1
+    fresh = data_cache.EncoderGraphStore(graph_cache)
+    assert len(fresh) == 3
+
+    def refuse(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("graph recomputed although stored")
+
+    vae._GRAPH_STORES.clear()
+    original = preprocessing.crystalnn_graphs
+    preprocessing.crystalnn_graphs = refuse  # type: ignore[assignment]
+    try:
+        again = model.encoder_edges(batch)
+    finally:
+        preprocessing.crystalnn_graphs = original  # type: ignore[assignment]
+    assert torch.equal(again[0], edge_index) and torch.equal(again[1], offsets)
+
+
+def test_changed_crystalnn_setting_recomputes(graph_cache, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from generators.data import cache as data_cache
+
+    before = data_cache.EncoderGraphStore(graph_cache).directory
+    monkeypatch.setattr(
+        data_cache, "CRYSTALNN_OPTIONS", {**data_cache.CRYSTALNN_OPTIONS, "x_diff_weight": 3.0}
+    )
+    assert data_cache.EncoderGraphStore(graph_cache).directory != before
+
+
+def test_crystalnn_graphs_in_parallel_equal_serial(perov_val_records, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from generators.data import preprocessing
+
+    structures = [r.structure for r in perov_val_records[:6]]
+    serial = preprocessing.crystalnn_graphs(structures, workers=1)
+    monkeypatch.setattr(preprocessing, "PARALLEL_GRAPHS", 2)
+    parallel = preprocessing.crystalnn_graphs(structures, workers=2)
+    assert parallel == serial
+
+
+def test_crystalnn_encoder_requires_edges_and_names_bad_crystals(
+    make_vae_config, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from pymatgen.analysis.graphs import StructureGraph
+
+    from generators.data.preprocessing import EncoderGraphError, crystalnn_graph
+
+    torch.manual_seed(0)
+    model = CDVAE(make_vae_config("cdvae", encoder={"graph": "crystalnn"})["model"])
+    batch = structures_to_batch([Structure(Lattice.cubic(4.0), ["Si"], [[0, 0, 0]])])
+    with pytest.raises(ValueError, match="needs the precomputed edges"):
+        model.encoder(
+            batch.frac_coords, batch.atom_types, batch.lattice, batch.num_atoms, batch.batch
+        )
+    with pytest.raises(ValueError, match="encoder graph must be one of"):
+        CDVAE(make_vae_config("cdvae", encoder={"graph": "voronoi"})["model"])
+
+    def fail(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("No Voronoi neighbors found")
+
+    monkeypatch.setattr(StructureGraph, "from_local_env_strategy", fail)
+    with pytest.raises(EncoderGraphError, match="bad-one: CrystalNN failed: No Voronoi"):
+        crystalnn_graph(batch_to_structures(batch)[0][0], "bad-one")

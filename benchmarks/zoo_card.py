@@ -195,14 +195,19 @@ def evaluate_command(args: argparse.Namespace) -> None:
         str(args.jobs),
     ]
     subprocess.run(evaluate, check=True, cwd=REPO)
-    found = json.loads(metrics_file.read_text())
-    shown = lambda cmd: " ".join(shlex.quote(x) for x in ["dftloop", *cmd[3:]])  # noqa: E731
+    found = json.loads(metrics_file.read_text())["metrics"]
+
+    def shown(cmd: list[str]) -> str:
+        """The command as a user types it, paths relative to the checkout."""
+        words = [x.replace(f"{REPO}/", "") for x in ["dftloop", *cmd[3:]]]
+        return " ".join(shlex.quote(x) for x in words)
+
     rows = []
     for metric in ("match_rate", "rmse"):
         entry = found.get(f"{args.protocol}.{metric}") or found.get(metric)
         if entry is None:
             continue
-        value = entry["value"] if isinstance(entry, dict) else entry
+        value = entry["value"]
         paper, source = _paper(card["model"], card["dataset"], metric, args.k)
         rows.append(
             {

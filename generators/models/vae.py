@@ -81,6 +81,9 @@ VAE_DEFAULTS: dict[str, Any] = {
     "denoising_samples": 1,
     "reconstruct_from": "mu",
     "progress": True,
+    "predict_property": False,
+    "property": None,
+    "cost_property": 1.0,
     "encoder": ENCODER_DEFAULTS,
 }
 
@@ -276,6 +279,13 @@ class CrystalVAE(CrystalGenerator):
         self.register_buffer("lattice_mean", torch.zeros(6))
         self.register_buffer("lattice_std", torch.ones(6))
         self.register_buffer("statistics_fitted", torch.tensor(False))
+        self.predicts_property = bool(cfg["predict_property"])
+        if self.predicts_property:
+            if not cfg["property"]:
+                raise ValueError("model.predict_property needs model.property (e.g. heat_ref)")
+            self.fc_property = build_mlp(latent, hidden, layers, 1)
+            self.register_buffer("property_mean", torch.zeros(()))
+            self.register_buffer("property_std", torch.ones(()))
 
     # ------------------------------------------------------------------ statistics
     def fit_statistics(self, train: Batch) -> None:
@@ -298,8 +308,42 @@ class CrystalVAE(CrystalGenerator):
         self.lattice_mean.copy_(features.mean(0))
         self.lattice_std.copy_(features.std(0, unbiased=False).clamp(min=1e-6))
         self.statistics_fitted.fill_(True)
+        if self.predicts_property:
+            self.fit_property_scaler(train)
         self.precompute_encoder_graphs(train)
         self.fit_decoder_scales(train)
+
+    def fit_property_scaler(self, train: Batch) -> None:
+        """Mean and std of the training crystals' property ``y`` (CDVAE's ``prop_scaler``).
+
+        Raises
+        ------
+        ValueError
+            If the training crystals carry no finite value of the property.
+        """
+        name = self.config["property"]
+        y = getattr(train, "y", None)
+        values = None if y is None else y.view(-1).float()
+        if values is None or not bool(torch.isfinite(values).any()):
+            raise ValueError(
+                f"model.predict_property: the training crystals carry no {name} values "
+                "(a split without property columns cannot train the property head)"
+            )
+        values = values[torch.isfinite(values)]
+        self.property_mean.copy_(values.mean())
+        self.property_std.copy_(values.std(unbiased=False).clamp(min=1e-6))
+
+    def predict_property(self, z: Tensor) -> Tensor:
+        """The property head's prediction [B] from z, in the property's units.
+
+        Raises
+        ------
+        ValueError
+            If the model has no property head (``model.predict_property`` false).
+        """
+        if not self.predicts_property:
+            raise ValueError(f"this {self.name} model has no property head (predict_property)")
+        return self.fc_property(z).squeeze(-1) * self.property_std + self.property_mean
 
     def fit_decoder_scales(self, train: Batch) -> list[float]:
         """Fit the decoder's scale factors (GemNet-T) on the first training crystals.
@@ -544,7 +588,7 @@ class CrystalVAE(CrystalGenerator):
             + self.coordinate_weight(epoch) * terms["coord"]
             + self.type_weight() * terms["type"]
         )
-        return {
+        out = {
             "loss": loss,
             "natom": natom,
             "lattice": lattice_loss,
@@ -553,6 +597,25 @@ class CrystalVAE(CrystalGenerator):
             "coord": terms["coord"],
             "type": terms["type"],
         }
+        if self.predicts_property:
+            out["property"] = self.property_loss(z, batch)
+            out["loss"] = loss + float(cfg["cost_property"]) * out["property"]
+        return out
+
+    def property_loss(self, z: Tensor, batch: Batch) -> Tensor:
+        """MSE of the property head on the standardised property ``y`` (CDVAE's property_loss).
+
+        Crystals without a finite ``y`` do not count; a batch with none gives 0.
+        """
+        y = getattr(batch, "y", None)
+        if y is None:
+            return z.new_zeros(())
+        target = (y.view(-1).to(z.dtype) - self.property_mean) / self.property_std
+        known = torch.isfinite(target)
+        if not bool(known.any()):
+            return z.new_zeros(())
+        pred = self.fc_property(z).squeeze(-1)
+        return F.mse_loss(pred[known], target[known])
 
     # ------------------------------------------------------------------ sampling
     def sample_structure(

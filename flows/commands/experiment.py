@@ -5,6 +5,7 @@ r"""``dftloop experiment``: run the ``stability-experiment`` flow (DP-CDVAE's Δ
     dftloop experiment --checkpoint cdvae=runs/cdvae/best.pt --checkpoint dpcdvae=runs/dp/best.pt \\
         --n 100 --dft espresso --dft-per-model 10 --home runs/science
     dftloop experiment --train-max-minutes 120 --n 100          # train both models first
+    dftloop experiment ... --dft-path direct --dft-max-sites 12   # DFT from the generated cells
 
 The flow runs in this process (an ephemeral Prefect API unless ``PREFECT_API_URL`` is set);
 a rerun with the same options skips every finished relaxation (the store) and sample.
@@ -75,12 +76,24 @@ def experiment(
     relaxer_settings: Annotated[
         str | None, typer.Option(help='Force-field settings, JSON (e.g. {"fmax": 0.05}).')
     ] = None,
+    pressure_gpa: Annotated[
+        float | None,
+        typer.Option(help="Target pressure, GPa (default: the dataset's; carbon_24: 10)."),
+    ] = None,
+    dispersion: Annotated[
+        str | None, typer.Option(help="none | d3bj (default: the dataset's; carbon_24: d3bj).")
+    ] = None,
+    protocol: Annotated[
+        list[str] | None,
+        typer.Option(help="Relaxation protocol field KEY=VALUE (repeat; see dftloop relax)."),
+    ] = None,
     dft: Annotated[str, typer.Option(help="DFT stage: espresso, vasp or none.")] = "espresso",
     dft_settings: Annotated[
         str | None,
         typer.Option(
             help="DFT settings, JSON, merged over the defaults "
-            '({"kspacing": 0.5, "conv_thr_per_atom": 1e-8, "timeout_s": 2400}).'
+            '({"conv_thr_per_atom": 1e-8, "timeout_s": 2400}; k-spacing and cutoffs from the '
+            'protocol unless given, e.g. {"kspacing": 0.5}).'
         ),
     ] = None,
     dft_per_model: Annotated[
@@ -89,10 +102,30 @@ def experiment(
     dft_selection: Annotated[
         str,
         typer.Option(
-            help="Which structures get DFT: smallest (fewest atoms first), random (seeded), "
-            "lowest_energy (force-field energy)."
+            help="Which structures get DFT: stratified (random, stratified by cell size; "
+            "seeded), random (seeded), smallest (fewest atoms first), lowest_energy "
+            "(force-field energy)."
         ),
-    ] = "smallest",
+    ] = "stratified",
+    dft_path: Annotated[
+        str,
+        typer.Option(
+            help="pre-relaxed: DFT relaxes the force-field-relaxed structure; direct: DFT relaxes "
+            "the generated structure (no force-field pre-relax)."
+        ),
+    ] = "pre-relaxed",
+    dft_max_sites: Annotated[
+        int | None, typer.Option(help="Leave cells with more atoms out of the DFT selection.")
+    ] = None,
+    dataset_floor: Annotated[
+        bool,
+        typer.Option(
+            help="Relax random test-split structures the same way (the 'test split' row)."
+        ),
+    ] = True,
+    n_dataset: Annotated[
+        int | None, typer.Option(help="Test-split structures of the floor (default: --n).")
+    ] = None,
     reference: Annotated[
         list[str] | None,
         typer.Option(
@@ -133,10 +166,10 @@ def experiment(
         Path | None, typer.Option(help="Project directory (default $DFTLOOP_HOME).")
     ] = None,
 ) -> None:
-    """Generated versus relaxed structures per model: ΔE, RMSD, E_hull, S.U.N., report.
+    """Generated versus relaxed structures per model and the test split: ΔE, RMSD, E_hull, S.U.N.
 
     Writes <home>/reports/experiment/<run>/ (rows.json, summary.json, report.md, PNGs) and
-    publishes Prefect artifacts (experiment-<dataset>-summary, -comparison, -sun,
+    publishes Prefect artifacts (experiment-<dataset>-summary, -structure, -comparison, -sun,
     -per-structure, -plots).
     """
     from rich.console import Console
@@ -144,8 +177,22 @@ def experiment(
     console = Console(stderr=True)
     if dft not in ("espresso", "vasp", "none"):
         raise typer.BadParameter(f"--dft must be espresso, vasp or none, not {dft!r}")
-    if dft_selection not in ("smallest", "random", "lowest_energy"):
+    if dft_selection not in ("stratified", "random", "smallest", "lowest_energy"):
         raise typer.BadParameter(f"--dft-selection: unknown {dft_selection!r}")
+    if dft_path not in ("pre-relaxed", "direct"):
+        raise typer.BadParameter(f"--dft-path must be pre-relaxed or direct, not {dft_path!r}")
+    from relax.protocol import parse_assignments, resolve_protocol
+
+    try:
+        fields = {
+            **parse_assignments(protocol or []),
+            "pressure_gpa": pressure_gpa,
+            "dispersion": dispersion,
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        resolve_protocol({"dataset": dataset, **fields})  # checked before anything runs
+    except ValueError as exc:
+        raise typer.BadParameter(f"--protocol: {exc}") from None
     params = dict(
         models=model or None,
         dataset=dataset,
@@ -158,10 +205,15 @@ def experiment(
         sample_steps=sample_steps,
         relaxer=relaxer,
         relaxer_settings=_json_option("--relaxer-settings", relaxer_settings),
+        protocol=fields or None,
         dft=dft,
         dft_settings=_json_option("--dft-settings", dft_settings),
         dft_per_model=dft_per_model,
         dft_selection=dft_selection,
+        dft_path=dft_path,
+        dft_max_sites=dft_max_sites,
+        dataset_floor=dataset_floor,
+        n_dataset=n_dataset,
         reference_structures=reference or None,
         n_reference=n_reference,
         sun=sun,

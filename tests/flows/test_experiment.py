@@ -1,4 +1,4 @@
-"""The ``stability-experiment`` flow: selection, DFT rows, report tables, the flow end to end."""
+"""The ``stability-experiment`` flow end to end, its rerun, its DFT stage and its CLI."""
 
 from __future__ import annotations
 
@@ -6,107 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prefect.testing.utilities import prefect_test_harness
-from pymatgen.core import Lattice, Structure
 
-from flows.experiment_report import PAPER_DELTA_E_DIFFERENCE_MEV, comparison_table, summary_table
-from flows.experiment_rows import dft_fields, select_for_dft
 from flows.store import ResultStore
 
 from .conftest import TINY_CHGNET
-
-
-def _diamond(a: float = 3.567) -> Structure:
-    return Structure(Lattice.cubic(a), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]])
-
-
-CANDIDATES = [
-    {"structure_id": "s0", "n_sites": 12, "energy_per_atom_eV": -9.0},
-    {"structure_id": "s1", "n_sites": 6, "energy_per_atom_eV": -8.5},
-    {"structure_id": "s2", "n_sites": 8, "energy_per_atom_eV": -9.1},
-    {"structure_id": "s3", "n_sites": 6, "energy_per_atom_eV": float("nan")},
-]
-
-
-def test_select_for_dft_orders() -> None:
-    assert select_for_dft(CANDIDATES, 3, "smallest") == ["s1", "s3", "s2"]  # ties: sample order
-    assert select_for_dft(CANDIDATES, 2, "lowest_energy") == ["s2", "s0"]  # NaN goes last
-    assert select_for_dft(CANDIDATES, 10, "lowest_energy")[-1] == "s3"
-    first = select_for_dft(CANDIDATES, 2, "random", seed=3)
-    assert first == select_for_dft(CANDIDATES, 2, "random", seed=3)
-    assert sorted(select_for_dft(CANDIDATES, 4, "random", seed=1)) == ["s0", "s1", "s2", "s3"]
-    assert select_for_dft(CANDIDATES, 0, "smallest") == []
-    with pytest.raises(ValueError, match="dft_selection"):
-        select_for_dft(CANDIDATES, 2, "largest")
-
-
-def test_dft_fields_use_dft_energies_of_the_generated_structure() -> None:
-    generated = _diamond(3.7)
-    relaxed = _diamond(3.567)
-    doc = {
-        "structure_id": "g1",
-        "status": "ok",
-        "error": None,
-        "initial_energy_per_atom_eV": -250.70,  # pw.x single point of the generated structure
-        "final_energy_per_atom_eV": -250.80,  # after the pw.x vc-relax
-        "final_structure": relaxed.as_dict(),
-        "converged": True,
-        "n_ionic_steps": 4,
-        "wall_time_s": 30.0,
-    }
-    out = dft_fields(generated, doc)
-    assert out["dft_delta_e_mev_per_atom"] == pytest.approx(100.0)
-    assert out["dft_rmsd"] == pytest.approx(0.0, abs=1e-6)  # same structure up to volume
-    assert out["dft_delta_volume_frac"] == pytest.approx((3.567 / 3.7) ** 3 - 1)
-    assert out["dft_error"] is None and out["dft_status"] == "ok"
-
-    failed = {**doc, "status": "failed", "error": "g1: pw.x exceeded its time limit"}
-    out = dft_fields(generated, failed)
-    assert "dft_delta_e_mev_per_atom" not in out and "time limit" in out["dft_error"]
-
-    no_single_point = {**doc, "initial_energy_per_atom_eV": None}
-    out = dft_fields(generated, no_single_point)
-    assert out["dft_delta_e_mev_per_atom"] is None
-    assert "g1" in out["dft_error"] and "single point" in out["dft_error"]
-    assert dft_fields(generated, None) == {}
-
-
-def test_tables_put_the_paper_figure_beside_the_dft_difference() -> None:
-    from analysis.stability import compare_models, summarize_by_model
-
-    rng = np.random.default_rng(0)
-    rows = [
-        {"model": "cdvae", "dft_delta_e_mev_per_atom": float(v)} for v in rng.normal(200, 20, 30)
-    ] + [
-        {"model": "dpcdvae", "dft_delta_e_mev_per_atom": float(v)} for v in rng.normal(130, 20, 30)
-    ]
-    per_model = summarize_by_model(rows, keys=("dft_delta_e_mev_per_atom", "rmsd"))
-    table = summary_table(per_model)
-    assert [r["model"] for r in table] == ["cdvae", "dpcdvae"]  # rmsd has no value: left out
-    assert all(r["quantity"].startswith("ΔE DFT") for r in table)
-    a = [r["dft_delta_e_mev_per_atom"] for r in rows if r["model"] == "dpcdvae"]
-    b = [r["dft_delta_e_mev_per_atom"] for r in rows if r["model"] == "cdvae"]
-    result = compare_models(a, b)
-    [row] = comparison_table(
-        [{"a": "dpcdvae", "b": "cdvae", "key": "dft_delta_e_mev_per_atom", "result": result}]
-    )
-    assert row["difference"] == "dpcdvae − cdvae"
-    assert row["paper"] == str(PAPER_DELTA_E_DIFFERENCE_MEV)
-    assert -90 < row["value"] < -50  # the known shift of -70 meV/atom, within noise
-
-
-def test_default_carbon_references_are_diamond_and_graphite(data_dir: Path) -> None:
-    from flows.experiment_reference import resolve_reference_structures
-
-    refs, info = resolve_reference_structures("carbon_24", data_dir=data_dir)
-    assert [len(s) for _, s in refs] == [2, 4]  # primitive cells of diamond and graphite
-    assert info["splits"] == {i: "train" for i in info["ids"]}
-    diamond = refs[0][1]
-    assert diamond.volume / len(diamond) == pytest.approx(5.44, abs=0.05)
-    with pytest.raises(ValueError, match="C-nope"):
-        resolve_reference_structures("carbon_24", ["C-nope"], data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +30,8 @@ def _ledger(home: Path) -> list[dict]:
 def test_experiment_flow_end_to_end_then_rerun_skips(
     harness: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The smoke model on carbon_24, CHGNet only: rows, hull, S.U.N., report; a rerun skips."""
+    """The smoke model and the test-split floor on carbon_24, CHGNet only: rows, hull, S.U.N.,
+    structure statistics, report; a rerun skips every relaxation."""
     from flows.experiment import stability_experiment
 
     monkeypatch.setenv("DFTLOOP_DATA_DIR", str(data_dir))
@@ -144,13 +50,32 @@ def test_experiment_flow_end_to_end_then_rerun_skips(
     summary = out["summary"]
     assert summary["model_errors"] == {}
     rows = out["rows"]
-    assert [r["model"] for r in rows] == ["dataset"] * 4
-    for row in rows:  # rattled carbon relaxes downhill and lies above the carbon hull
+    assert [r["model"] for r in rows] == ["dataset"] * 4 + ["test split"] * 4
+    generated, floor = rows[:4], rows[4:]
+    for row in generated:  # rattled carbon relaxes downhill and lies above the carbon hull
         assert row["delta_e_mev_per_atom"] > 0 and row["rmsd"] is not None
         assert row["e_above_hull_eV"] is not None and row["e_above_hull_eV"] > 0
         assert row["e_above_hull_generated_eV"] > row["e_above_hull_eV"]
         assert {"stable", "unique", "novel", "sun"} <= set(row)
         assert row["dft_selected"] is False and "dft_delta_e_mev_per_atom" not in row
+        # carbon_24's protocol: 10 GPa, so the rows compare enthalpies H = E + pV
+        assert row["energy_quantity"] == "H" and row["pressure_gpa"] == 10.0
+        assert row["space_group"] is not None
+    # the dataset's floor: random test-split structures, the same relaxer and settings hash
+    assert summary["settings"]["protocol"] == "carbon_24"
+    assert summary["settings"]["relaxer"]["settings"]["protocol"]["pressure_gpa"] == 10.0
+    ff_hash = summary["settings"]["relaxer"]["settings_hash"]
+    assert {r["settings_hash"] for r in rows} == {ff_hash}
+    assert all(r["structure_id"].startswith("test:") for r in floor)
+    assert all(r["delta_e_mev_per_atom"] is not None and r["error"] is None for r in floor)
+    assert set(generated[0]) == set(floor[0])  # the same columns
+    assert summary["dataset_floor"] == {"label": "test split", "n": 4, "split": "test"}
+    assert list(summary["per_model"]) == ["dataset", "test split"]
+    structure = {r["model"]: r for r in out["tables"]["structure"]}
+    assert set(structure) == {"dataset", "test split"}
+    assert "sp/sp2/sp3 relaxed" in structure["dataset"]  # carbon: hybridisation reported
+    differences = {(r["difference"], r["quantity"]) for r in out["tables"]["comparison"]}
+    assert ("dataset − test split", "ΔH force field (meV/atom)") in differences
     ref = summary["reference"]["force_field"]["entries"]
     assert set(ref) == {"ref:C-130526-2423-9", "ref:C-34615-6034-26"}
     assert all(e["energy_per_atom_eV"] < -8.5 for e in ref.values())
@@ -158,20 +83,28 @@ def test_experiment_flow_end_to_end_then_rerun_skips(
     report = Path(out["report_dir"])
     assert report == tmp_path / "reports" / "experiment" / "first"
     saved = json.loads((report / "rows.json").read_text())
-    assert len(saved) == 4 and "_dft_structure" not in saved[0]
+    assert len(saved) == 8 and not any(k.startswith("_") for r in saved for k in r)
     assert json.loads((report / "summary.json").read_text())["per_model"]["dataset"]
-    assert "## Per model" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "## Per model" in text and "Dataset floor (row `test split`): 4 structures" in text
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert pngs == ["delta_e_ff_histogram.png", "delta_e_vs_rmsd_ff.png"]
+    assert pngs == ["delta_e_ff_histogram.png", "delta_e_vs_rmsd_ff.png", "distributions.png"]
     assert all((report / p).stat().st_size > 1000 for p in pngs)
-    [sun] = out["tables"]["sun"]
-    assert sun["model / energies"] == "dataset (force field)" and sun["n"] == 4
-    assert set(out["artifacts"]) == {"summary", "comparison", "sun", "per-structure", "plots"}
+    sun = {r["model / energies"]: r["n"] for r in out["tables"]["sun"]}
+    assert sun == {"dataset (force field)": 4, "test split (force field)": 4}
+    assert set(out["artifacts"]) == {
+        "summary",
+        "structure",
+        "comparison",
+        "sun",
+        "per-structure",
+        "plots",
+    }
 
     computed = len(_ledger(tmp_path))
     with ResultStore(home=tmp_path) as store:
         before = {r["doc_id"]: r["created_at"] for r in store.query("relaxation")}
-    assert computed == len(before) == 6  # 4 samples + 2 references
+    assert computed == len(before) == 10  # 4 samples + 4 test-split structures + 2 references
 
     second = stability_experiment(**{**params, "run_name": "second"})
     for stage in second["summary"]["stages"].values():
@@ -203,6 +136,7 @@ def test_experiment_trains_a_tiny_dpcdvae_and_compares_it(
         sample_steps=10,
         relaxer_settings={**TINY_CHGNET, "max_steps": 8},
         dft="none",
+        dataset_floor=False,
         novelty_limit=200,
         cluster_kwargs={"processes": False},
         run_name="tiny",
@@ -237,6 +171,8 @@ def test_experiment_with_real_pw_x_on_the_smallest_structure(
         dft="espresso",
         dft_settings={"kspacing": 0.8, "pseudo_dir": str(pseudo_dir)},  # nstep 60: see docs
         dft_per_model=1,
+        dft_selection="smallest",
+        dataset_floor=False,
         reference_structures=["C-130526-2423-9"],  # diamond only: graphite's PBE c axis drifts
         sun=False,
         cluster_kwargs={"processes": False},
@@ -247,6 +183,7 @@ def test_experiment_with_real_pw_x_on_the_smallest_structure(
     [chosen] = [r for r in rows if r["dft_selected"]]
     assert chosen["n_sites"] == min(r["n_sites"] for r in rows)
     assert chosen["dft_status"] in ("ok", "not_converged"), chosen
+    assert chosen["dft_path"] == "pre-relaxed"
     # DP-CDVAE's protocol: pw.x energy of the structure as generated minus after the pw.x relax
     assert chosen["dft_delta_e_mev_per_atom"] > 0
     assert chosen["dft_rmsd"] is not None
@@ -264,7 +201,19 @@ def test_cli_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
 
     runner = CliRunner()
     help_text = runner.invoke(app, ["experiment", "--help"]).output
-    for option in ("--checkpoint", "--dft-per-model", "--dft-selection", "--reference", "--home"):
+    for option in (
+        "--checkpoint",
+        "--dft-per-model",
+        "--dft-selection",
+        "--dft-path",
+        "--dft-max-sites",
+        "--dataset-floor",
+        "--n-dataset",
+        "--pressure-gpa",
+        "--protocol",
+        "--reference",
+        "--home",
+    ):
         assert option in help_text
     bad = [
         (["--relaxer-settings", "{fmax: 1"], "not JSON"),
@@ -273,6 +222,9 @@ def test_cli_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
         (["--checkpoint", f"cdvae={tmp_path / 'missing.pt'}"], "no such file"),
         (["--dft", "castep"], "espresso, vasp or none"),
         (["--dft-selection", "largest"], "largest"),
+        (["--dft-path", "sideways"], "pre-relaxed or direct"),
+        (["--protocol", "pressure=3"], "unknown protocol field"),
+        (["--dispersion", "d4"], "--protocol"),
     ]
     for args, message in bad:
         result = runner.invoke(app, ["experiment", *args, "--home", str(tmp_path)])

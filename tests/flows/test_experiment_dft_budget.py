@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pymatgen.core import Lattice, Structure
 
-from flows.experiment import ModelRun, _add_dft_fields, _dft_rounds
+from flows.experiment import ModelRun, add_dft_fields, dft_rounds
 from flows.store import Provenance, ResultStore
 
 
@@ -27,7 +27,7 @@ def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
     timings: dict = {"cdvae": {}, "dpcdvae": {}}
     errors: dict = {}
     # a zero budget is used up before the first round: nothing may be submitted
-    _dft_rounds(
+    dft_rounds(
         runs,
         ("chgnet+espresso", {}),
         1,
@@ -45,7 +45,7 @@ def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
     assert set(runs["cdvae"].dft_not_started) == {"0-0", "0-1"}
     assert set(runs["dpcdvae"].dft_not_started) == {"0-3"}
     for mr in runs.values():
-        _add_dft_fields(mr, "settings-hash", str(tmp_path))
+        add_dft_fields(mr, "settings-hash", str(tmp_path))
         for row in mr.rows:
             assert row["dft_selected"] is True
             assert row["dft_status"] == "not_started"
@@ -54,7 +54,7 @@ def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
 
 def test_rows_without_budget_stop_are_not_relaxed(tmp_path: Path) -> None:
     mr = _model_run("cdvae", ["0-0"])
-    _add_dft_fields(mr, "settings-hash", str(tmp_path))
+    add_dft_fields(mr, "settings-hash", str(tmp_path))
     assert mr.rows[0]["dft_status"] == "not_relaxed"
 
 
@@ -74,7 +74,7 @@ def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> 
     with ResultStore(home=str(tmp_path)) as store:
         store.put_relaxations([("cdvae-0-0", doc)], Provenance(model="cdvae"))
     # a rerun whose budget is spent: both chosen structures are "not started" by this run
-    _dft_rounds(
+    dft_rounds(
         {"cdvae": mr},
         ("chgnet+espresso", {}),
         1,
@@ -88,7 +88,7 @@ def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> 
         max_minutes=0.0,
     )
     assert set(mr.dft_not_started) == {"0-0", "0-1"}
-    _add_dft_fields(mr, "settings-hash", str(tmp_path))
+    add_dft_fields(mr, "settings-hash", str(tmp_path))
     done, waiting = mr.rows
     assert done["dft_status"] == "ok"
     assert abs(done["dft_delta_e_mev_per_atom"] - 500.0) < 1e-6

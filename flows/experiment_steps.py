@@ -1,0 +1,425 @@
+"""Steps of the ``stability-experiment`` flow that touch checkpoints, samples, splits and the store.
+
+Each step reads or writes through the orchestration layer (trainings, sample directories, the
+dataset splits, :func:`flows.relax_stage.relax_samples`, :class:`flows.store.ResultStore`) and
+hands structures and relaxation documents to :mod:`analysis` for the science. The flow in
+:mod:`flows.experiment` calls them in order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+from pymatgen.core import Structure
+
+from analysis.dft_subset import random_subset
+from analysis.stability_rows import DATASET_LABEL, dft_fields, structure_row, unbuilt_row
+from flows.hashing import structure_hash
+from flows.pipeline import sample_structures, train_generator
+from flows.relax_stage import flow_run_provenance, relax_samples
+from flows.store import Provenance, ResultStore
+from flows.tasks import load_sample_items
+
+DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
+    "espresso": {
+        "conv_thr_per_atom": 1e-8,
+        "timeout_s": 2400.0,
+    },
+    "vasp": {},
+}
+"""pw.x settings merged under ``dft_settings``: SCF threshold 1e-8 Ry per atom instead of 1e-9;
+2400 s per pw.x calculation (``timeout_s`` is a machine setting, not in the settings hash).
+k-spacing, cutoffs, pressure and dispersion come from the relaxation protocol (the dataset's
+converged settings where they exist, :mod:`relax.protocol`) unless ``dft_settings`` names them."""
+
+
+def protocol_spec(dataset: str, protocol: dict[str, Any] | str | None) -> Any:
+    """The relaxation protocol of the experiment: the dataset's, with the user's overrides.
+
+    Parameters
+    ----------
+    dataset
+        The experiment's dataset (its defaults, e.g. carbon_24 at 10 GPa with D3(BJ)).
+    protocol
+        ``None`` (the dataset's defaults), a dataset name, or a dict of protocol fields that
+        override the dataset's defaults (its own ``"dataset"`` key picks other defaults).
+
+    Returns
+    -------
+    str or dict or None
+        A ``protocol=`` value of the relaxers (``None`` for a dataset without defaults).
+    """
+    from relax.protocol import DATASET_PROTOCOLS
+
+    if isinstance(protocol, str):
+        return protocol
+    base = dataset if dataset in DATASET_PROTOCOLS else None
+    if protocol is None:
+        return base
+    fields = dict(protocol)
+    if base is not None and "dataset" not in fields and "name" not in fields:
+        fields["dataset"] = base
+    return fields
+
+
+def with_protocol(settings: dict[str, Any] | None, spec: Any) -> dict[str, Any]:
+    """Relaxer settings with ``protocol`` set to ``spec`` (a ``protocol`` given there wins)."""
+    out = dict(settings or {})
+    if spec is not None:
+        out.setdefault("protocol", spec)
+    return out
+
+
+COUNTS: tuple[str, ...] = (
+    "n_input",
+    "n_skipped",
+    "n_submitted",
+    "n_stored",
+    "n_ok",
+    "n_errors",
+    "n_crashed_chunks",
+)
+
+
+def dft_relaxer_spec(
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    dft: str,
+    dft_settings: dict[str, Any] | None,
+    path: str = "pre-relaxed",
+) -> tuple[str, dict[str, Any]]:
+    """Name and settings of the DFT relaxer of the experiment.
+
+    Parameters
+    ----------
+    relaxer, relaxer_settings
+        The force field and its settings (the same as the force-field stage).
+    dft, dft_settings
+        ``"espresso"`` or ``"vasp"`` and its settings, merged over
+        :data:`DEFAULT_DFT_SETTINGS`.
+    path
+        ``"pre-relaxed"``: the two-stage relaxer (force-field pre-relax, DFT single point of the
+        input, DFT relaxation); ``"direct"``: the DFT relaxer alone, from the generated
+        structure (its first SCF is the initial energy).
+
+    Returns
+    -------
+    tuple
+        ``("chgnet+espresso", {"chgnet": {...}, "espresso": {...}, "initial_single_point":
+        True})`` or ``("espresso", {...})`` for ``relax.get_relaxer``.
+    """
+    final = {**DEFAULT_DFT_SETTINGS.get(dft, {}), **(dft_settings or {})}
+    if path == "direct":
+        return dft, final
+    return f"{relaxer}+{dft}", {
+        relaxer: dict(relaxer_settings or {}),
+        dft: final,
+        "initial_single_point": True,
+    }
+
+
+@dataclass
+class ModelRun:
+    """One model's (or the test split's) structures and rows inside the experiment."""
+
+    model: str
+    sample_dir: str
+    items: list[tuple[str, Structure]]
+    provenance: Provenance
+    hashes: dict[str, str] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)
+    dft_not_started: dict[str, str] = field(default_factory=dict)
+    unbuilt: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def structures(self) -> dict[str, Structure]:
+        """``{structure id: structure as generated}``."""
+        return dict(self.items)
+
+
+def checkpoint_for(
+    model: str,
+    checkpoints: dict[str, str] | None,
+    dataset: str,
+    train_config: str,
+    train_max_minutes: float | None,
+    train_overrides: dict[str, Any] | None,
+    home: str | None,
+) -> str | None:
+    """The model's checkpoint: given, or trained (``train_max_minutes`` required)."""
+    from flows.smoke_model import SMOKE_MODEL
+
+    if checkpoints and checkpoints.get(model):
+        return checkpoints[model]
+    if model == SMOKE_MODEL:
+        return None
+    if train_max_minutes is None:
+        raise ValueError(
+            f"model {model!r}: no checkpoint given (checkpoints={{'{model}': path}}) and no "
+            "train_max_minutes (the CPU budget of its training)"
+        )
+    return train_generator(
+        model,
+        dataset,
+        train_config,
+        home=home,
+        max_minutes=train_max_minutes,
+        overrides=train_overrides,
+    )
+
+
+def sample_model(
+    model: str,
+    dataset: str,
+    checkpoints: dict[str, str] | None,
+    train: dict[str, Any],
+    n: int,
+    seed: int,
+    sample_steps: int | None,
+    run: str,
+    home: str | None,
+    timings: dict[str, float],
+) -> ModelRun:
+    """Checkpoint (given or trained) and samples of one model.
+
+    ``train`` holds ``config``, ``max_minutes`` and ``overrides`` of a training.
+    """
+    start = time.perf_counter()
+    checkpoint = checkpoint_for(
+        model,
+        checkpoints,
+        dataset,
+        train["config"],
+        train["max_minutes"],
+        train["overrides"],
+        home,
+    )
+    timings["train_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    sample_dir = sample_structures(
+        model,
+        dataset,
+        n,
+        checkpoint,
+        seed,
+        home=home,
+        mode=None if checkpoint is None else "generate",
+        steps=sample_steps,
+    )
+    timings["sample_s"] = time.perf_counter() - start
+    items, errors = load_sample_items(sample_dir)
+    if errors:
+        get_run_logger().warning(
+            "%s: %d samples have no structure: %s", model, len(errors), errors[:3]
+        )
+    prov = flow_run_provenance(sample_dir, {"n": n, "seed": seed, "experiment": run})
+    hashes = {sid: structure_hash(s) for sid, s in items}
+    return ModelRun(model, sample_dir, items, prov, hashes, unbuilt=errors)
+
+
+def dataset_floor_run(dataset: str, n: int, seed: int, run: str) -> ModelRun:
+    """The dataset's floor: ``n`` random test-split structures (seeded), as a model run.
+
+    Parameters
+    ----------
+    dataset
+        Dataset name (``DFTLOOP_DATA_DIR`` and the data layer's search path apply).
+    n
+        Structures drawn (all in random order when the split is smaller).
+    seed
+        Seed of :func:`analysis.dft_subset.random_subset`.
+    run
+        The experiment's run label (provenance).
+
+    Returns
+    -------
+    ModelRun
+        Model :data:`analysis.stability_rows.DATASET_LABEL`, ids ``test:<material id>``.
+    """
+    from generators.data import load_split
+
+    records = {
+        r.material_id: r.structure for r in load_split(dataset, "test", progress=False).records
+    }
+    chosen = random_subset(list(records), n, seed)
+    items = [(f"test:{mid}", records[mid]) for mid in chosen]
+    prov = Provenance(
+        model=DATASET_LABEL,
+        dataset=dataset,
+        config={"role": "dataset floor", "split": "test", "n": n, "seed": seed, "experiment": run},
+    )
+    run_id = flow_run.get_id()
+    prov.flow_run_id = str(run_id) if run_id else None
+    hashes = {sid: structure_hash(s) for sid, s in items}
+    return ModelRun(DATASET_LABEL, "", items, prov, hashes)
+
+
+def split_records(dataset: str) -> Any:
+    """The ``records(split)`` function of a dataset, for the hull references.
+
+    See :func:`analysis.hull_references.resolve_reference_structures`.
+    """
+    from generators.data import load_split
+
+    def records(split: str) -> Any:
+        return load_split(dataset, split, progress=False).records
+
+    return records
+
+
+def force_field_rows(mr: ModelRun, settings_hash: str, home: str | None) -> list[dict[str, Any]]:
+    """Rows of one model from the force-field relaxations in the store (analysis rows)."""
+    with ResultStore(home=home) as store:
+        docs = store.get_relaxations(list(mr.hashes.values()), settings_hash)
+    rows = [unbuilt_row(e["id"], e["reason"], model=mr.model) for e in mr.unbuilt]
+    for sid, structure in mr.items:
+        h = mr.hashes[sid]
+        rows.append(
+            structure_row(
+                sid,
+                structure,
+                docs.get(h),
+                model=mr.model,
+                structure_hash=h,
+                settings_hash=settings_hash,
+            )
+        )
+    return rows
+
+
+def add_dft_fields(
+    mr: ModelRun, settings_hash: str, home: str | None, path: str = "pre-relaxed"
+) -> None:
+    """Mark the chosen rows and add their DFT fields from the store.
+
+    A chosen structure whose result an earlier run stored is reported with it and leaves
+    ``mr.dft_not_started`` (a rerun with a spent budget still reports every stored result).
+    """
+    if not mr.chosen:
+        return
+    with ResultStore(home=home) as store:
+        docs = store.get_relaxations([mr.hashes[sid] for sid in mr.chosen], settings_hash)
+    chosen, structures = set(mr.chosen), mr.structures
+    for row in mr.rows:
+        sid = row["structure_id"]
+        if sid not in chosen:
+            continue
+        row["dft_selected"] = True
+        row["dft_path"] = path
+        h = mr.hashes[sid]
+        if h in docs:  # stored by an earlier run: reported, whatever this run's budget
+            mr.dft_not_started.pop(sid, None)
+            row.update(dft_fields(structures[sid], docs[h], path))
+        elif sid in mr.dft_not_started:
+            row.update(dft_status="not_started", dft_error=mr.dft_not_started[sid])
+        else:
+            row.update(dft_status="not_relaxed", dft_error=f"{sid}: no DFT result in the store")
+
+
+def _accumulate(stages: dict[str, dict[str, Any]], key: str, stage: dict[str, Any]) -> None:
+    """Add a stage summary (one DFT round) to the running total under ``key``."""
+    if key not in stages:
+        stages[key] = {**stage, "errors": list(stage["errors"])}
+        return
+    total = stages[key]
+    for name in COUNTS:
+        total[name] += stage[name]
+    total["errors"] += stage["errors"]
+
+
+def dft_rounds(
+    runs: dict[str, ModelRun],
+    spec: tuple[str, dict[str, Any]],
+    dft_workers: int,
+    home: str | None,
+    cluster: str,
+    cluster_kwargs: dict[str, Any] | None,
+    retry_failed: bool,
+    stages: dict[str, dict[str, Any]],
+    timings: dict[str, dict[str, float]],
+    model_errors: dict[str, str],
+    max_minutes: float | None = None,
+) -> None:
+    """DFT-relax each model's chosen structures, ``dft_workers`` per model per round.
+
+    Round robin, so that a run stopped early has DFT results for every model; each round's
+    results are in the store as soon as they finish (a rerun skips them). With ``max_minutes``,
+    no batch starts after that much wall time; its structures go to ``mr.dft_not_started``.
+    """
+    per_round = max(1, dft_workers)
+    n_rounds = max((len(mr.chosen) for mr in runs.values()), default=0)
+    phase_start = time.perf_counter()
+    for first in range(0, n_rounds, per_round):
+        for model, mr in runs.items():
+            batch = mr.chosen[first : first + per_round]
+            if not batch:
+                continue
+            start = time.perf_counter()
+            if max_minutes is not None and start - phase_start >= 60.0 * max_minutes:
+                reason = f"not started: the DFT budget of {max_minutes:g} min was used up"
+                mr.dft_not_started.update(dict.fromkeys(batch, reason))
+                continue
+            try:
+                stage = relax_samples(
+                    [(sid, mr.structures[sid]) for sid in batch],
+                    spec[0],
+                    spec[1],
+                    mr.provenance,
+                    home=home,
+                    chunk_size=1,
+                    cluster=cluster,
+                    cluster_kwargs=cluster_kwargs,
+                    retry_failed=retry_failed,
+                )
+            except Exception as exc:  # reported; the rows say "not relaxed"
+                get_run_logger().error("%s DFT: %s: %s", model, type(exc).__name__, exc)
+                model_errors[f"{model} DFT"] = f"{type(exc).__name__}: {exc}"
+                continue
+            t = timings.setdefault(model, {})
+            t["dft_s"] = t.get("dft_s", 0.0) + time.perf_counter() - start
+            _accumulate(stages, f"{model}:{spec[0]}", stage.as_dict())
+
+
+def relax_references(
+    references: list[tuple[str, Structure]],
+    stages: list[tuple[str, dict[str, Any]]],
+    dataset: str,
+    home: str | None,
+    cluster: str,
+    cluster_kwargs: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """Relax the hull references with each ``(relaxer, settings)``; return their documents.
+
+    Returns
+    -------
+    dict
+        ``{relaxer name: {"settings_hash", "stage", "docs": {ref id: relaxation doc}}}``.
+    """
+    prov = Provenance(model="reference", dataset=dataset, config={"role": "hull reference"})
+    prov.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    hashes = {rid: structure_hash(s) for rid, s in references}
+    out: dict[str, dict[str, Any]] = {}
+    for index, (name, settings) in enumerate(stages):
+        stage = relax_samples(
+            references,
+            name,
+            settings,
+            prov,
+            home=home,
+            chunk_size=4 if index == 0 else 1,  # the force field batches; DFT one by one
+            cluster=cluster,
+            cluster_kwargs=cluster_kwargs,
+        )
+        with ResultStore(home=home) as store:
+            found = store.get_relaxations(list(hashes.values()), stage.settings_hash)
+        out[name] = {
+            "settings_hash": stage.settings_hash,
+            "stage": stage.as_dict(),
+            "docs": {rid: found.get(h) for rid, h in hashes.items()},
+        }
+    return out

@@ -221,6 +221,7 @@ def _scan(
     tol_mev: float,
     log: Callable[[str], None],
     done: dict[tuple[float, float, float], ConvergencePoint],
+    on_point: Callable[[], None] = lambda: None,
 ) -> tuple[list[ConvergencePoint], int, bool]:
     """Run points until the change drops below ``tol_mev``; return points, chosen index, flag.
 
@@ -235,6 +236,7 @@ def _scan(
         else:
             point = _point(items, reference, energies, kspacing, ecutwfc, ecutrho)
             done[key] = point
+            on_point()
         if points:
             point.change_meV = _change(points[-1], point)
         points.append(point)
@@ -246,6 +248,32 @@ def _scan(
         if point.change_meV is not None and point.change_meV < tol_mev:
             return points, len(points) - 2, True
     return points, len(points) - 1, False
+
+
+def _load_checkpoint(
+    path: str | Path | None, wanted: ConvergenceResult, log: Callable[[str], None]
+) -> dict[tuple[float, float, float], ConvergencePoint]:
+    """Points of an earlier run of the same study (same structures, protocol, tolerance)."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        log(f"checkpoint {path} unreadable: starting afresh")
+        return {}
+    same = all(
+        old.get(key) == getattr(wanted, key)
+        for key in ("dataset", "reference", "structures", "tol_mev", "protocol")
+    )
+    if not same:
+        log(f"checkpoint {path} is of another study (structures or protocol): not reused")
+        return {}
+    done = {}
+    for raw in [*old.get("kpoint_scan", []), *old.get("cutoff_scan", [])]:
+        point = ConvergencePoint(**raw)
+        done[(round(point.kspacing, 6), round(point.ecutwfc, 6), round(point.ecutrho, 6))] = point
+    log(f"checkpoint {path}: {len(done)} point(s) reused")
+    return done
 
 
 def converge_dft(
@@ -261,6 +289,7 @@ def converge_dft(
     tol_mev: float = 1.0,
     relaxer_kwargs: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    checkpoint: str | Path | None = None,
 ) -> ConvergenceResult:
     """Find the coarsest k-spacing and lowest cutoff whose energy differences are converged.
 
@@ -286,6 +315,10 @@ def converge_dft(
         For :func:`espresso_single_points`.
     log
         Called with one line per point.
+    checkpoint
+        A JSON file: points already in it (same structures, protocol and tolerance, as written
+        by an interrupted run) are reused instead of recomputed, and every new point is added
+        to it as soon as it is computed.
 
     Returns
     -------
@@ -311,19 +344,37 @@ def converge_dft(
         if grids not in seen:
             seen.add(grids)
             k_settings.append((float(k), float(ecutwfc), float(ecutrho)))
-    done: dict[tuple[float, float, float], ConvergencePoint] = {}
-    k_points, k_index, k_ok = _scan(k_settings, items, reference, energies, tol_mev, log, done)
+    structures = {
+        sid: {"formula": s.composition.reduced_formula, "n_sites": len(s)} for sid, s in items
+    }
+    partial = ConvergenceResult(
+        dataset=dataset,
+        reference=reference,
+        structures=structures,
+        tol_mev=float(tol_mev),
+        protocol=base.settings(),
+    )
+    done = _load_checkpoint(checkpoint, partial, log)
+
+    def save() -> None:
+        if checkpoint is not None:
+            partial.kpoint_scan = list(done.values())
+            partial.write(checkpoint)
+
+    k_points, k_index, k_ok = _scan(
+        k_settings, items, reference, energies, tol_mev, log, done, save
+    )
     kspacing = k_points[k_index].kspacing
     dual = ecutrho / ecutwfc
     cut_settings = [(kspacing, ecutwfc * f, ecutwfc * f * dual) for f in cutoff_steps]
-    c_points, c_index, c_ok = _scan(cut_settings, items, reference, energies, tol_mev, log, done)
+    c_points, c_index, c_ok = _scan(
+        cut_settings, items, reference, energies, tol_mev, log, done, save
+    )
     chosen = c_points[c_index]
     return ConvergenceResult(
         dataset=dataset,
         reference=reference,
-        structures={
-            sid: {"formula": s.composition.reduced_formula, "n_sites": len(s)} for sid, s in items
-        },
+        structures=structures,
         tol_mev=float(tol_mev),
         protocol=base.settings(),
         kpoint_scan=k_points,

@@ -10,8 +10,10 @@
 ``converge`` runs pw.x SCFs on the dataset's reference structures (carbon: diamond, graphite,
 lonsdaleite) plus a few random training structures, tightening the k-point spacing and then the
 cutoff until every energy difference changes by less than ``--tol-mev`` meV/atom
-(:func:`relax.convergence.converge_dft`). The result goes to
-``$DFTLOOP_HOME/cache/converged/<dataset>.json``, which the dataset's protocol then uses by
+(:func:`relax.convergence.converge_dft`). Every computed point is kept in
+``<out>.partial.json`` and reused when the same study is run again (an interrupted study
+resumes). The result goes to ``$DFTLOOP_HOME/cache/converged/<dataset>.json``, which the
+dataset's protocol then uses by
 default; ``--write-default`` also writes the copy shipped in the package.
 """
 
@@ -132,6 +134,8 @@ def converge(
     )
     # the convergence study starts from the SSSP cutoffs, not from an earlier result
     fixed = base.with_overrides().model_copy(update={"ecutwfc": None, "ecutrho": None})
+    target = out or converged_dir() / f"{dataset}.json"
+    checkpoint = target.with_name(target.stem + ".partial.json")
     try:
         result = converge_dft(
             items,
@@ -142,11 +146,13 @@ def converge(
             tol_mev=tol_mev,
             relaxer_kwargs={"n_procs": n_procs, "timeout_s": timeout},
             log=console.print,
+            checkpoint=checkpoint,
         )
     except RuntimeError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from None
-    path = result.write(out or converged_dir() / f"{dataset}.json")
+    path = result.write(target)
+    checkpoint.unlink(missing_ok=True)
     console.print(result.markdown())
     console.print(f"converged: {json.dumps(result.converged)}; written to {path}")
     if write_default:

@@ -80,3 +80,31 @@ def test_dft_show_cli_applies_overrides() -> None:
     assert shown["pressure_gpa"] == 0 and shown["dispersion"] == "d3bj"
     bad = CliRunner().invoke(app, ["dft", "show", "--dataset", "nope"])
     assert bad.exit_code == 1 and "no relaxation protocol for dataset 'nope'" in bad.output
+
+
+def test_an_interrupted_study_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "carbon_24.partial.json"
+    calls: list = []
+    model = _model(calls)
+
+    def dies_after_three(items, overrides):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return model(items, overrides)
+
+    kwargs = {"dataset": "carbon_24", "protocol": "carbon_24", "ecutwfc": 45.0, "ecutrho": 360.0}
+    with pytest.raises(KeyboardInterrupt):
+        converge_dft(ITEMS, energies=dies_after_three, checkpoint=checkpoint, log=print, **kwargs)
+    saved = json.loads(checkpoint.read_text())
+    assert [p["kspacing"] for p in saved["kpoint_scan"]] == [0.5, 0.4, 0.3]
+    again: list = []
+    result = converge_dft(ITEMS, energies=_model(again), checkpoint=checkpoint, log=print, **kwargs)
+    # the three finished points are not recomputed; the outcome equals an uninterrupted run
+    assert [c["kspacing"] for c in again][:2] == [0.25, 0.2] and len(again) == 7 - 3
+    assert result.converged["kspacing"] == 0.25 and result.converged["ecutwfc"] == 54.0
+    fresh: list = []
+    other = converge_dft(
+        ITEMS[:2], energies=_model(fresh), checkpoint=checkpoint, log=print, **kwargs
+    )  # another set of structures: nothing of the checkpoint is reused
+    assert fresh[0]["kspacing"] == 0.5 and len(fresh) == 7
+    assert other.converged["kspacing"] == 0.25

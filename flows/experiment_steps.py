@@ -423,3 +423,68 @@ def relax_references(
             "docs": {rid: found.get(h) for rid, h in hashes.items()},
         }
     return out
+
+
+def dataset_floor_row(
+    dataset: str,
+    n: int,
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    home: str | None,
+    *,
+    cluster_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A stability table row of the dataset's own floor (e.g. beside the nightly models).
+
+    ``n`` random test-split structures (seeded) relaxed with the models' relaxer and settings,
+    summarised with the same metrics as a model's relax stage
+    (:func:`analysis.stability.summarize_stability`).
+
+    Parameters
+    ----------
+    dataset
+        Dataset name.
+    n
+        Test-split structures (as many as a model's samples, usually).
+    relaxer, relaxer_settings
+        The models' relaxation stage (same settings, so the same settings hash).
+    home
+        Project directory.
+    cluster_kwargs
+        The relaxations' local Dask cluster overrides.
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    dict
+        ``model`` (:data:`analysis.stability_rows.DATASET_LABEL`), ``status``, ``n_samples``,
+        ``n_relaxed``, ``settings_hash``, the metric values by name, ``notes`` and ``rows``
+        (public per-structure rows).
+    """
+    from analysis.stability import dataset_floor_rows, summarize_stability
+
+    mr = dataset_floor_run(dataset, n, seed, "floor")
+    stage = relax_samples(
+        mr.items, relaxer, relaxer_settings, mr.provenance, home=home, cluster_kwargs=cluster_kwargs
+    )
+    with ResultStore(home=home) as store:
+        found = store.get_relaxations(list(mr.hashes.values()), stage.settings_hash)
+    docs = {sid: found.get(h) for sid, h in mr.hashes.items()}
+    rows = dataset_floor_rows(mr.items, docs, settings_hash=stage.settings_hash)
+    metrics = {m.name: m.value for m in summarize_stability(rows)}
+    n_relaxed = sum(1 for r in rows if r.get("delta_e_mev_per_atom") is not None)
+    return {
+        "model": DATASET_LABEL,
+        "status": "ok" if n_relaxed else "failed: no test-split structure relaxed",
+        "n_samples": len(rows),
+        "n_relaxed": n_relaxed,
+        "settings_hash": stage.settings_hash,
+        **metrics,
+        "notes": {
+            "relax": f"{len(rows)} random {dataset} test-split structures (seed {seed}), the "
+            "models' relaxer and settings: the floor of ΔE and RMSD"
+        },
+        "rows": rows,
+    }

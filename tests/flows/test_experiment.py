@@ -231,3 +231,35 @@ def test_cli_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
     assert not (tmp_path / "reports").exists()  # nothing ran
+
+
+def test_dataset_floor_row_of_the_nightly_table(
+    harness: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random test-split structures through the models' relaxer: same settings hash, metrics."""
+    import numpy as np
+    from prefect import flow
+
+    from flows.experiment_steps import dataset_floor_row
+    from flows.tasks import describe_relaxer
+    from generators.data import load_split
+
+    monkeypatch.setenv("DFTLOOP_DATA_DIR", str(data_dir))
+    settings = {**TINY_CHGNET, "max_steps": 8}
+
+    @flow
+    def floor_flow() -> dict:
+        return dataset_floor_row(
+            "perov_5", 3, "chgnet", settings, str(tmp_path), cluster_kwargs={"processes": False}
+        )
+
+    row = floor_flow()
+    assert row["settings_hash"] == describe_relaxer("chgnet", settings)["settings_hash"]
+    assert row["model"] == "test split" and row["status"] == "ok"
+    assert row["n_samples"] == 3 and row["n_relaxed"] == 3
+    test_ids = [r.material_id for r in load_split("perov_5", "test", progress=False).records]
+    drawn = np.random.default_rng(0).permutation(len(test_ids))[:3]
+    assert [r["structure_id"] for r in row["rows"]] == [f"test:{test_ids[i]}" for i in drawn]
+    values = [r["delta_e_mev_per_atom"] for r in row["rows"]]
+    assert row["mean_delta_e_mev_per_atom"] == pytest.approx(float(np.mean(values)))
+    assert {r["settings_hash"] for r in row["rows"]} == {row["settings_hash"]}

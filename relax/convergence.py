@@ -6,11 +6,13 @@ pw.x SCF (:meth:`relax.espresso_relaxer.EspressoRelaxer.single_point`, the proto
 pressure, dispersion and smearing), and the differences ``E_i − E_ref`` (per atom, against the
 first structure) are compared between successive settings:
 
-1. k-spacing, from coarse to fine at the starting cutoff: the first spacing whose differences
-   change by less than ``tol_mev`` (meV/atom, every structure) when the spacing is tightened to
-   the next value is kept; spacings that give the same grids for every structure are skipped;
-2. cutoff at that spacing, raising ``ecutwfc`` (``ecutrho`` keeps its ratio), with the same
-   test.
+1. k-spacing, every value of the list from coarse to fine at the starting cutoff (spacings that
+   give the same grids for every structure are skipped); the coarsest spacing whose
+   differences lie within ``tol_mev`` (meV/atom, every structure) of those of *every* finer
+   spacing is kept -- k-point convergence of a semimetal such as graphite oscillates, so one
+   small step between neighbours is not enough;
+2. cutoff at that spacing, raising ``ecutwfc`` (``ecutrho`` keeps its ratio), chosen the same
+   way.
 
 :func:`converge_dft` returns a :class:`ConvergenceResult`, written as JSON by
 :meth:`ConvergenceResult.write`; :func:`relax.protocol.converged_settings` reads it back.
@@ -54,7 +56,8 @@ class ConvergencePoint:
         ``E_i − E_ref`` per atom, meV, per structure id (the reference itself excluded).
     change_meV
         Largest change of any difference against the previous point of the same scan
-        (``None`` for the first point).
+        (``None`` for the first point; for the table, the choice compares with every tighter
+        point).
     wall_time_s
         Seconds for all SCFs of this point.
     """
@@ -89,7 +92,8 @@ class ConvergenceResult:
         The points of both scans, in order.
     converged
         ``{"kspacing", "ecutwfc", "ecutrho"}`` chosen, and ``"kspacing_converged"`` /
-        ``"cutoff_converged"`` flags (``False``: the finest value tried was kept).
+        ``"cutoff_converged"`` flags (``False``: only the finest value tried qualified, nothing
+        tighter confirms it).
     created
         UTC time stamp.
     """
@@ -223,9 +227,11 @@ def _scan(
     done: dict[tuple[float, float, float], ConvergencePoint],
     on_point: Callable[[], None] = lambda: None,
 ) -> tuple[list[ConvergencePoint], int, bool]:
-    """Run points until the change drops below ``tol_mev``; return points, chosen index, flag.
+    """Run every setting; return the points, the chosen index and whether it is confirmed.
 
     ``done`` holds points already computed (by setting); they are reused, not recomputed.
+    ``change_meV`` of a point is against the previous one (for the table); the choice is
+    :func:`_choose`.
     """
     points: list[ConvergencePoint] = []
     for kspacing, ecutwfc, ecutrho in settings:
@@ -245,9 +251,22 @@ def _scan(
             + ", ".join(f"{k} {_fmt(v)}" for k, v in point.differences_meV.items())
             + f" meV/atom; change {_fmt(point.change_meV)} ({point.wall_time_s:.0f} s)"
         )
-        if point.change_meV is not None and point.change_meV < tol_mev:
-            return points, len(points) - 2, True
-    return points, len(points) - 1, False
+    return points, *_choose(points, tol_mev)
+
+
+def _choose(points: Sequence[ConvergencePoint], tol_mev: float) -> tuple[int, bool]:
+    """Index of the first point whose differences are within ``tol_mev`` of every later one.
+
+    Convergence with k-points is not monotonic (graphite, a semimetal, oscillates), so one
+    small change between neighbours proves nothing: a point counts only if no tighter setting
+    of the scan moves any difference by ``tol_mev`` or more. The flag is ``False`` when only the
+    last (tightest) point qualifies, i.e. nothing tighter confirms it.
+    """
+    for j, point in enumerate(points[:-1]):
+        changes = [_change(point, later) for later in points[j + 1 :]]
+        if all(c is not None and c < tol_mev for c in changes):
+            return j, True
+    return len(points) - 1, False
 
 
 def _load_checkpoint(
@@ -310,7 +329,8 @@ def converge_dft(
     ecutwfc, ecutrho
         Starting cutoffs, Ry (default: the SSSP recommendation for the structures' elements).
     tol_mev
-        Largest change of every difference (meV/atom) for a setting to count as converged.
+        Largest deviation of every difference (meV/atom) from its value at every tighter
+        setting for a setting to count as converged.
     relaxer_kwargs
         For :func:`espresso_single_points`.
     log

@@ -6,6 +6,7 @@
     dftloop models show diffcsp-perov5-csp    # the whole card: training record, test metrics
     dftloop models path diffcsp-perov5-csp    # the verified local file (downloads a URL card)
     dftloop models export RUN/last.pt OUT.pt  # the small shippable form of a trainer checkpoint
+    dftloop models table                      # Markdown table of every card's test metrics
 
 A registered name works wherever a checkpoint path does (``dftloop sample --checkpoint NAME``,
 the flows' ``checkpoint`` parameter, ``DFTLOOP_MAIN_CHECKPOINT``).
@@ -67,6 +68,46 @@ def list_command(
     Console(width=160).print(table)
     if not cards:
         print("no models registered")
+
+
+def metrics_table(cards: list) -> str:
+    """Return a Markdown table: one row per card and metric, the paper's number beside ours.
+
+    Parameters
+    ----------
+    cards
+        :class:`generators.model_zoo.ModelCard` objects.
+    """
+    lines = [
+        "| checkpoint | task | metric | n | dftloop | paper | paper source | training "
+        "(epochs, CPU h) | sampling (CPU min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for card in cards:
+        training = card.training
+        cpu = training.get("cpu_minutes")
+        budget = f"{training.get('epochs')} epochs, " + (
+            f"{cpu / 60:.1f} CPU h" if isinstance(cpu, int | float) else "CPU time not recorded"
+        )
+        rows = card.metrics or [{"name": "not evaluated yet"}]
+        for row in rows:
+            paper = row.get("paper")
+            lines.append(
+                f"| {card.name} | {card.task} | {row['name']} | {row.get('n', '')} | "
+                f"{row.get('value', '')} | "
+                f"{paper if paper is not None else 'no published number'} | "
+                f"{row.get('paper_source') or ''} | {budget} | "
+                f"{row.get('sampling_cpu_minutes', '')} |"
+            )
+    return "\n".join(lines)
+
+
+@app.command("table")
+def table_command() -> None:
+    """Print the registered checkpoints' test metrics beside the papers' as Markdown."""
+    from generators.model_zoo import list_models
+
+    print(metrics_table(list_models()))
 
 
 @app.command("show")

@@ -182,3 +182,13 @@ def test_models_cli_lists_and_shows(
     assert json.loads(shown.output)["sha256"] == info["sha256"]
     unknown = runner.invoke(app, ["models", "show", "nope"])
     assert unknown.exit_code == 1
+    table = runner.invoke(app, ["models", "table"])
+    row = next(line for line in table.output.splitlines() if line.startswith("| tiny-cli"))
+    assert [c.strip() for c in row.split("|")[1:7]] == [
+        "tiny-cli",
+        "csp",
+        "match_rate",
+        "",
+        "0.5",
+        "0.5202",
+    ]

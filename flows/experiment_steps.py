@@ -311,6 +311,7 @@ def add_dft_fields(
             continue
         row["dft_selected"] = True
         row["dft_path"] = path
+        row["dft_settings_hash"] = settings_hash
         h = mr.hashes[sid]
         if h in docs:  # stored by an earlier run: reported, whatever this run's budget
             mr.dft_not_started.pop(sid, None)

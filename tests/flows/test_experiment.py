@@ -184,6 +184,8 @@ def test_experiment_with_real_pw_x_on_the_smallest_structure(
     assert chosen["n_sites"] == min(r["n_sites"] for r in rows)
     assert chosen["dft_status"] in ("ok", "not_converged"), chosen
     assert chosen["dft_path"] == "pre-relaxed"
+    dft_hash = out["summary"]["settings"]["dft_relaxer"]["settings_hash"]
+    assert chosen["dft_settings_hash"] == dft_hash
     # DP-CDVAE's protocol: pw.x energy of the structure as generated minus after the pw.x relax
     assert chosen["dft_delta_e_mev_per_atom"] > 0
     assert chosen["dft_rmsd"] is not None

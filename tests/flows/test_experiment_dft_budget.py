@@ -94,3 +94,38 @@ def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> 
     assert abs(done["dft_delta_e_mev_per_atom"] - 500.0) < 1e-6
     assert waiting["dft_status"] == "not_started"
     assert set(mr.dft_not_started) == {"0-1"}  # the summary lists only what has no result
+
+
+def test_the_floor_gets_dft_with_the_models_settings_hash(tmp_path: Path) -> None:
+    """The model and the test split read their DFT results under one settings hash."""
+    runs = {"cdvae": _model_run("cdvae", ["0-0"]), "test split": _model_run("test split", ["t"])}
+    docs = []
+    for model, mr in runs.items():
+        [(sid, generated)] = mr.items
+        relaxed = generated.copy()
+        relaxed.scale_lattice(generated.volume * 0.95)
+        docs.append(
+            (
+                mr.hashes[sid],
+                {
+                    "structure_id": sid,
+                    "settings_hash": "dft-hash",
+                    "status": "ok",
+                    "initial_energy_per_atom_eV": -9.0,
+                    "final_energy_per_atom_eV": -9.1 if model == "cdvae" else -9.01,
+                    "final_structure": relaxed.as_dict(),
+                },
+            )
+        )
+    with ResultStore(home=str(tmp_path)) as store:
+        store.put_relaxations(docs, Provenance(model="mixed"))
+    for mr in runs.values():
+        add_dft_fields(mr, "dft-hash", str(tmp_path), "direct")
+    [model_row], [floor_row] = runs["cdvae"].rows, runs["test split"].rows
+    assert model_row["dft_settings_hash"] == floor_row["dft_settings_hash"] == "dft-hash"
+    assert model_row["dft_path"] == floor_row["dft_path"] == "direct"
+    assert abs(model_row["dft_delta_e_mev_per_atom"] - 100.0) < 1e-6
+    assert abs(floor_row["dft_delta_e_mev_per_atom"] - 10.0) < 1e-6
+    other = _model_run("test split", ["t"])
+    add_dft_fields(other, "another-hash", str(tmp_path))  # another protocol: nothing found
+    assert other.rows[0]["dft_status"] == "not_relaxed"

@@ -406,7 +406,12 @@ def render_report(
             f"Dataset floor (row `{floor.get('label')}`): {floor.get('n')} structures drawn at "
             f"random (seed {s['seed']}) from the {s['dataset']} test split, relaxed with the "
             "same relaxer, settings and protocol as the models' structures (same settings "
-            "hash); DFT on the same number and selection as a model.",
+            "hash)"
+            + (
+                "."
+                if s.get("dft") == "none"
+                else "; DFT on the same number and selection as a model."
+            ),
             "",
         ]
     lines += [

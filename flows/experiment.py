@@ -397,6 +397,31 @@ def stability_experiment(
     dft_spec = dft_relaxer_spec(relaxer, relaxer_settings, dft, dft_settings, dft_path)
     dft_info = describe_relaxer(*dft_spec) if dft != "none" else None
     n_floor = (n if n_dataset is None else n_dataset) if dataset_floor else 0
+    meta: dict[str, Any] = {
+        "run": run,
+        "dataset": dataset,
+        "models": models,
+        "n": n,
+        "seed": seed,
+        "relaxer": relaxer,
+        "dft": dft,
+        "dft_per_model": dft_per_model,
+        "dft_selection": dft_selection,
+        "dft_path": dft_path,
+        "dft_max_sites": dft_max_sites,
+        "dft_max_minutes": dft_max_minutes,
+        "settings": {
+            "relaxer": ff_info,
+            "dft_relaxer": dft_info,
+            "checkpoints": checkpoints,
+            "train_config": train_config,
+            "train_max_minutes": train_max_minutes,
+            "train_overrides": train_overrides,
+            "sample_steps": sample_steps,
+            "novelty_limit": novelty_limit,
+            "protocol": spec,
+        },
+    }
     report_models = models + ([DATASET_LABEL] if n_floor else [])
     timings: dict[str, dict[str, float]] = {m: {} for m in report_models}
     stages: dict[str, dict[str, Any]] = {}
@@ -462,20 +487,9 @@ def stability_experiment(
     timings["sun"] = {"sun_s": time.perf_counter() - start}
     # 7. summaries, comparisons, structure statistics, tables
     parts, tables, power = summarise_task(rows, report_models, seed, sun_rates)
-    summary: dict[str, Any] = {
-        "run": run,
-        "dataset": dataset,
-        "models": models,
+    summary = {
+        **meta,
         "models_in_report": [m for m in report_models if m in runs],
-        "n": n,
-        "seed": seed,
-        "relaxer": relaxer,
-        "dft": dft,
-        "dft_per_model": dft_per_model,
-        "dft_selection": dft_selection,
-        "dft_path": dft_path,
-        "dft_max_sites": dft_max_sites,
-        "dft_max_minutes": dft_max_minutes,
         "dft_not_started": {m: sorted(mr.dft_not_started) for m, mr in runs.items()},
         "dataset_floor": (
             {"label": DATASET_LABEL, "n": len(runs[DATASET_LABEL].items), "split": "test"}
@@ -489,17 +503,6 @@ def stability_experiment(
         "stages": stages,
         "timings_s": timings,
         "model_errors": model_errors,
-        "settings": {
-            "relaxer": ff_info,
-            "dft_relaxer": dft_info,
-            "checkpoints": checkpoints,
-            "train_config": train_config,
-            "train_max_minutes": train_max_minutes,
-            "train_overrides": train_overrides,
-            "sample_steps": sample_steps,
-            "novelty_limit": novelty_limit,
-            "protocol": spec,
-        },
     }
     # 8. plots, files and artifacts
     files, artifacts, summary["plots"] = report_task(rows, summary, tables, str(report_dir))

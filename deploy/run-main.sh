@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install everything and run the main job on embedded defaults (flows/main_job.py):
-# DiffCSP cpu-small trained on the first 16 perov_5 training crystals, CSP samples of their 16
-# compositions (1000 steps), CHGNet relaxation, analysis with the papers' CSP metrics, through
-# the Prefect flow generate-and-relax (ephemeral Prefect API, embedded MontyStore under
-# $DFTLOOP_HOME, default ./dftloop-runs). A report is printed at the end.
+# Install everything and run the main job on embedded defaults (flows/main_job.py): the shipped
+# DiffCSP perov_5 checkpoint (dftloop models show diffcsp-perov5-csp; no training) CSP-samples
+# the compositions of the first 32 perov_5 test crystals (1000 steps), CHGNet relaxes every
+# sample and the true structures of the same targets (the dataset's own row), and the report
+# gives the papers' CSP metrics against the true structures, ΔE and RMSD to relaxed, through the
+# Prefect flows (ephemeral Prefect API, embedded MontyStore under $DFTLOOP_HOME, default
+# ./dftloop-runs). A report is printed at the end.
 # Options are DFTLOOP_MAIN_* environment variables (README.md, flows/main_job.py), e.g.
-#   DFTLOOP_MAIN_CHECKPOINT=path/best.pt bash deploy/run-main.sh   # skip training
-#   DFTLOOP_MAIN_SKIP_INSTALL=1 bash deploy/run-main.sh            # venv already installed
+#   DFTLOOP_MAIN_N=64 bash deploy/run-main.sh                       # more targets
+#   DFTLOOP_MAIN_TRAIN=1 bash deploy/run-main.sh                    # train instead (memorisation)
+#   DFTLOOP_MAIN_SKIP_INSTALL=1 bash deploy/run-main.sh             # venv already installed
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"

@@ -33,6 +33,32 @@ TRAINING_LOGGERS: tuple[str, ...] = ("generators.trainer",)
 """Library loggers whose records (epoch, losses, ETA) belong in the flow-run logs."""
 
 
+def _root_run_copy_handler() -> logging.Handler | None:
+    """A handler that also sends records to the top-level flow run, when this run is a subflow.
+
+    A user watches the run they started (e.g. ``generate-and-relax``), while a training runs in
+    its ``train-generator`` subflow; the copy makes the progress visible on both. ``None`` at
+    the top level, outside a run, or when the API cannot be asked.
+    """
+    from prefect.logging.handlers import APILogHandler
+    from prefect.runtime import flow_run
+
+    try:
+        current, root = flow_run.get_id(), flow_run.root_flow_run_id
+    except Exception:  # best effort: the run's own logs still get the records
+        return None
+    if not current or not root or str(root) == str(current):
+        return None
+
+    class _CopyToRootRun(APILogHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            copy = logging.makeLogRecord(record.__dict__)
+            copy.flow_run_id, copy.task_run_id = str(root), None
+            super().emit(copy)
+
+    return _CopyToRootRun()
+
+
 @contextlib.contextmanager
 def library_logs_to_run(
     names: tuple[str, ...] = TRAINING_LOGGERS, level: int = logging.INFO
@@ -42,8 +68,9 @@ def library_logs_to_run(
     The library does not import Prefect; its modules log with :mod:`logging`. Inside this
     context each named logger has Prefect's ``APILogHandler`` (unless
     ``PREFECT_LOGGING_EXTRA_LOGGERS`` attached one already) and passes records of ``level`` and
-    above (a logger left at ``NOTSET`` would inherit the root logger's ``WARNING``). Both are
-    undone on exit.
+    above (a logger left at ``NOTSET`` would inherit the root logger's ``WARNING``). Inside a
+    subflow the records also go to the top-level flow run (the one the user started). All of it
+    is undone on exit.
 
     Parameters
     ----------
@@ -54,22 +81,26 @@ def library_logs_to_run(
     """
     from prefect.logging.handlers import APILogHandler
 
-    undo: list[tuple[logging.Logger, logging.Handler | None, int]] = []
+    copy = _root_run_copy_handler()
+    undo: list[tuple[logging.Logger, list[logging.Handler], int]] = []
     for name in names:
         logger = logging.getLogger(name)
-        handler: logging.Handler | None = None
+        added: list[logging.Handler] = []
         if not any(isinstance(h, APILogHandler) for h in logger.handlers):
-            handler = APILogHandler()
+            added.append(APILogHandler())
+        if copy is not None:
+            added.append(copy)
+        for handler in added:
             logger.addHandler(handler)
-        undo.append((logger, handler, logger.level))
+        undo.append((logger, added, logger.level))
         if logger.getEffectiveLevel() > level:
             logger.setLevel(level)
     try:
         yield
     finally:
-        for logger, handler, old_level in undo:
+        for logger, added, old_level in undo:
             logger.setLevel(old_level)
-            if handler is not None:  # records already queued are still sent
+            for handler in added:  # records already queued are still sent
                 logger.removeHandler(handler)
 
 
@@ -158,7 +189,7 @@ def relax_chunk(
     relaxer = get_relaxer_cached(relaxer_name, relaxer_settings)
     pairs = [(sid, Structure.from_dict(d)) for sid, d in items]
     inputs = [(sid, right_handed(s)) for sid, s in pairs]
-    results = [r.model_dump(mode="json") for r in relax_per_item(relaxer, inputs)]
+    results = [r.model_dump(mode="json") for r in relax_sized_items(relaxer, inputs)]
     if ledger:
         append_ledger(ledger, relaxer_name, pairs, results)
     return results
@@ -201,6 +232,57 @@ def right_handed(structure: Structure) -> Structure:
         site_properties=structure.site_properties or None,
         properties=getattr(structure, "properties", None),
     )
+
+
+MAX_VOLUME_PER_ATOM_A3 = 1000.0
+"""Loosest cell handed to a relaxer. Crystals have ~5-100 Å^3 per atom; an undertrained
+generator can return cells hundreds of Å long (a 500-Å DiffCSP-C cell of 5 atoms, 2e7 Å^3 per
+atom, took a CHGNet worker past 9 GB of memory before it was stopped). Such a sample is an
+``invalid_input`` result, never a relaxation."""
+
+
+def oversized_cell(structure: Structure) -> str | None:
+    """Say why a cell is too loose to be a crystal worth relaxing, or return ``None``.
+
+    Parameters
+    ----------
+    structure
+        A structure with at least one site.
+
+    Returns
+    -------
+    str or None
+        E.g. ``"cell of 1.9e+07 Å^3 per atom (a, b, c = 480, 631, 535 Å) is not a crystal:
+        more than 1000 Å^3 per atom"``.
+    """
+    per_atom = abs(structure.volume) / max(len(structure), 1)
+    if per_atom <= MAX_VOLUME_PER_ATOM_A3:
+        return None
+    abc = ", ".join(f"{x:.3g}" for x in structure.lattice.abc)
+    return (
+        f"cell of {per_atom:.3g} Å^3 per atom (a, b, c = {abc} Å) is not a crystal: more than "
+        f"{MAX_VOLUME_PER_ATOM_A3:.0f} Å^3 per atom"
+    )
+
+
+def relax_sized_items(relaxer: Any, pairs: list[tuple[str, Structure]]) -> list[Any]:
+    """Relax the crystals, reject the cells that are too loose to be crystals.
+
+    :func:`relax_per_item` for the structures :func:`oversized_cell` accepts; an
+    ``invalid_input`` result naming the cell for the others (never handed to the relaxer).
+    Results are in input order.
+    """
+    from relax import RelaxResult
+
+    reasons = [oversized_cell(s) for _, s in pairs]
+    fine = [pair for pair, reason in zip(pairs, reasons, strict=True) if reason is None]
+    relaxed = iter(relax_per_item(relaxer, fine) if fine else [])
+    return [
+        next(relaxed)
+        if reason is None
+        else RelaxResult.failure(sid, relaxer, reason, structure=s, status="invalid_input")
+        for (sid, s), reason in zip(pairs, reasons, strict=True)
+    ]
 
 
 def relax_per_item(relaxer: Any, pairs: list[tuple[str, Structure]]) -> list[Any]:

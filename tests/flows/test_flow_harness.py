@@ -136,6 +136,8 @@ def test_training_progress_reaches_the_flow_run_logs(
     import logging
     from types import SimpleNamespace
 
+    from prefect import flow
+
     import generators.trainer
     from flows.pipeline import train_generator
 
@@ -151,18 +153,23 @@ def test_training_progress_reaches_the_flow_run_logs(
         return SimpleNamespace(out_dir=out_dir, epochs=2, stop_reason="max_epochs")
 
     monkeypatch.setattr(generators.trainer, "train", fake_train)
-    state = train_generator(
-        "diffcsp", "perov_5", "cpu-small", home=str(tmp_path), return_state=True
-    )
+
+    @flow(name="trains-first")
+    def parent() -> str:  # like generate-and-relax with train_config: train-generator inside
+        return train_generator("diffcsp", "perov_5", "cpu-small", home=str(tmp_path))
+
+    state = parent(return_state=True)
     assert state.result() == str(
         tmp_path / "checkpoints" / "diffcsp" / "perov_5" / "cpu-small" / "best.pt"
     )
-    messages = run_log_messages(
-        str(state.state_details.flow_run_id), expect="epoch 2/2 train loss 0.500 ETA 0 s"
-    )
-    assert "epoch 1/2 train loss 1.000 ETA 10 s" in messages, messages
-    assert "epoch 2/2 train loss 0.500 ETA 0 s" in messages, messages
-    assert "a debug line stays out" not in messages
+    parent_id = str(state.state_details.flow_run_id)
+    # in the train-generator run's logs, and in those of the run the user started
+    for run_id in (child_flow_runs(parent_id)["train-generator"], parent_id):
+        messages = run_log_messages(run_id, expect="epoch 2/2 train loss 0.500 ETA 0 s")
+        assert "epoch 1/2 train loss 1.000 ETA 10 s" in messages, messages
+        assert "epoch 2/2 train loss 0.500 ETA 0 s" in messages, messages
+        assert "a debug line stays out" not in messages
+        assert messages.count("epoch 1/2 train loss 1.000 ETA 10 s") == 1
     assert logger.level == level and logger.handlers == handlers
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from prefect import flow
 
 from flows.hashing import structure_hash
@@ -56,3 +58,39 @@ def test_flow_run_provenance_names_the_run_only_inside_one(harness: None, tmp_pa
         return flow_run_provenance(sample_dir, {"n": 1}).flow_run_id
 
     assert inside()
+
+
+def test_a_cell_too_loose_to_be_a_crystal_is_not_relaxed(tmp_path: Path) -> None:
+    """An undertrained generator's 500-Å cell is an invalid_input result; the crystal beside it
+    in the same chunk is relaxed by the real CHGNet."""
+    from pymatgen.core import Lattice, Structure
+
+    from flows.tasks import relax_chunk
+
+    giant = Structure(
+        Lattice.orthorhombic(480, 630, 535),
+        ["Po", "O", "O", "O", "O"],
+        [[0, 0, 0], [0.001, 0, 0], [0, 0.001, 0], [0, 0, 0.001], [0.001, 0.001, 0.001]],
+    )
+    diamond = Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(3.567), ["C"], [[0, 0, 0]]
+    ).get_primitive_structure()
+    ledger = tmp_path / "ledger.jsonl"
+    giant_result, diamond_result = relax_chunk.fn(
+        "chgnet",
+        TINY_CHGNET,
+        [("giant", giant.as_dict()), ("diamond", diamond.as_dict())],
+        ledger=str(ledger),
+    )
+    # 480 * 630 * 535 / 5 = 32,356,800 Å^3 per atom
+    assert giant_result["status"] == "invalid_input"
+    assert giant_result["error"] == (
+        "giant: cell of 3.24e+07 Å^3 per atom (a, b, c = 480, 630, 535 Å) is not a crystal: "
+        "more than 1000 Å^3 per atom"
+    )
+    assert diamond_result["status"] in ("ok", "not_converged")
+    assert diamond_result["final_energy_per_atom_eV"] == pytest.approx(-9.064, abs=0.02)
+    assert [json.loads(line)["status"] for line in ledger.read_text().splitlines()] == [
+        "invalid_input",
+        diamond_result["status"],
+    ]

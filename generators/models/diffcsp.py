@@ -230,6 +230,10 @@ class DiffCSP(CrystalGenerator):
         sigmas = self.coord_schedule.sigmas
         norms = self.coord_schedule.score_norms
         sigma_1 = sigmas[1]
+        # the graph depends only on the atom counts: built once for the 2·steps network calls
+        extra: dict[str, Any] = {}
+        if isinstance(self.denoiser, CSPNet):
+            extra["graph"] = self.denoiser.build_graph(num_atoms, atom_crystal)
         for index, t in enumerate(schedule):
             t_prev = schedule[index + 1] if index + 1 < len(schedule) else 0
             last = t_prev == 0
@@ -240,14 +244,14 @@ class DiffCSP(CrystalGenerator):
             # corrector (Langevin at level t)
             step = step_lr * (sigma / sigma_1) ** 2
             _, score, _ = self.denoiser(
-                time_emb, node_input, frac, lattice, num_atoms, atom_crystal
+                time_emb, node_input, frac, lattice, num_atoms, atom_crystal, **extra
             )
             noise = torch.zeros_like(frac) if last else randn(n_atoms, 3)
             frac = frac + step * score * norm.sqrt() + (2 * step).sqrt() * noise
 
             # predictor (reverse SDE step t -> t_prev)
             eps_lattice, score, eps_type = self.denoiser(
-                time_emb, node_input, frac, lattice, num_atoms, atom_crystal
+                time_emb, node_input, frac, lattice, num_atoms, atom_crystal, **extra
             )
             step = sigma**2 - sigma_prev**2
             std = (sigma_prev**2 * step / sigma**2).sqrt()

@@ -206,6 +206,17 @@ def test_converged_settings_from_user_file(tmp_path: Path, monkeypatch) -> None:
         dataset_protocol("mp_20")
 
 
+def test_packaged_carbon_24_default_is_used(tmp_path: Path, monkeypatch) -> None:
+    from relax.protocol import PACKAGED_CONVERGED_DIR
+
+    monkeypatch.setenv("DFTLOOP_CONVERGED_DIR", str(tmp_path))  # no user file
+    shipped = json.loads((PACKAGED_CONVERGED_DIR / "carbon_24.json").read_text())["converged"]
+    p = dataset_protocol("carbon_24")
+    assert p.kspacing == shipped["kspacing"] and p.source == "package:carbon_24.json"
+    assert p.kspacing < 0.5  # tighter than the old experiment default
+    assert p.pressure_gpa == 10.0 and p.dispersion == "d3bj"  # the dataset's own fields stay
+
+
 def test_cell_lattice_helper() -> None:
     from relax.prototypes import interlayer_distance
 

@@ -190,14 +190,16 @@ def hull_and_sun_task(
     Returns the rows with the hull and S.U.N. fields, and the S.U.N. rates.
     """
     from analysis.stability_experiment import attach_hull, sun_by_model
+    from analysis.sun import NoveltyReference
     from generators.data import load_split
 
     attach_hull(rows, *hulls)
     if not sun or not rows:
         return rows, {}
     try:
-        train = load_split(dataset, "train", limit=novelty_limit, progress=False).structures
-        return rows, sun_by_model(rows, models, train)
+        train = load_split(dataset, "train", limit=novelty_limit, progress=False)
+        ids = [r.material_id for r in train.records]
+        return rows, sun_by_model(rows, models, NoveltyReference(train.structures, ids=ids))
     except Exception as exc:
         get_run_logger().error("S.U.N.: %s: %s", type(exc).__name__, exc)
         return rows, {"error": {"n": 0, "error": f"{type(exc).__name__}: {exc}"}}

@@ -114,6 +114,7 @@ def test_the_smoke_nightly_is_small_and_apart() -> None:
     assert run["generate"] is True and run["relax"] is True
     assert run["n"] <= 2 and run["eval_limit"] <= 2 and run["eval_coverage"] is False
     assert run["relaxer_settings"]["max_steps"] <= 50
+    assert max(run["sample_steps"].values()) <= 500  # the CDVAE family's chains shortened
     assert run["home"] == "{{ $DFTLOOP_HOME }}/nightly-smoke"
     assert not run.get("write_docs")
     assert smoke["work_pool"]["name"] == "local"

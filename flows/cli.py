@@ -15,6 +15,7 @@ from flows.commands import (
     evaluate,
     experiment,
     models,
+    optimize,
     relax,
     results,
     sample,
@@ -29,7 +30,18 @@ app = typer.Typer(
 )
 
 # One module per command group, registered in the order a user meets them.
-for _commands in (data, models, train, sample, evaluate, relax, dft, results, experiment):
+for _commands in (
+    data,
+    models,
+    train,
+    sample,
+    optimize,
+    evaluate,
+    relax,
+    dft,
+    results,
+    experiment,
+):
     _commands.register(app)
 
 

@@ -161,3 +161,34 @@ def test_optimize_property_decodes_scores_and_counts(property_model, perov_val_r
     assert np.array_equal(result.best, expected_best)
     assert result.rates == success_rates(expected_best, (10.0, 20.0, 30.0))
     assert result.head[-1].mean() < result.head[0].mean()  # the head's prediction went down
+
+
+def test_cli_optimize_reports_success_rates(tmp_path, perov_val_records, make_vae_config) -> None:  # type: ignore[no-untyped-def]
+    """``dftloop optimize`` on a one-epoch model with a property head: the summary's SR values
+    are the success rates of its per-start best scores, and bad input is a clear error."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from generators.trainer import fit
+
+    data, _ = records_to_property_data(perov_val_records[:6], "heat_ref")
+    config = make_vae_config("cdvae", predict_property=True, property="heat_ref")
+    config["train"].update(batch_size=6, max_epochs=1, checkpoint_every=1, max_minutes=None)
+    torch.manual_seed(0)
+    model = build_model("cdvae", config["model"])
+    result = fit(model, config, data, [], tmp_path / "run", dataset="perov_5", progress=False)
+    summary_path = tmp_path / "opt.json"
+    common = ["optimize", "--checkpoint", str(result.last_checkpoint), "--split", "val"]
+    args = [*common, "--predictor", "self", "--n", "2", "--steps", "3", "--saves", "2"]
+    args += ["--chain-steps", "50", "--percentiles", "0.5,1.0,1.5", "--out", str(summary_path)]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    summary = __import__("json").loads(summary_path.read_text())
+    assert summary["starts"] == 2 and summary["snapshot_steps"] == [0, 2]
+    assert not summary["independent_predictor"]
+    best = np.array([np.inf if b is None else b for b in summary["best"]])
+    rates = success_rates(best, (0.5, 1.0, 1.5))
+    assert {k: summary[k] for k in rates} == rates
+    assert f"SR5: {rates['SR5']:.3f}" in run.output
+    bad = CliRunner().invoke(app, [*common, "--predictor", "self", "--percentiles", "1,2"])
+    assert bad.exit_code == 1 and "three comma-separated numbers" in bad.output

@@ -385,7 +385,8 @@ class CrystalVAE(CrystalGenerator):
         Edges attached to the batch (``encoder_edge_index`` [2, E], ``encoder_cell_offsets``
         [E, 3]) are used as they are; otherwise each crystal's graph comes from the
         :class:`~generators.data.cache.EncoderGraphStore` of the data cache, which computes
-        the ones it has not seen (and keeps them for every later run).
+        the ones it has not seen (in ``DFTLOOP_DATA_WORKERS`` processes when a batch has many
+        new crystals) and keeps them for every later run.
 
         Raises
         ------
@@ -396,7 +397,7 @@ class CrystalVAE(CrystalGenerator):
             return None
         if hasattr(batch, "encoder_edge_index") and hasattr(batch, "encoder_cell_offsets"):
             return batch.encoder_edge_index, batch.encoder_cell_offsets
-        return batch_encoder_edges(batch)
+        return batch_encoder_edges(batch, workers=data_workers())
 
     def precompute_encoder_graphs(self, crystals: Batch) -> int:
         """Compute and store the CrystalNN graphs of many crystals at once (in parallel).

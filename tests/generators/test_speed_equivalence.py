@@ -232,3 +232,22 @@ def test_fixed_seed_generation_sample_equals_the_reference() -> None:
     assert float((diff - diff.round()).abs().max()) < 1e-4
     scale = float(ref.lattice.abs().max())
     assert float((fast.lattice - ref.lattice).abs().max()) <= 1e-5 * scale
+
+
+@pytest.mark.slow
+def test_compiled_sampling_equals_eager() -> None:
+    """The optional ``torch.compile`` of the denoiser (sampling option ``compile``) gives the
+    eager sample to float rounding and leaves the state_dict as it was."""
+    model = _model("csp").eval()
+    keys = list(model.state_dict())
+    template = _crystals(SIZES["uniform"], seed=7)
+    model.configure_sampling(steps=20)
+    eager = model.sample_csp(template, torch.Generator().manual_seed(1))
+    model.configure_sampling(steps=20, compile=True)
+    compiled = model.sample_csp(template, torch.Generator().manual_seed(1))
+    assert "compiled" in model.__dict__["_compiled"]
+    diff = compiled.frac_coords - eager.frac_coords
+    assert float((diff - diff.round()).abs().max()) < 1e-4
+    scale = float(eager.lattice.abs().max())
+    assert float((compiled.lattice - eager.lattice).abs().max()) <= 1e-5 * scale
+    assert list(model.state_dict()) == keys

@@ -34,9 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from generators.model_zoo import REGISTRY_FILE, ZOO_DIR, export_checkpoint
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's code and registry, also from a git worktree
+
+from generators.model_zoo import export_checkpoint  # noqa: E402
+
+ZOO_DIR = REPO / "generators" / "zoo"
+REGISTRY_FILE = ZOO_DIR / "registry.json"
 DFTLOOP = [sys.executable, "-m", "flows.cli"]
 
 

@@ -154,7 +154,13 @@ def test_memorises_eight_structures_quickly(tmp_path: Path, data_dir: Path) -> N
 @pytest.mark.slow
 def test_memorises_thirty_two_structures(tmp_path: Path, data_dir: Path) -> None:
     """9000 steps on 32 crystals: a hard floor of 90 % matched, the margin over the untrained
-    network, and a validity bar above random coordinates in the samples' cells."""
+    network, and a validity bar above random coordinates in the samples' cells.
+
+    Measured with CSPNet's self-edges and bias-free lattice head (25.6 min of training at
+    load ~12): 29/32 matched (RMSE 0.082), untrained 0/32, but 28/32 samples valid (87.5 %)
+    against 91.9 % for random coordinates in the same cells, so the validity bar (95.9 %) fails:
+    the samples put atoms closer than random placement does.
+    """
     figures = memorise(tmp_path, data_dir, n=32, minutes=30, epochs=9000, with_untrained=True)
     assert figures["match_rate"] >= 0.9
     assert figures["match_rate"] >= figures["untrained_match_rate"] + UNTRAINED_MARGIN

@@ -269,7 +269,7 @@ def analyze(
         ``provenance`` and ``artifacts`` (``{}`` when not published).
     """
     from analysis.stability import summarize_stability
-    from generators.sample_io import read_index
+    from dftloop_io.samples import read_index
 
     prov = flow_run_provenance(sample_dir, {})
     info = describe_relaxer(relaxer, relaxer_settings)

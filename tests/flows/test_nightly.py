@@ -121,7 +121,7 @@ def _overlapping_samples(path: Path, gaps: list[float]) -> str:
     sample the sampler could not build."""
     from pymatgen.core import Lattice, Structure
 
-    from generators.sample_io import SampleRecord, write_chunk, write_index
+    from dftloop_io.samples import SampleRecord, write_chunk, write_index
 
     records = [
         SampleRecord(

@@ -507,8 +507,8 @@ def test_memorisation_pipeline_reports_what_it_sampled(tmp_path: Path) -> None:
     candidates (any of the k; candidate 0 alone)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
+    from dftloop_io.samples import load_samples
     from generators.data import load_split
-    from generators.sample_io import load_samples
 
     summary = memorisation_run(tmp_path, n_structures=4, minutes=0.1, k=2, sample_steps=20)
     assert summary["epochs"] >= 1

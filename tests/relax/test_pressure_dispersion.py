@@ -117,6 +117,7 @@ def test_pw_d3_pulls_graphite_layers_together(pseudo_dir: Path, tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @needs_pw
 def test_pw_vc_relax_d3_gives_the_graphite_interlayer_distance(
     pseudo_dir: Path, tmp_path: Path
@@ -133,4 +134,4 @@ def test_pw_vc_relax_d3_gives_the_graphite_interlayer_distance(
         assert res.error is None, res.error
         distances[disp] = interlayer_distance(res.structure())
     assert 3.25 < distances["d3bj"] < 3.45
-    assert distances["none"] > distances["d3bj"] + 0.3
+    assert distances["none"] > distances["d3bj"] + 0.2  # measured at 0.2 A^-1: 3.706 vs 3.355

@@ -386,7 +386,7 @@ def sample_structures_task(
 
     out = Path(out_dir)
     if (out / "index.json").is_file():
-        from generators.sample_io import is_complete, read_index
+        from dftloop_io.samples import is_complete, read_index
 
         index = read_index(out)
         if index.get("total") == n and is_complete(index):
@@ -475,9 +475,9 @@ def load_sample_items(sample_dir: str) -> tuple[list[tuple[str, Structure]], lis
     tuple
         ``(items, errors)``; samples without a structure are listed in ``errors`` as
         ``{"id", "reason"}``: those the sampler could not build, and rows or chunk files that
-        ``generators.sample_io.load_samples`` could not read (the rest still load).
+        ``dftloop_io.samples.load_samples`` could not read (the rest still load).
     """
-    from generators.sample_io import load_samples
+    from dftloop_io.samples import load_samples
 
     items, errors = [], []
     for rec in load_samples(sample_dir):
@@ -491,7 +491,7 @@ def load_sample_items(sample_dir: str) -> tuple[list[tuple[str, Structure]], lis
 @task
 def store_samples_task(sample_dir: str, provenance: dict[str, Any], home: str | None) -> int:
     """Put every sample of a sample directory in the store; return how many."""
-    from generators.sample_io import load_samples
+    from dftloop_io.samples import load_samples
 
     with ResultStore(home=home) as store:
         return len(store.put_samples(load_samples(sample_dir), Provenance(**provenance)))

@@ -17,7 +17,6 @@ and replace a shipped card of the same name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from platformdirs import user_cache_dir
+
+from generators.data.cache import file_sha256
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 """Directory of the shipped registry and checkpoint files."""
@@ -187,15 +188,6 @@ def find_card(
         if (card.model, card.dataset) == (model, dataset) and task in (None, card.task):
             return card
     return None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Return the hex sha256 of a file (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, card: ModelCard) -> Path:

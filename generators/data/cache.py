@@ -132,6 +132,17 @@ def write_cache(path: Path, rows: list[CachedRow], meta: dict[str, object]) -> N
             for r in rows
         ],
     }
+    write_gzip_json(path, payload)
+
+
+def write_gzip_json(path: Path, payload: object) -> None:
+    """Write ``payload`` as gzipped JSON through a temporary file and an atomic rename.
+
+    Raises
+    ------
+    OSError
+        When the directory cannot be written (the temporary file is removed).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with (
@@ -297,17 +308,9 @@ class EncoderGraphStore:
             "graphs": {k: [g.sources, g.targets, g.offsets] for k, g in new.items()},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
-            with (
-                os.fdopen(fd, "wb") as raw,
-                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) as gz,
-            ):
-                gz.write(json.dumps(payload).encode())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            write_gzip_json(path, payload)
         except OSError:  # a read-only cache still serves the graphs from memory
-            Path(tmp).unlink(missing_ok=True)
             return None
         return path
 

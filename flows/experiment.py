@@ -295,7 +295,9 @@ def stability_experiment(
     ----------
     models
         Generators to compare (default ``["cdvae", "dpcdvae"]``); ``"dataset"`` is the
-        smoke-test pseudo-model (rattled dataset structures; tests only).
+        smoke-test pseudo-model (rattled dataset structures; tests only). ``[]``: the dataset
+        floor alone (its force-field and DFT rows and the hull references); a later run with
+        the models and the same settings reuses every stored relaxation of it.
     dataset
         Dataset of training, novelty, hull references and the floor.
     train_config
@@ -381,7 +383,9 @@ def stability_experiment(
     from analysis.stability_rows import public_row
 
     logger = get_run_logger()
-    models = list(models or DEFAULT_MODELS)
+    models = list(DEFAULT_MODELS if models is None else models)
+    if not models and not dataset_floor:
+        raise ValueError("no models and no dataset floor: nothing to run")
     if dft_selection not in DFT_SELECTIONS:
         raise ValueError(f"dft_selection must be one of {DFT_SELECTIONS}, not {dft_selection!r}")
     if dft_path not in DFT_PATHS:

@@ -6,6 +6,7 @@ r"""``dftloop experiment``: run the ``stability-experiment`` flow (DP-CDVAE's Δ
         --n 100 --dft espresso --dft-per-model 10 --home runs/science
     dftloop experiment --train-max-minutes 120 --n 100          # train both models first
     dftloop experiment ... --dft-path direct --dft-max-sites 12   # DFT from the generated cells
+    dftloop experiment --floor-only --n 100 --dft-per-model 20     # the test-split row alone
 
 The flow runs in this process (an ephemeral Prefect API unless ``PREFECT_API_URL`` is set);
 a rerun with the same options skips every finished relaxation (the store) and sample.
@@ -51,6 +52,13 @@ def experiment(
         list[str] | None,
         typer.Option(help="Generator to compare (repeat; default: cdvae and dpcdvae)."),
     ] = None,
+    floor_only: Annotated[
+        bool,
+        typer.Option(
+            help="Run only the dataset floor (test-split rows, hull references); no models. "
+            "A later run with the models and the same options reuses its stored relaxations."
+        ),
+    ] = False,
     dataset: Annotated[str, typer.Option(help="Dataset (training, novelty, hull).")] = "carbon_24",
     checkpoint: Annotated[
         list[str] | None,
@@ -181,6 +189,8 @@ def experiment(
         raise typer.BadParameter(f"--dft-selection: unknown {dft_selection!r}")
     if dft_path not in ("pre-relaxed", "direct"):
         raise typer.BadParameter(f"--dft-path must be pre-relaxed or direct, not {dft_path!r}")
+    if floor_only and (model or not dataset_floor):
+        raise typer.BadParameter("--floor-only runs no model: drop --model / --no-dataset-floor")
     from relax.protocol import parse_assignments, resolve_protocol
 
     try:
@@ -194,7 +204,7 @@ def experiment(
     except ValueError as exc:
         raise typer.BadParameter(f"--protocol: {exc}") from None
     params = dict(
-        models=model or None,
+        models=[] if floor_only else (model or None),
         dataset=dataset,
         train_config=train_config,
         train_max_minutes=train_max_minutes,
@@ -238,7 +248,8 @@ def experiment(
         console.print(f"[red]{model_name} did not finish:[/red] {error}")
     for row in out["tables"]["comparison"]:
         typer.echo(json.dumps(row, ensure_ascii=False))
-    if summary.get("model_errors") and len(summary["model_errors"]) == len(summary["models"]):
+    errors, models = summary.get("model_errors") or {}, summary["models"] or ["test split"]
+    if all(m in errors for m in models):  # every model (or, alone, the floor) failed
         raise typer.Exit(code=1)
 
 

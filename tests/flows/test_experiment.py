@@ -210,6 +210,7 @@ def test_cli_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
         "--dft-path",
         "--dft-max-sites",
         "--dataset-floor",
+        "--floor-only",
         "--n-dataset",
         "--pressure-gpa",
         "--protocol",
@@ -227,6 +228,8 @@ def test_cli_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
         (["--dft-path", "sideways"], "pre-relaxed or direct"),
         (["--protocol", "pressure=3"], "unknown protocol field"),
         (["--dispersion", "d4"], "--protocol"),
+        (["--floor-only", "--model", "cdvae"], "--floor-only runs no model"),
+        (["--floor-only", "--no-dataset-floor"], "--floor-only runs no model"),
     ]
     for args, message in bad:
         result = runner.invoke(app, ["experiment", *args, "--home", str(tmp_path)])

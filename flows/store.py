@@ -488,6 +488,25 @@ class ResultStore:
             out[ids[doc_id]] = doc
         return out
 
+    # -- property optimisation -------------------------------------------------------------
+    def put_property_optimization(self, doc: dict[str, Any], provenance: Provenance) -> str:
+        """Store one property-optimisation run (``kind="property_optimization"``).
+
+        Parameters
+        ----------
+        doc
+            With ``doc_id``; its ``rows`` (one per decoded crystal) go to the ``data`` store.
+        provenance
+            Model, checkpoint, dataset, optimisation settings.
+
+        Returns
+        -------
+        str
+            The ``doc_id``.
+        """
+        d = jsanitize({**doc, "provenance": provenance.as_dict()}, strict=False)
+        return self._put("property_optimization", [d], ("rows",))[0]
+
     # -- analyses --------------------------------------------------------------------------
     def put_analyses(self, docs: Iterable[dict[str, Any]], provenance: Provenance) -> list[str]:
         """Store analysis documents.

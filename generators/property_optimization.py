@@ -201,6 +201,114 @@ class OptimizationResult:
     rates: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class DecodedSnapshots:
+    """What :func:`optimize_and_decode` returns.
+
+    Attributes
+    ----------
+    steps
+        Optimiser steps after which each snapshot was taken.
+    structures
+        [snapshot][start] decoded crystals (``None`` where one could not be built).
+    head
+        [snapshot, start] the property head's prediction at each snapshot.
+    """
+
+    steps: list[int]
+    structures: list[list[Structure | None]]
+    head: np.ndarray
+
+
+def optimize_and_decode(
+    model: torch.nn.Module,
+    starts: Batch,
+    *,
+    steps: int = 5000,
+    lr: float = 1e-3,
+    saves: int = 10,
+    direction: str = "min",
+    generator: torch.Generator | None = None,
+) -> DecodedSnapshots:
+    """Steps 2–4 up to decoding: encode the starts, descend z, decode every snapshot.
+
+    Parameters
+    ----------
+    model
+        A CDVAE/DP-CDVAE with a property head.
+    starts
+        The crystals whose latents (a posterior sample each) start the optimisation.
+    steps, lr, saves, direction
+        As :func:`optimize_latents`.
+    generator
+        Random stream of the posterior draws and of the decoder's sampler.
+    """
+    with torch.no_grad():
+        mu, log_var = model.encode(starts)
+        z0 = model.reparameterize(mu, log_var, generator)
+    snapshots, taken = optimize_latents(model, z0, steps, lr, saves, direction)
+    structures: list[list[Structure | None]] = []
+    with torch.no_grad():
+        head = torch.stack([model.predict_property(z) for z in snapshots]).cpu().numpy()
+        for z in snapshots:
+            decoded, _ = batch_to_structures(model.decode(z, generator))
+            structures.append(decoded)
+    return DecodedSnapshots(taken, structures, head)
+
+
+def best_scores(scores: np.ndarray, direction: str = "min") -> np.ndarray:
+    """[start] best score over the snapshots (axis 0); ±inf where a start has none (NaN).
+
+    Raises
+    ------
+    ValueError
+        For an unknown direction.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    scores = np.asarray(scores, dtype=float)
+    worst = np.inf if direction == "min" else -np.inf
+    filled = np.where(np.isnan(scores), worst, scores)
+    return filled.min(axis=0) if direction == "min" else filled.max(axis=0)
+
+
+def score_snapshots(
+    structures: Sequence[Sequence[Structure | None]],
+    predictor: Callable[[list[Structure]], Sequence[float]],
+    is_valid: Callable[[Structure], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validity and predictor score of each decoded crystal.
+
+    Parameters
+    ----------
+    structures
+        [snapshot][start] crystals or ``None``.
+    predictor
+        Structures → values; called once with every valid crystal.
+    is_valid
+        Validity check (default: the crystal could be built).
+
+    Returns
+    -------
+    tuple
+        ``valid`` [snapshot, start] (bool) and ``scores`` (NaN where not valid or where the
+        predictor returned NaN).
+    """
+    valid = np.array(
+        [
+            [s is not None and (is_valid is None or bool(is_valid(s))) for s in row]
+            for row in structures
+        ],
+        dtype=bool,
+    ).reshape(len(structures), -1)
+    scores = np.full(valid.shape, np.nan)
+    rows, cols = valid.nonzero()
+    if len(rows):
+        values = predictor([structures[r][c] for r, c in zip(rows, cols, strict=True)])  # type: ignore[misc]
+        scores[rows, cols] = np.asarray(values, dtype=float)
+    return valid, scores
+
+
 def optimize_property(
     model: torch.nn.Module,
     starts: Batch,
@@ -239,37 +347,17 @@ def optimize_property(
     -------
     OptimizationResult
     """
-    with torch.no_grad():
-        mu, log_var = model.encode(starts)
-        z0 = model.reparameterize(mu, log_var, generator)
-    snapshots, taken = optimize_latents(model, z0, steps, lr, saves, direction)
-    structures: list[list[Structure | None]] = []
-    with torch.no_grad():
-        head = torch.stack([model.predict_property(z) for z in snapshots]).cpu().numpy()
-        for z in snapshots:
-            decoded, _ = batch_to_structures(model.decode(z, generator))
-            structures.append(decoded)
-    valid = np.array(
-        [
-            [s is not None and (is_valid is None or bool(is_valid(s))) for s in row]
-            for row in structures
-        ],
-        dtype=bool,
+    decoded = optimize_and_decode(
+        model, starts, steps=steps, lr=lr, saves=saves, direction=direction, generator=generator
     )
-    scores = np.full(valid.shape, np.nan)
-    rows, cols = valid.nonzero()
-    if len(rows):
-        values = predictor([structures[r][c] for r, c in zip(rows, cols, strict=True)])  # type: ignore[misc]
-        scores[rows, cols] = np.asarray(values, dtype=float)
-    worst = np.inf if direction == "min" else -np.inf
-    filled = np.where(np.isnan(scores), worst, scores)
-    best = filled.min(axis=0) if direction == "min" else filled.max(axis=0)
+    valid, scores = score_snapshots(decoded.structures, predictor, is_valid)
+    best = best_scores(scores, direction)
     return OptimizationResult(
-        steps=taken,
-        structures=structures,
+        steps=decoded.steps,
+        structures=decoded.structures,
         valid=valid,
         scores=scores,
-        head=head,
+        head=decoded.head,
         best=best,
         rates=success_rates(best, percentiles, direction),
     )
@@ -278,10 +366,14 @@ def optimize_property(
 __all__ = [
     "DIRECTIONS",
     "PAPER_PERCENTILES",
+    "DecodedSnapshots",
     "OptimizationResult",
+    "best_scores",
+    "optimize_and_decode",
     "optimize_latents",
     "optimize_property",
     "records_to_property_data",
+    "score_snapshots",
     "snapshot_steps",
     "success_rates",
 ]

@@ -93,6 +93,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "max_minutes": None,
     "max_train_crystals": None,
     "max_val_crystals": None,
+    "train_split": "train",
     "val_split": "val",
     "find_unused_parameters": False,
     "ema_decay": None,
@@ -227,6 +228,10 @@ def validate_train_config(train: dict[str, Any]) -> dict[str, Any]:
             problems.append(
                 f"scheduler.min_lr must be in [0, lr = {cfg['lr']}], got {sched['min_lr']!r}"
             )
+    if not isinstance(cfg["train_split"], str) or not cfg["train_split"]:
+        problems.append(f"train_split must be a split name, got {cfg['train_split']!r}")
+    elif cfg["train_split"] == cfg["val_split"]:
+        problems.append(f"val_split must differ from train_split ({cfg['train_split']!r})")
     if problems:
         raise ValueError("invalid train config: " + "; ".join(problems))
     return cfg
@@ -236,9 +241,12 @@ def validate_train_config(train: dict[str, Any]) -> dict[str, Any]:
 
 
 def structures_to_data_list(
-    records: Sequence[Any], what: str = "split"
+    records: Sequence[Any], what: str = "split", property_name: str | None = None
 ) -> tuple[list[Data], list[tuple[str, str]]]:
     """Convert ``CrystalRecord``-like items (``material_id``, ``structure``) to crystal Data.
+
+    With ``property_name``, each crystal carries that property as ``y`` (NaN where its record
+    has no value), for a model with a property head.
 
     Returns
     -------
@@ -249,9 +257,14 @@ def structures_to_data_list(
     errors: list[tuple[str, str]] = []
     for record in records:
         try:
-            data.append(structure_to_data(record.structure, material_id=record.material_id))
+            item = structure_to_data(record.structure, material_id=record.material_id)
         except Exception as exc:  # one bad crystal does not stop the split
             errors.append((str(record.material_id), f"{what}: {exc}"))
+            continue
+        if property_name:
+            value = (getattr(record, "properties", None) or {}).get(property_name)
+            item.y = torch.tensor([float("nan") if value is None else float(value)])
+        data.append(item)
     return data, errors
 
 
@@ -261,19 +274,23 @@ def load_training_data(
     limit: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    property_name: str | None = None,
 ) -> tuple[list[Data], list[Data], list[tuple[str, str]]]:
     """Load the training and validation splits as crystal Data lists.
 
     ``limit`` caps both splits (for quick runs); otherwise ``max_train_crystals`` /
-    ``max_val_crystals`` of the config apply.
+    ``max_val_crystals`` of the config apply. The splits are the config's ``train_split``
+    (``train``) and ``val_split`` (``val``; none when null). ``property_name`` attaches that
+    property to every crystal as ``y`` (for a property head).
     """
     from generators.data import load_split
 
     n_train = limit or train_cfg.get("max_train_crystals")
     n_val = limit or train_cfg.get("max_val_crystals")
-    train_split = load_split(dataset, "train", data_dir=data_dir, limit=n_train, progress=progress)
+    name = train_cfg.get("train_split") or "train"
+    train_split = load_split(dataset, name, data_dir=data_dir, limit=n_train, progress=progress)
     errors = [(e.material_id, f"train: {e.reason}") for e in train_split.errors]
-    train_data, bad = structures_to_data_list(train_split.records, "train")
+    train_data, bad = structures_to_data_list(train_split.records, "train", property_name)
     errors += bad
     val_data: list[Data] = []
     if train_cfg.get("val_split"):
@@ -281,7 +298,7 @@ def load_training_data(
             dataset, train_cfg["val_split"], data_dir=data_dir, limit=n_val, progress=progress
         )
         errors += [(e.material_id, f"val: {e.reason}") for e in val_split.errors]
-        val_data, bad = structures_to_data_list(val_split.records, "val")
+        val_data, bad = structures_to_data_list(val_split.records, "val", property_name)
         errors += bad
     return train_data, val_data, errors
 
@@ -547,7 +564,11 @@ def train(
         )
     train_cfg = validate_train_config(config["train"])
     out = Path(out_dir or Path("runs") / f"{model_name}-{dataset}-{config.get('name', 'run')}")
-    train_data, val_data, errors = load_training_data(dataset, train_cfg, None, data_dir, progress)
+    model_cfg = config.get("model") or {}
+    property_name = model_cfg.get("property") if model_cfg.get("predict_property") else None
+    train_data, val_data, errors = load_training_data(
+        dataset, train_cfg, None, data_dir, progress, property_name
+    )
     for material_id, reason in errors[:20]:
         print(f"skipped {material_id}: {reason}")
     if len(errors) > 20:

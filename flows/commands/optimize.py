@@ -2,15 +2,18 @@
 
 ::
 
-    dftloop optimize --checkpoint runs/prop/best.pt --predictor runs/predictor/best.pt
+    dftloop optimize --checkpoint runs/prop/best.pt --predictor runs/predictor/perov_5-heat_ref.pkl
 
 Starts from the latents of the first ``--n`` (100) crystals of a split, descends the model's
 property head with Adam (``--steps`` 5000, ``--lr`` 1e-3), decodes ``--saves`` snapshots, scores
 the valid crystals (0.5 Å structure check and SMACT composition check) with the predictor and
 prints SR5 / SR10 / SR15 against the dataset's percentiles
-(:func:`generators.property_optimization.optimize_property`). The predictor is another
-checkpoint with a property head (the crystal's posterior mean through its head), or ``self`` —
-the optimised model's own head, which is *not* an independent score. A JSON summary is written
+(:func:`generators.property_optimization.optimize_property`). The predictor is a file of
+:mod:`analysis.property_predictor` (``.pkl``: descriptors and gradient-boosted trees, trained
+apart from the generator), another checkpoint with a property head (the crystal's posterior mean
+through its head), or ``self`` — the optimised model's own head, which is *not* an independent
+score. The ``optimize-property`` flow (:mod:`flows.property_optimization`) adds a CHGNet
+relaxation before scoring and stores the results. A JSON summary is written
 to ``--out``.
 """
 
@@ -56,8 +59,9 @@ def optimize(
     predictor: Annotated[
         str,
         typer.Option(
-            help="Checkpoint of an independent model with a property head, or 'self' (the "
-            "optimised model's own head; not an independent score)."
+            help="An independent predictor file (.pkl, benchmarks/property_predictor.py), a "
+            "checkpoint of another model with a property head, or 'self' (the optimised "
+            "model's own head; not an independent score)."
         ),
     ],
     dataset: Annotated[str, typer.Option(help="Dataset of the starting crystals.")] = "perov_5",
@@ -117,9 +121,18 @@ def optimize(
         model, _ = load_checkpoint(checkpoint)
         if not getattr(model, "predicts_property", False):
             fail(f"{checkpoint}: the model has no property head (model.predict_property)")
-        scorer = model if predictor == "self" else load_checkpoint(predictor)[0]
-        if not getattr(scorer, "predicts_property", False):
-            fail(f"{predictor}: the predictor has no property head (model.predict_property)")
+        if predictor.endswith(".pkl"):
+            from analysis.property_predictor import load_predictor
+
+            score = load_predictor(predictor)
+            if score.property_name != model.config["property"]:
+                fail(f"{predictor} predicts {score.property_name}, not {model.config['property']}")
+        else:
+            scorer = model if predictor == "self" else load_checkpoint(predictor)[0]
+            if not getattr(scorer, "predicts_property", False):
+                fail(f"{predictor}: the predictor has no property head (model.predict_property)")
+            scorer.eval()
+            score = _head_predictor(scorer)
         records = load_split(dataset, split, data_dir=data_dir, limit=n, progress=False).records
         data, errors = records_to_property_data(records, str(model.config["property"]))
     except (ValueError, FileNotFoundError) as exc:
@@ -127,14 +140,13 @@ def optimize(
     if not data:
         fail(f"{dataset}/{split}: no usable starting crystals ({len(errors)} failed)")
     model.eval()
-    scorer.eval()
     if chain_steps is not None:
         model.configure_sampling(steps=chain_steps)
     started = time.perf_counter()
     result = optimize_property(
         model,
         data_list_to_batch(data),
-        _head_predictor(scorer),
+        score,
         thresholds,
         steps=steps,
         lr=lr,

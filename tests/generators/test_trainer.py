@@ -47,6 +47,8 @@ from .conftest import tiny_config
         ({"ema_decay": 1.0}, "ema_decay must be in"),
         ({"scheduler": {"name": "cosine", "min_lr": 0.1}}, "scheduler.min_lr must be in"),
         ({"scheduler": {"name": "cosine", "epochs": 0}}, "scheduler.epochs"),
+        ({"train_split": "val"}, "val_split must differ from train_split"),
+        ({"train_split": None}, "train_split must be a split name"),
     ],
 )
 def test_invalid_train_config_is_rejected(change: dict[str, Any], message: str) -> None:

@@ -44,8 +44,14 @@ from analysis.distributions import (
     wasserstein_property,
     wasserstein_structure_scalars,
 )
-from analysis.fingerprints import FingerprintCache, compute_fingerprints, default_cache_path
+from analysis.fingerprints import (
+    Fingerprint,
+    FingerprintCache,
+    compute_fingerprints,
+    default_cache_path,
+)
 from analysis.ground_truth import GroundTruth, GroundTruthLoader
+from analysis.gt_fingerprints import GroundTruthFingerprints
 from analysis.matching import PROTOCOLS, match_targets
 from analysis.results import MetricResult, write_metrics_json
 from analysis.validity import (
@@ -257,7 +263,10 @@ def evaluate(
     fingerprint_cache
         Fingerprint cache or SQLite path; ``None`` means the persistent default
         (:func:`analysis.fingerprints.default_cache_path`); pass ``FingerprintCache(None)`` for
-        an in-memory cache.
+        an in-memory cache. Independently of it, a ground truth that names its content and a
+        cache directory (a dataset split read by ``flows.evaluation``) keeps its own
+        fingerprints in a file beside the dataset cache (:mod:`analysis.gt_fingerprints`), so
+        that only the samples' fingerprints are computed after the first run.
     n_jobs
         Worker processes (:func:`analysis.parallel.resolve_jobs`: ``None`` = ``DFTLOOP_JOBS``
         or all cores, 1 = this process).
@@ -324,6 +333,7 @@ def evaluate(
             gt_structures,
             dataset,
             cache=cache,
+            gt_store=GroundTruthFingerprints.for_ground_truth(truth, dataset),
             n_samples=n_samples,
             seed=seed,
             predictor=property_predictor,
@@ -395,6 +405,7 @@ def _evaluate_generation(
     dataset: str,
     *,
     cache: FingerprintCache,
+    gt_store: GroundTruthFingerprints | None,
     n_samples: int,
     seed: int,
     predictor: PropertyPredictor | None,
@@ -417,8 +428,9 @@ def _evaluate_generation(
     definition = validity_definition(oxidation_states_set=ox_set)
     if with_coverage:
         t0 = time.perf_counter()
-        gen_fps = compute_fingerprints(checked, cache=cache, n_jobs=n_jobs, progress=progress)
-        gt_fps = compute_fingerprints(gt, cache=cache, n_jobs=n_jobs, progress=progress)
+        gen_fps, gt_fps = _generation_fingerprints(
+            checked, gt, cache, gt_store, n_jobs, progress, timings, say
+        )
         timings["fingerprints_s"] = time.perf_counter() - t0
         # CDVAE: a crystal whose CrystalNN fingerprint throws is invalid
         records = [
@@ -474,6 +486,36 @@ def _evaluate_generation(
         for r in records
     ]
     return results, rows
+
+
+def _generation_fingerprints(
+    checked: list[CheckedStructure],
+    gt: list[Structure],
+    cache: FingerprintCache,
+    gt_store: GroundTruthFingerprints | None,
+    n_jobs: int | None,
+    progress: bool,
+    timings: dict[str, float],
+    say: Callable[[str], None],
+) -> tuple[list[Fingerprint], list[Fingerprint]]:
+    """Fingerprints of the samples and of the ground truth, the missing ones in one pool.
+
+    The ground truth's stored fingerprints (``gt_store``) are served from memory; what is
+    computed for the ground truth is added to the store for the next run.
+    """
+    if gt_store is not None:
+        t0 = time.perf_counter()
+        stored = gt_store.load()
+        cache.remember(stored)
+        timings["gt_fingerprints_load_s"] = time.perf_counter() - t0
+        say(f"ground-truth fingerprints: {len(stored)} stored in {gt_store.path}")
+    both = compute_fingerprints([*checked, *gt], cache=cache, n_jobs=n_jobs, progress=progress)
+    gen_fps, gt_fps = both[: len(checked)], both[len(checked) :]
+    if gt_store is not None:
+        added = gt_store.add(gt, gt_fps)
+        if added:
+            say(f"ground-truth fingerprints: {added} added to {gt_store.path}")
+    return gen_fps, gt_fps
 
 
 def _fp_invalid(record: ValidityRecord, error: str | None) -> ValidityRecord:

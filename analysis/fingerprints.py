@@ -7,8 +7,10 @@
   built from the atom counts (132 numbers), standardised with CDVAE's ``CompScalerMeans`` /
   ``CompScalerStds`` (``analysis/cdvae_comp_scaler.json``), NaN -> 0 after standardising.
 
-CrystalNN costs ~0.03-0.2 s per site, so fingerprints are computed once per structure (keyed by
-:func:`fingerprint_key`), in a process pool over all cores, and can be kept in a SQLite file.
+CrystalNN costs ~0.01-0.03 s per site, so fingerprints are computed once per structure (keyed by
+:func:`fingerprint_key`), in a process pool over all cores, and can be kept in a SQLite file
+(:class:`FingerprintCache`); the fingerprints of a ground-truth split are also kept beside the
+dataset cache (:mod:`analysis.gt_fingerprints`).
 """
 
 from __future__ import annotations
@@ -114,11 +116,18 @@ def composition_fingerprint(atomic_numbers: Sequence[int]) -> np.ndarray:
     numpy.ndarray
         132 features (may contain NaN for elements without data).
     """
-    _, comp_fp = _featurizers()
     counter = Counter(int(z) for z in atomic_numbers)
+    # the element order of the Composition is the summation order of the features, so the
+    # counts are remembered in that order (first appearance), not sorted
+    return _composition_features(tuple(counter.items())).copy()
+
+
+@lru_cache(maxsize=4096)
+def _composition_features(counts: tuple[tuple[int, int], ...]) -> np.ndarray:
+    _, comp_fp = _featurizers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(comp_fp.featurize(Composition(counter)), dtype=float)
+        return np.asarray(comp_fp.featurize(Composition(dict(counts))), dtype=float)
 
 
 def structure_fingerprint(structure: Structure) -> np.ndarray:
@@ -212,6 +221,17 @@ class FingerprintCache:
                         found[key] = fp
         return found
 
+    def remember(self, items: dict[str, Fingerprint]) -> None:
+        """Serve these fingerprints from memory (they are not written to the SQLite file).
+
+        Parameters
+        ----------
+        items
+            Key -> fingerprint, for example the stored fingerprints of a ground-truth split.
+        """
+        with self._lock:
+            self._memory.update(items)
+
     def put_many(self, items: dict[str, Fingerprint]) -> None:
         """Store many fingerprints.
 
@@ -299,15 +319,18 @@ def compute_fingerprints(
         if key is not None and key not in known and key not in todo:
             todo[key] = item
     if todo:
+        _featurizers()  # built once here, before the pool forks, not once in every worker
+        # largest crystals first, so the workers finish together
+        order = sorted(todo, key=lambda k: -len(todo[k].structure or ()))
         computed = parallel_map(
             _fingerprint_one,
-            list(todo.values()),
+            [todo[k] for k in order],
             n_jobs=n_jobs,
             desc="CrystalNN fingerprints",
             progress=progress,
             min_items_per_job=4,
         )
-        new = dict(zip(todo.keys(), computed, strict=True))
+        new = dict(zip(order, computed, strict=True))
         cache.put_many(new)
         known.update(new)
     out: list[Fingerprint] = []

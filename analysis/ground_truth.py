@@ -43,6 +43,13 @@ class GroundTruth:
     row_errors
         Rows of the source that could not be read: ``{"id", "reason"}`` each; they are not in
         ``structures``.
+    content_key
+        A hash of the source's content (for a dataset split: the key of its preprocessed
+        cache), or ``None``. With ``cache_dir`` it names the file that keeps the ground truth's
+        fingerprints (:mod:`analysis.gt_fingerprints`), so a changed source gets a new file.
+    cache_dir
+        Directory where data computed from these structures may be kept (for a dataset split:
+        the data cache directory), or ``None`` to keep nothing.
     """
 
     ids: list[str]
@@ -50,6 +57,8 @@ class GroundTruth:
     source: str
     label: str = "given"
     row_errors: list[dict[str, str]] = field(default_factory=list)
+    content_key: str | None = None
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.structures):

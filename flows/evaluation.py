@@ -39,9 +39,13 @@ def load_split_ground_truth(
     Returns
     -------
     GroundTruth
-        Material ids and structures; rows the loader rejected are in ``row_errors``.
+        Material ids and structures; rows the loader rejected are in ``row_errors``. Its
+        ``content_key`` is the split's cache key and its ``cache_dir`` the data cache
+        directory, so the metrics keep the split's fingerprints beside the preprocessed split
+        (:mod:`analysis.gt_fingerprints`).
     """
     from generators.data import load_split
+    from generators.data.locations import cache_dir
 
     loaded = load_split(dataset, split, data_dir=data_dir, limit=limit, progress=progress)
     return GroundTruth(
@@ -50,6 +54,8 @@ def load_split_ground_truth(
         source=f"{dataset}/{split} via generators.data.load_split (preprocessed as the papers do)",
         label=split,
         row_errors=[{"id": e.material_id, "reason": e.reason} for e in loaded.errors],
+        content_key=loaded.content_key or None,
+        cache_dir=cache_dir() if loaded.content_key else None,
     )
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dftloop_io.gzip_json import write_gzip_json
 from generators.data.preprocessing import (
     CRYSTALNN_OPTIONS,
     CompactStructure,
@@ -133,28 +132,6 @@ def write_cache(path: Path, rows: list[CachedRow], meta: dict[str, object]) -> N
         ],
     }
     write_gzip_json(path, payload)
-
-
-def write_gzip_json(path: Path, payload: object) -> None:
-    """Write ``payload`` as gzipped JSON through a temporary file and an atomic rename.
-
-    Raises
-    ------
-    OSError
-        When the directory cannot be written (the temporary file is removed).
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) as gz,
-        ):
-            gz.write(json.dumps(payload).encode())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_cache(path: Path) -> list[CachedRow] | None:

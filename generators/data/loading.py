@@ -373,7 +373,7 @@ def _load(
     t0 = time.perf_counter()
     cached_rows: list[CachedRow] | None = None
     entry: Path | None = None
-    digest = ""
+    digest = key = ""
     if use_cache:
         digest = file_sha256(path)
         key = cache_key(digest, split, columns, options)
@@ -432,4 +432,5 @@ def _load(
         notes=notes,
         limit=limit,
         from_cache=from_cache,
+        content_key=key,
     )

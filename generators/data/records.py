@@ -64,6 +64,10 @@ class CrystalDataset:
         The row limit the split was loaded with (``None`` for the whole file).
     from_cache
         Whether the records came from the preprocessed cache.
+    content_key
+        The preprocessed cache's key of the whole split: a hash of the source file's bytes, the
+        split, the property columns and the preprocessing options (empty when the cache is not
+        used). Data derived from the split can be kept under it and go stale with it.
     """
 
     dataset: str
@@ -75,6 +79,7 @@ class CrystalDataset:
     notes: list[str] = field(default_factory=list)
     limit: int | None = None
     from_cache: bool = False
+    content_key: str = ""
 
     @property
     def structures(self) -> list[Structure]:

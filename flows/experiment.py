@@ -38,12 +38,11 @@ from flows.experiment_steps import (
     dft_relaxer_spec,
     dft_rounds,
     force_field_rows,
-    protocol_spec,
     relax_references,
     sample_model,
     split_records,
-    with_protocol,
 )
+from flows.protocol_settings import protocol_spec, with_protocol
 from flows.relax_stage import relax_samples
 from flows.store import dftloop_home
 from flows.tasks import describe_relaxer

@@ -16,7 +16,6 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 from pymatgen.core import Structure
 
-from analysis.dft_subset import random_subset
 from analysis.stability_rows import DATASET_LABEL, dft_fields, structure_row, unbuilt_row
 from flows.hashing import structure_hash
 from flows.pipeline import sample_structures, train_generator
@@ -35,43 +34,6 @@ DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
 2400 s per pw.x calculation (``timeout_s`` is a machine setting, not in the settings hash).
 k-spacing, cutoffs, pressure and dispersion come from the relaxation protocol (the dataset's
 converged settings where they exist, :mod:`relax.protocol`) unless ``dft_settings`` names them."""
-
-
-def protocol_spec(dataset: str, protocol: dict[str, Any] | str | None) -> Any:
-    """The relaxation protocol of the experiment: the dataset's, with the user's overrides.
-
-    Parameters
-    ----------
-    dataset
-        The experiment's dataset (its defaults, e.g. carbon_24 at 10 GPa with D3(BJ)).
-    protocol
-        ``None`` (the dataset's defaults), a dataset name, or a dict of protocol fields that
-        override the dataset's defaults (its own ``"dataset"`` key picks other defaults).
-
-    Returns
-    -------
-    str or dict or None
-        A ``protocol=`` value of the relaxers (``None`` for a dataset without defaults).
-    """
-    from relax.protocol import DATASET_PROTOCOLS
-
-    if isinstance(protocol, str):
-        return protocol
-    base = dataset if dataset in DATASET_PROTOCOLS else None
-    if protocol is None:
-        return base
-    fields = dict(protocol)
-    if base is not None and "dataset" not in fields and "name" not in fields:
-        fields["dataset"] = base
-    return fields
-
-
-def with_protocol(settings: dict[str, Any] | None, spec: Any) -> dict[str, Any]:
-    """Relaxer settings with ``protocol`` set to ``spec`` (a ``protocol`` given there wins)."""
-    out = dict(settings or {})
-    if spec is not None:
-        out.setdefault("protocol", spec)
-    return out
 
 
 COUNTS: tuple[str, ...] = (
@@ -239,24 +201,15 @@ def dataset_floor_run(dataset: str, n: int, seed: int, run: str) -> ModelRun:
     Returns
     -------
     ModelRun
-        Model :data:`analysis.stability_rows.DATASET_LABEL`, ids ``test:<material id>``.
+        Model :data:`analysis.stability_rows.DATASET_LABEL`, ids ``test:<material id>``
+        (:func:`flows.floor.floor_structures`).
     """
-    from generators.data import load_split
+    from flows.floor import floor_provenance, floor_structures
 
-    records = {
-        r.material_id: r.structure for r in load_split(dataset, "test", progress=False).records
-    }
-    chosen = random_subset(list(records), n, seed)
-    items = [(f"test:{mid}", records[mid]) for mid in chosen]
-    prov = Provenance(
-        model=DATASET_LABEL,
-        dataset=dataset,
-        config={"role": "dataset floor", "split": "test", "n": n, "seed": seed, "experiment": run},
-    )
-    run_id = flow_run.get_id()
-    prov.flow_run_id = str(run_id) if run_id else None
+    items = floor_structures(dataset, n, split="test", selection="random", seed=seed)
+    config = {"split": "test", "n": n, "seed": seed, "experiment": run}
     hashes = {sid: structure_hash(s) for sid, s in items}
-    return ModelRun(DATASET_LABEL, "", items, prov, hashes)
+    return ModelRun(DATASET_LABEL, "", items, floor_provenance(dataset, config), hashes)
 
 
 def split_records(dataset: str) -> Any:
@@ -464,25 +417,26 @@ def dataset_floor_row(
         ``n_relaxed``, ``settings_hash``, the metric values by name, ``notes`` and ``rows``
         (public per-structure rows).
     """
-    from analysis.stability import dataset_floor_rows, summarize_stability
+    from flows.floor import floor_provenance, floor_structures, relax_floor
 
-    mr = dataset_floor_run(dataset, n, seed, "floor")
-    stage = relax_samples(
-        mr.items, relaxer, relaxer_settings, mr.provenance, home=home, cluster_kwargs=cluster_kwargs
+    items = floor_structures(dataset, n, split="test", selection="random", seed=seed)
+    config = {"split": "test", "n": n, "seed": seed}
+    floor = relax_floor(
+        items,
+        relaxer,
+        relaxer_settings,
+        floor_provenance(dataset, config),
+        home=home,
+        cluster_kwargs=cluster_kwargs,
     )
-    with ResultStore(home=home) as store:
-        found = store.get_relaxations(list(mr.hashes.values()), stage.settings_hash)
-    docs = {sid: found.get(h) for sid, h in mr.hashes.items()}
-    rows = dataset_floor_rows(mr.items, docs, settings_hash=stage.settings_hash)
-    metrics = {m.name: m.value for m in summarize_stability(rows)}
-    n_relaxed = sum(1 for r in rows if r.get("delta_e_mev_per_atom") is not None)
+    rows = floor["rows"]
     return {
         "model": DATASET_LABEL,
-        "status": "ok" if n_relaxed else "failed: no test-split structure relaxed",
-        "n_samples": len(rows),
-        "n_relaxed": n_relaxed,
-        "settings_hash": stage.settings_hash,
-        **metrics,
+        "status": "ok" if floor["n_relaxed"] else "failed: no test-split structure relaxed",
+        "n_samples": floor["n_samples"],
+        "n_relaxed": floor["n_relaxed"],
+        "settings_hash": floor["settings_hash"],
+        **{m["name"]: m["value"] for m in floor["metrics"]},
         "notes": {
             "relax": f"{len(rows)} random {dataset} test-split structures (seed {seed}), the "
             "models' relaxer and settings: the floor of ΔE and RMSD"

@@ -8,7 +8,9 @@ the model never saw), relaxes every sample with CHGNet and prints:
 * the papers' CSP metrics against the true structures (match rate and RMSE, DiffCSP protocol);
 * ΔE and RMSD of each sample to its relaxed structure;
 * the dataset's own row: the true structures of the same targets relaxed by the same relaxer
-  with the same settings (:mod:`flows.floor`), the floor the model's ΔE is read against.
+  with the same settings and protocol (:func:`flows.floor.dataset_floor` with the targets'
+  material ids, rows by :func:`analysis.stability.dataset_floor_rows`), the floor the model's
+  ΔE is read against.
 
 Everything runs through the Prefect flows the deployments use (ephemeral Prefect API, embedded
 MontyStore under ``$DFTLOOP_HOME``), so a rerun reuses the samples and the stored relaxations.
@@ -24,6 +26,9 @@ Options are environment variables (defaults in :data:`DEFAULTS`):
 ``DFTLOOP_MAIN_STEPS``          sampling steps (1000)
 ``DFTLOOP_MAIN_FMAX``           CHGNet force criterion in eV/Å (0.05)
 ``DFTLOOP_MAIN_MAX_STEPS``      CHGNet maximum ionic steps (500)
+``DFTLOOP_MAIN_PROTOCOL``       relaxation protocol fields over the dataset's, ``key=value``
+                                separated by spaces (e.g. ``pressure_gpa=0 dispersion=none``;
+                                empty: the dataset's protocol, :mod:`relax.protocol`)
 ``DFTLOOP_MAIN_FLOOR``          ``1``: also relax the targets' true structures (the floor); ``0``
 ``DFTLOOP_MAIN_DFT``            ``none`` or ``espresso`` (two lowest-energy structures with pw.x)
 ``DFTLOOP_MAIN_TRAIN``          ``1``: train instead of using the checkpoint (a memorisation check:
@@ -60,6 +65,7 @@ DEFAULTS: dict[str, str] = {
     "DFTLOOP_MAIN_FMAX": "0.05",
     "DFTLOOP_MAIN_MAX_STEPS": "500",
     "DFTLOOP_MAIN_DFT": "none",
+    "DFTLOOP_MAIN_PROTOCOL": "",
 }
 """Default of every option (environment variable -> value)."""
 
@@ -110,8 +116,9 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
     Raises
     ------
     ValueError
-        An option that should be a number is not, or ``DFTLOOP_MAIN_DFT`` is unknown (the
-        message names the variable).
+        An option that should be a number is not, ``DFTLOOP_MAIN_DFT`` is unknown or
+        ``DFTLOOP_MAIN_PROTOCOL`` names an unknown field or value (the message names the
+        variable).
     """
     env = dict(os.environ if env is None else env)
 
@@ -130,6 +137,7 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
     dft = get("DFTLOOP_MAIN_DFT")
     if dft not in ("none", "espresso"):
         raise ValueError(f"DFTLOOP_MAIN_DFT={dft!r}: expected 'none' or 'espresso'")
+    protocol = main_protocol(get("DFTLOOP_MAIN_PROTOCOL"), get("DFTLOOP_MAIN_DATASET"))
     epochs = number("DFTLOOP_MAIN_TRAIN_EPOCHS", int)
     training = flag("DFTLOOP_MAIN_TRAIN", env)
     flag("DFTLOOP_MAIN_FLOOR", env)  # checked here, used by main()
@@ -147,6 +155,7 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
             "fmax": number("DFTLOOP_MAIN_FMAX", float),
             "max_steps": number("DFTLOOP_MAIN_MAX_STEPS", int),
         },
+        "protocol": protocol,
         "dft": dft,
         "home": env.get("DFTLOOP_HOME") or None,
         "evaluate_metrics": True,
@@ -172,6 +181,50 @@ def main_job_parameters(env: dict[str, str] | None = None) -> dict[str, Any]:
             },
         )
     return params
+
+
+def main_protocol(text: str, dataset: str) -> dict[str, Any] | None:
+    """Return the ``protocol`` parameter of the main job from ``DFTLOOP_MAIN_PROTOCOL``.
+
+    Parameters
+    ----------
+    text
+        ``key=value`` fields separated by spaces (empty: ``None``, the dataset's protocol).
+    dataset
+        The run's dataset, whose protocol the fields override.
+
+    Raises
+    ------
+    ValueError
+        An unknown field or value, naming the variable.
+    """
+    from flows.protocol_settings import check_protocol, protocol_spec
+    from relax.protocol import parse_assignments
+
+    if not text.strip():
+        return None
+    try:
+        fields = parse_assignments(text.split())
+        check_protocol(protocol_spec(dataset, fields))
+    except ValueError as exc:
+        raise ValueError(f"DFTLOOP_MAIN_PROTOCOL={text!r}: {exc}") from None
+    return fields
+
+
+def csp_targets(sample_dir: str) -> list[str] | None:
+    """Return the material ids the samples of ``sample_dir`` were sampled for, in order.
+
+    ``None`` when a sample has no target (generation).
+    """
+    from dftloop_io.samples import load_samples
+
+    targets: list[str] = []
+    for record in load_samples(sample_dir):
+        if record.target_id is None:
+            return None
+        if record.target_id not in targets:
+            targets.append(record.target_id)
+    return targets
 
 
 FLOOR_COLUMNS = (
@@ -346,6 +399,8 @@ def main() -> int:
             params["relaxer"],
             params["relaxer_settings"],
             home=params["home"],
+            ids=csp_targets(result["sample_dir"]),  # None: the first n rows of the split
+            protocol=params["protocol"],
         )
     seconds = time.perf_counter() - tic
     print(format_report(result, params, seconds, floor))

@@ -246,6 +246,7 @@ def nightly_benchmark(
     cluster_kwargs: dict[str, Any] | None = None,
     home: str | None = None,
     sample_steps: int | dict[str, int] | None = None,
+    protocol: dict[str, Any] | str | None = None,
     eval_limit: int | None = None,
     eval_coverage: bool = True,
     generate: bool = True,
@@ -279,6 +280,9 @@ def nightly_benchmark(
         Relax the samples (``relax-structures`` stage) and report ΔE/RMSD to the relaxed ones.
     relaxer, relaxer_settings
         The relaxer of that stage.
+    protocol
+        Its relaxation protocol (:mod:`relax.protocol`): ``None`` for the dataset's (carbon_24:
+        10 GPa with DFT-D3(BJ)), a dataset name, or a dict of fields overriding the dataset's.
     cluster_kwargs
         For the relaxations' local Dask cluster (e.g. ``{"processes": false}``: threads of the
         flow process, CHGNet loaded once).
@@ -311,7 +315,10 @@ def nightly_benchmark(
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    from flows.protocol_settings import stage_settings
+
     logger = get_run_logger()
+    [relaxer_settings] = stage_settings(dataset, protocol, relaxer_settings)
     rows: list[dict[str, Any]] = []
     novelty_cache: dict[str, Any] = {}
     for model in models or list(GENERATORS):

@@ -4,6 +4,11 @@ Flows: ``fetch-dataset``, ``train-generator``, ``sample-structures``, ``relax-st
 ``analyze`` and ``generate-and-relax`` (``nightly-benchmark`` is in :mod:`flows.nightly`).
 Every flow takes JSON-friendly parameters so that it can be deployed (``deploy/prefect.yaml``)
 and run with ``prefect deployment run <flow>/<deployment> -p key=value``.
+
+The flows that relax take the relaxation protocol (pressure, dispersion, DFT k-spacing and
+cutoffs, thresholds: :mod:`relax.protocol`) from the dataset by default, through
+:mod:`flows.protocol_settings`; their ``protocol`` parameter overrides any field, e.g.
+``-p 'protocol={"pressure_gpa": 0}'``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from flows.hashing import dict_hash
+from flows.protocol_settings import ProtocolParameter, stage_settings
 from flows.relax_stage import (
     StageOptions,
     flow_run_provenance,
@@ -201,8 +207,12 @@ def relax_structures(
     cluster_kwargs: dict[str, Any] | None = None,
     home: str | None = None,
     retry_failed: bool = False,
+    protocol: ProtocolParameter = None,
 ) -> dict[str, Any]:
     """Relax every structure of a sample directory that the store has not relaxed yet.
+
+    The relaxation protocol is the samples' dataset's unless ``protocol`` (or a ``protocol`` in
+    ``relaxer_settings``) overrides it (:func:`flows.protocol_settings.protocol_spec`).
 
     Returns
     -------
@@ -210,11 +220,13 @@ def relax_structures(
         The :class:`~flows.relax_stage.StageSummary` as a dict.
     """
     items, _ = load_sample_items(sample_dir)
+    prov = flow_run_provenance(sample_dir, {})
+    [relaxer_settings] = stage_settings(prov.dataset, protocol, relaxer_settings)
     summary = relax_samples(
         items,
         relaxer,
         relaxer_settings,
-        flow_run_provenance(sample_dir, {}),
+        prov,
         home=home,
         chunk_size=chunk_size,
         cluster=cluster,
@@ -236,6 +248,7 @@ def analyze(
     eval_limit: int | None = None,
     eval_coverage: bool = True,
     publish: bool = True,
+    protocol: ProtocolParameter = None,
 ) -> dict[str, Any]:
     """Compare samples with their relaxed ground states; publish tables and a histogram.
 
@@ -261,6 +274,10 @@ def analyze(
         Publish the artifacts on this flow run and write the report files
         (:func:`publish_analysis`); ``generate-and-relax`` passes ``False`` and publishes them
         on its own run, the one the user started.
+    protocol
+        Relaxation protocol of both stages (default: the samples' dataset's; see
+        :func:`generate_and_relax`): it is part of the settings hash the relaxations are
+        looked up by.
 
     Returns
     -------
@@ -272,6 +289,9 @@ def analyze(
     from dftloop_io.samples import read_index
 
     prov = flow_run_provenance(sample_dir, {})
+    relaxer_settings, dft_settings = stage_settings(
+        prov.dataset, protocol, relaxer_settings, dft_settings
+    )
     info = describe_relaxer(relaxer, relaxer_settings)
     prov.relaxer, prov.relaxer_settings = relaxer, info["settings"]
     dft_hash = None
@@ -352,6 +372,7 @@ def generate_and_relax(
     sample_split: str = "test",
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
+    protocol: ProtocolParameter = None,
     dft: Dft = "none",
     dft_settings: dict[str, Any] | None = None,
     dft_max_structures: int = 2,
@@ -390,6 +411,14 @@ def generate_and_relax(
         Split whose first ``n`` structures are the CSP targets (``"train"``: memorisation check).
     relaxer, relaxer_settings
         First (force-field) stage, default CHGNet.
+    protocol
+        Relaxation protocol of both stages (:mod:`relax.protocol`): ``None`` for the
+        dataset's (carbon_24: 10 GPa, DFT-D3(BJ), the converged k-spacing and cutoffs; the other
+        datasets: 0 GPa, no dispersion), a dataset name, or a dict of fields overriding the
+        dataset's defaults (e.g. ``{"pressure_gpa": 0, "kspacing": 0.3}``). A ``protocol`` in
+        ``relaxer_settings``/``dft_settings``, or a relaxer keyword of the same name (``fmax``,
+        ``kspacing``, ...), wins for that stage. The resolved protocol is part of each stage's
+        settings hash.
     dft, dft_settings
         ``"none"``, ``"espresso"`` or ``"vasp"`` and its settings.
     dft_max_structures
@@ -413,6 +442,9 @@ def generate_and_relax(
         ``metrics``, ``rows`` (per structure), ``artifacts``, ``store``, ``provenance``.
     """
     logger = get_run_logger()
+    relaxer_settings, dft_settings = stage_settings(
+        dataset, protocol, relaxer_settings, dft_settings
+    )
     if model not in ("dataset",) and checkpoint is None:
         if train_config is None:
             raise ValueError(f"model {model!r}: give a checkpoint, or train_config to train first")

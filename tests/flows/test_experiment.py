@@ -117,6 +117,38 @@ def test_experiment_flow_end_to_end_then_rerun_skips(
     ]
 
 
+def test_the_floor_alone_is_the_same_rows_as_beside_a_model(
+    harness: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """models=[] runs the test-split row only; a later run with a model reuses its relaxations
+    and reports the same floor rows (what lets the floor's DFT start before the checkpoints)."""
+    from flows.experiment import stability_experiment
+
+    monkeypatch.setenv("DFTLOOP_DATA_DIR", str(data_dir))
+    params = dict(
+        dataset="carbon_24",
+        n=2,
+        relaxer_settings={**TINY_CHGNET, "max_steps": 8},
+        dft="none",
+        sun=False,
+        cluster_kwargs={"processes": False},
+        home=str(tmp_path),
+    )
+    alone = stability_experiment(models=[], run_name="floor", **params)
+    assert alone["summary"]["model_errors"] == {}
+    assert [r["model"] for r in alone["rows"]] == ["test split"] * 2
+    computed = len(_ledger(tmp_path))
+    assert computed == 4  # 2 test-split structures + 2 hull references
+    both = stability_experiment(models=["dataset"], run_name="both", **params)
+    assert len(_ledger(tmp_path)) == computed + 2  # only the model's 2 structures are new
+    floor = [r for r in both["rows"] if r["model"] == "test split"]
+    assert [(r["structure_id"], r["delta_e_mev_per_atom"]) for r in floor] == [
+        (r["structure_id"], r["delta_e_mev_per_atom"]) for r in alone["rows"]
+    ]
+    with pytest.raises(ValueError, match="nothing to run"):
+        stability_experiment(models=[], dataset_floor=False, **params)
+
+
 @pytest.mark.slow
 def test_experiment_trains_a_tiny_dpcdvae_and_compares_it(
     harness: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flows.experiment_steps import dft_relaxer_spec, protocol_spec, with_protocol
+from flows.experiment_steps import dft_relaxer_spec
+from flows.protocol_settings import protocol_spec, with_protocol
 
 
 def test_dft_paths_name_the_relaxer() -> None:

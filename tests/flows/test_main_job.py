@@ -62,11 +62,24 @@ def test_environment_overrides_and_checkpoint_skips_training(tmp_path: Path) -> 
         ("DFTLOOP_MAIN_DFT", "vasp", "expected 'none' or 'espresso'"),
         ("DFTLOOP_MAIN_TRAIN", "yes", "DFTLOOP_MAIN_TRAIN='yes': expected 0 or 1"),
         ("DFTLOOP_MAIN_FLOOR", "2", "DFTLOOP_MAIN_FLOOR='2': expected 0 or 1"),
+        ("DFTLOOP_MAIN_PROTOCOL", "pressure=3", "DFTLOOP_MAIN_PROTOCOL='pressure=3': unknown"),
+        ("DFTLOOP_MAIN_PROTOCOL", "dispersion=d4", "DFTLOOP_MAIN_PROTOCOL='dispersion=d4'"),
     ],
 )
 def test_bad_options_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         main_job_parameters({name: value})
+
+
+def test_the_protocol_is_the_dataset_s_unless_the_variable_overrides_it() -> None:
+    assert main_job_parameters({})["protocol"] is None  # the flow takes the dataset's
+    params = main_job_parameters(
+        {
+            "DFTLOOP_MAIN_DATASET": "carbon_24",
+            "DFTLOOP_MAIN_PROTOCOL": "pressure_gpa=0 kspacing=0.3",
+        }
+    )
+    assert params["protocol"] == {"pressure_gpa": 0, "kspacing": 0.3}
 
 
 def test_overridden_trainings_get_their_own_run_directory(tmp_path: Path) -> None:

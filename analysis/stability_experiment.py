@@ -11,7 +11,9 @@ with the private structure fields). The steps, in the order the experiment runs 
 4. :func:`model_comparisons` compares every model with the first and with the dataset's own
    floor (:data:`analysis.stability_rows.DATASET_LABEL`);
 5. :func:`structure_summary` gives per model the match rates, ΔV_rms, space groups, the P1
-   fraction and, for carbon, the sp/sp²/sp³ fractions.
+   fraction and, for carbon, the sp/sp²/sp³ fractions;
+6. :func:`dft_cost_by_size` gives the DFT wall time per structure by cell size (what a size cap
+   would save).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from analysis.stability import compare_models
 from analysis.stability_rows import DATASET_LABEL, hull_energies, row_structure, values_of
@@ -340,6 +344,44 @@ def pressures(rows: Sequence[Mapping[str, Any]], prefix: str = "") -> list[float
     )
 
 
+def dft_cost_by_size(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """DFT wall time per structure, by number of atoms in the cell (all models and the floor).
+
+    Parameters
+    ----------
+    rows
+        Rows with ``dft_selected``, ``n_sites``, ``dft_wall_time_s`` and ``dft_status``.
+
+    Returns
+    -------
+    list of dict
+        One entry per cell size with a DFT result, smallest first: ``n_sites``, ``n`` (DFT
+        results), ``n_ok`` (status ``ok``), ``median_min``, ``min_min``, ``max_min`` (wall
+        minutes per structure; the two-stage relaxer's time includes its force-field
+        pre-relaxation and the single point) and ``models`` (labels with a result of that size).
+    """
+    by_size: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("dft_selected") and row.get("dft_wall_time_s") is not None:
+            by_size.setdefault(int(row.get("n_sites") or 0), []).append(row)
+    out = []
+    for n_sites in sorted(by_size):
+        group = by_size[n_sites]
+        minutes = np.array([float(r["dft_wall_time_s"]) / 60.0 for r in group])
+        out.append(
+            {
+                "n_sites": n_sites,
+                "n": len(group),
+                "n_ok": sum(1 for r in group if r.get("dft_status") == "ok"),
+                "median_min": float(np.median(minutes)),
+                "min_min": float(minutes.min()),
+                "max_min": float(minutes.max()),
+                "models": sorted({str(r.get("model")) for r in group}),
+            }
+        )
+    return out
+
+
 def summarise_rows(
     rows: Sequence[Mapping[str, Any]], models: Sequence[str], seed: int = 0
 ) -> dict[str, Any]:
@@ -360,7 +402,7 @@ def summarise_rows(
         ``per_model`` (:func:`analysis.stability.summarize_by_model` over
         :data:`SUMMARY_KEYS`), ``structures`` (:func:`structure_summary`), ``comparisons``
         (:func:`model_comparisons`), ``energy_quantity`` and ``pressures_gpa`` per method
-        (``"force_field"``, ``"dft"``).
+        (``"force_field"``, ``"dft"``) and ``dft_cost`` (:func:`dft_cost_by_size`).
     """
     from analysis.stability import summarize_by_model
 
@@ -375,4 +417,5 @@ def summarise_rows(
             "dft": energy_quantity(rows, "dft_"),
         },
         "pressures_gpa": {"force_field": pressures(rows), "dft": pressures(rows, "dft_")},
+        "dft_cost": dft_cost_by_size(rows),
     }

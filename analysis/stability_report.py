@@ -307,6 +307,27 @@ def sun_table(sun: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def dft_cost_table(cost: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the report's DFT-cost table (:func:`analysis.stability_experiment.dft_cost_by_size`).
+
+    Returns
+    -------
+    list of dict
+        ``atoms``, ``n``, ``ok``, ``median min``, ``range min`` and ``models`` per cell size.
+    """
+    return [
+        {
+            "atoms": c["n_sites"],
+            "n": c["n"],
+            "ok": c["n_ok"],
+            "median min": round(float(c["median_min"]), 1),
+            "range min": f"{c['min_min']:.1f}–{c['max_min']:.1f}",
+            "models": ", ".join(c["models"]),
+        }
+        for c in cost
+    ]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render table rows as a markdown table (empty string for no rows)."""
     if not rows:
@@ -455,6 +476,16 @@ def render_report(
         "",
     ]
     lines += [f"![{name}]({Path(path).name})" for name, path in s.get("plots", {}).items()]
+    if tables.get("dft_cost"):
+        lines += [
+            "",
+            "## DFT cost by cell size",
+            "",
+            "Wall time per structure of the DFT relaxer (with the two-stage relaxer: force-field "
+            "pre-relax, DFT single point and DFT relaxation), on this run's machine.",
+            "",
+            markdown_table(tables["dft_cost"]),
+        ]
     not_started = {m: ids for m, ids in (s.get("dft_not_started") or {}).items() if ids}
     if not_started:
         lines += ["", "## DFT not started", ""]
@@ -506,7 +537,7 @@ def report_tables(
     Returns
     -------
     tuple
-        ``({"summary", "structure", "comparison", "sun"}, power statements)``.
+        ``({"summary", "structure", "comparison", "sun", "dft_cost"}, power statements)``.
     """
     quantity = parts.get("energy_quantity") or {}
     labels = quantity_labels(quantity.get("force_field", "E"), quantity.get("dft", "E"))
@@ -515,5 +546,6 @@ def report_tables(
         "structure": structure_table(parts["structures"]),
         "comparison": comparison_table(parts["comparisons"], labels),
         "sun": sun_table({k: v for k, v in sun.items() if "error" not in v}),
+        "dft_cost": dft_cost_table(parts.get("dft_cost") or []),
     }
     return tables, power_statements(parts["comparisons"], labels)

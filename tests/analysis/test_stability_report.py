@@ -109,3 +109,37 @@ def test_report_text_states_floor_path_pressure_and_power(tmp_path: Path) -> Non
     files = write_report(tmp_path / "report", rows, summary, tables)
     saved = Path(files["rows"]).read_text()
     assert "_private" not in saved and "dft_path" in saved
+
+
+def test_dft_cost_by_cell_size_in_minutes() -> None:
+    """Wall times grouped by cell size, checked against hand-computed minutes."""
+    from analysis.stability_experiment import dft_cost_by_size
+
+    rows = [
+        {"model": "cdvae", "dft_selected": True, "n_sites": 12, "dft_wall_time_s": 1800.0},
+        {"model": "cdvae", "dft_selected": True, "n_sites": 6, "dft_wall_time_s": 60.0},
+        {"model": "test split", "dft_selected": True, "n_sites": 6, "dft_wall_time_s": 300.0},
+        {"model": "dpcdvae", "dft_selected": True, "n_sites": 6, "dft_wall_time_s": 120.0},
+        {"model": "dpcdvae", "dft_selected": False, "n_sites": 6, "dft_wall_time_s": 9e9},
+        {"model": "dpcdvae", "dft_selected": True, "n_sites": 8},  # no result yet
+    ]
+    for i, status in enumerate(("failed", "ok", "ok", "not_converged")):
+        rows[i]["dft_status"] = status
+    cost = dft_cost_by_size(rows)
+    assert [c["n_sites"] for c in cost] == [6, 12]
+    six, twelve = cost
+    assert (six["n"], six["n_ok"], six["median_min"]) == (3, 2, 2.0)
+    assert (six["min_min"], six["max_min"]) == (1.0, 5.0)
+    assert six["models"] == ["cdvae", "dpcdvae", "test split"]
+    assert (twelve["n"], twelve["n_ok"], twelve["median_min"]) == (1, 0, 30.0)
+    tables, _ = report_tables(
+        {"per_model": {}, "structures": {}, "comparisons": [], "dft_cost": cost}, {}
+    )
+    assert tables["dft_cost"][0] == {
+        "atoms": 6,
+        "n": 3,
+        "ok": 2,
+        "median min": 2.0,
+        "range min": "1.0–5.0",
+        "models": "cdvae, dpcdvae, test split",
+    }

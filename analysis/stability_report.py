@@ -418,7 +418,8 @@ def render_report(
     lines = [
         f"# Stability experiment {s['run']} ({s['dataset']})",
         "",
-        f"Models: {', '.join(s['models'])}; n = {s['n']} per model, seed {s['seed']}; "
+        f"Models: {', '.join(s['models']) or 'none (the dataset floor alone)'}; "
+        f"n = {s['n']} per model, seed {s['seed']}; "
         f"force field `{s['relaxer']}`. {_dft_text(s)}",
         "",
     ]

@@ -137,6 +137,8 @@ def test_the_floor_alone_is_the_same_rows_as_beside_a_model(
     alone = stability_experiment(models=[], run_name="floor", **params)
     assert alone["summary"]["model_errors"] == {}
     assert [r["model"] for r in alone["rows"]] == ["test split"] * 2
+    text = (Path(alone["report_dir"]) / "report.md").read_text()
+    assert "Models: none (the dataset floor alone)" in text
     computed = len(_ledger(tmp_path))
     assert computed == 4  # 2 test-split structures + 2 hull references
     both = stability_experiment(models=["dataset"], run_name="both", **params)

@@ -95,14 +95,57 @@ def _pairs_within_crystals(num_atoms: Tensor, include_self: bool) -> tuple[Tenso
     return i, j, crystal
 
 
-def _image_ranges(lattice: Tensor, cutoff: Tensor) -> Tensor:
-    """Per-crystal number of images needed along each lattice vector, [B, 3] (long).
+IMAGE_MARGIN = 1e-4
+"""Fractional slack on the image window of :func:`pair_image_windows` (float rounding)."""
 
-    |k_d| ≤ cutoff·|b_d| + |Δf_d| with b the reciprocal vectors (without 2π) and |Δf_d| < 1 for
-    wrapped coordinates, so ceil(cutoff·|b_d|) + 1 images each way are always enough.
+
+def pair_image_windows(
+    delta_frac: Tensor, reach: Tensor, margin: float = IMAGE_MARGIN
+) -> tuple[Tensor, Tensor]:
+    """The lattice translations k that can bring atom j within the cutoff of atom i.
+
+    A vector x = (Δf + k)·L has fractional components (Δf + k)_d = x·b_d, with b_d the columns
+    of L⁻¹, so |x| ≤ r implies |Δf_d + k_d| ≤ r·|b_d| (Cauchy–Schwarz). Every image within
+    the cutoff therefore has k_d in [ceil(−r|b_d| − Δf_d), floor(r|b_d| − Δf_d)]; the window is
+    widened by ``margin`` on both sides so that float rounding cannot drop a pair at the cutoff.
+
+    Parameters
+    ----------
+    delta_frac
+        [P, 3] fractional differences f_j − f_i of the pairs.
+    reach
+        [P, 3] r·|b_d| of each pair's crystal.
+
+    Returns
+    -------
+    tuple of Tensor
+        The first translation [P, 3] (float, integer-valued) and the number of translations
+        [P, 3] (long) per lattice direction.
     """
-    reciprocal_norms = torch.linalg.inv(lattice).norm(dim=-2)  # columns of L^-1 are b_d
-    return torch.ceil(cutoff.unsqueeze(-1) * reciprocal_norms).long() + 1
+    first = torch.ceil(-reach - delta_frac - margin)
+    last = torch.floor(reach - delta_frac + margin)
+    return first, (last - first + 1).clamp(min=0).long()
+
+
+def centre_distance_order(centre: Tensor, dist: Tensor) -> Tensor:
+    """The permutation that sorts edges by centre atom, then distance, ties in their order.
+
+    The same as a stable sort by distance followed by a stable sort by centre. For float32
+    distances it is one sort of an int64 key (centre in the high 32 bits, the bit pattern of
+    the distance — monotone for non-negative floats — in the low ones).
+
+    Parameters
+    ----------
+    centre
+        [E] centre atom of each edge (non-negative).
+    dist
+        [E] edge lengths (non-negative).
+    """
+    if dist.dtype == torch.float32 and len(dist) and int(centre.max()) < 2**31:
+        bits = dist.contiguous().view(torch.int32).to(torch.int64)
+        return torch.argsort((centre.to(torch.int64) << 32) | bits, stable=True)
+    order = torch.argsort(dist, stable=True)
+    return order[torch.argsort(centre[order], stable=True)]
 
 
 def radius_graph_pbc(
@@ -135,6 +178,12 @@ def radius_graph_pbc(
     -------
     PeriodicGraph
         Edges sorted by centre atom, then by distance.
+
+    Notes
+    -----
+    Each atom pair is tested only against the lattice translations that can bring it within
+    the cutoff (:func:`pair_image_windows`), not against every translation of the batch's
+    largest image range; the edges, their order and their values are the same.
     """
     device, dtype = cart_coords.device, cart_coords.dtype
     radius = torch.as_tensor(cutoff, dtype=dtype, device=device).detach()
@@ -143,33 +192,66 @@ def radius_graph_pbc(
     with torch.no_grad():
         frac = cart_to_frac(cart_coords.detach(), lattice.detach(), num_atoms)
         wrap = torch.floor(frac)  # x = (f - wrap)·L + wrap·L
+        home_frac = frac - wrap
         home = torch.einsum(
-            "ni,nij->nj", frac - wrap, lattice.detach().repeat_interleave(num_atoms, 0)
+            "ni,nij->nj", home_frac, lattice.detach().repeat_interleave(num_atoms, 0)
         )
-        ranges = _image_ranges(lattice.detach(), radius)
-        span = ranges.max(dim=0).values
-        grids = [torch.arange(-int(s), int(s) + 1, device=device) for s in span]
-        images = torch.cartesian_prod(*grids).to(dtype)  # [M, 3]
+        # r·|b_d|, b_d the columns of L^-1 (reciprocal vectors without 2π)
+        reach = radius.unsqueeze(-1) * torch.linalg.inv(lattice.detach()).norm(dim=-2)  # [B, 3]
+        # every pair's window of translations lies in [-span, span + window); their Cartesian
+        # shifts are tabulated once per crystal, [B, M, 3] (k·L with the translations k in
+        # lexicographic order)
+        span = (torch.ceil(reach).long() + 1).max(dim=0).values
         i_all, j_all, crystal_all = _pairs_within_crystals(num_atoms, include_self=True)
-        chunk = max(1, _MAX_CANDIDATES // len(images))
+        first_all, count_all = pair_image_windows(
+            home_frac[j_all] - home_frac[i_all], reach[crystal_all]
+        )
+        # translations below -span are never within the cutoff
+        first_all = torch.maximum(first_all.long(), -span)
+        window = count_all.max(dim=0).values if len(count_all) else count_all.new_zeros(3)
+        low, high = -span, span + window
+        width = high - low
+        grids = [
+            torch.arange(lo, hi, device=device)
+            for lo, hi in zip(low.tolist(), high.tolist(), strict=True)
+        ]
+        translations = torch.cartesian_prod(*grids).view(-1, 3)  # [M, 3]
+        table = torch.einsum("mk,bkl->bml", translations.to(dtype), lattice.detach())
+        table = table.reshape(-1, 3)  # [B·M, 3]
+        # a window of the same shape (the largest) for every pair, in lexicographic order:
+        # table index of translation first + l = index(first) + offset(l); translations
+        # beyond a pair's own window are farther than the cutoff and fail the distance test
+        local = torch.cartesian_prod(*[torch.arange(int(w), device=device) for w in window])
+        local = local.view(-1, 3)
+        local_offset = (local[:, 0] * width[1] + local[:, 1]) * width[2] + local[:, 2]  # [M']
+        corner = first_all - low
+        base = crystal_all * len(translations) + (
+            (corner[:, 0] * width[1] + corner[:, 1]) * width[2] + corner[:, 2]
+        )  # [P]
         kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for start in range(0, len(i_all), chunk):
+        chunk = max(1, _MAX_CANDIDATES // max(1, len(local)))
+        for start in range(0, len(i_all) if len(local) else 0, chunk):
             i = i_all[start : start + chunk]
             j = j_all[start : start + chunk]
             crystal = crystal_all[start : start + chunk]
-            shifts = torch.einsum("mk,pkl->pml", images, lattice.detach()[crystal])  # [P, M, 3]
+            index = base[start : start + chunk].unsqueeze(1) + local_offset  # [P, M']
+            shifts = table.index_select(0, index.view(-1)).view(len(i), -1, 3)  # [P, M', 3]
             vec = home[j].unsqueeze(1) + shifts - home[i].unsqueeze(1)
             dist = vec.norm(dim=-1)
-            in_range = (images.abs().unsqueeze(0) <= ranges[crystal].unsqueeze(1)).all(-1)
-            mask = in_range & (dist <= radius[crystal].unsqueeze(1)) & (dist > min_distance)
+            mask = (dist <= radius[crystal].unsqueeze(1)) & (dist > min_distance)
             pair_idx, image_idx = mask.nonzero(as_tuple=True)
-            kept.append((i[pair_idx], j[pair_idx], images[image_idx], dist[pair_idx, image_idx]))
+            flat = index[pair_idx, image_idx] % len(translations)
+            kept.append(
+                (i[pair_idx], j[pair_idx], translations[flat].to(dtype), dist[pair_idx, image_idx])
+            )
+        if not kept:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            kept.append((empty, empty, home.new_zeros(0, 3), home.new_zeros(0)))
         centre = torch.cat([k[0] for k in kept])
         neighbour = torch.cat([k[1] for k in kept])
         offsets = torch.cat([k[2] for k in kept])
         dist = torch.cat([k[3] for k in kept])
-        order = torch.argsort(dist, stable=True)
-        order = order[torch.argsort(centre[order], stable=True)]
+        order = centre_distance_order(centre, dist)
         centre, neighbour, offsets = centre[order], neighbour[order], offsets[order]
         # offsets relative to the unwrapped input positions
         offsets = offsets - wrap[neighbour] + wrap[centre]
@@ -214,8 +296,7 @@ def cap_neighbors(graph: PeriodicGraph, num_nodes: int, max_neighbors: int) -> P
     """
     centre = graph.edge_index[1]
     dist = graph.distances.detach()
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(centre[order], stable=True)]
+    order = centre_distance_order(centre, dist)
     counts = torch.bincount(centre, minlength=num_nodes)
     first = torch.cumsum(counts, 0) - counts
     sorted_centre = centre[order]
@@ -237,7 +318,9 @@ __all__ = [
     "TIE_TOLERANCE",
     "PeriodicGraph",
     "cap_neighbors",
+    "centre_distance_order",
     "crystal_offsets",
     "fully_connected_edges",
+    "pair_image_windows",
     "radius_graph_pbc",
 ]

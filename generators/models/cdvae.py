@@ -186,6 +186,10 @@ class CDVAE(CrystalVAE):
         types = atom_types
         sigma_last = float(self.sigmas[-1])
         total = len(self.sigmas) * steps
+        # the cell and its inverse per atom, once for the whole chain (frac_to_cart and
+        # cart_to_frac with the lattice fixed)
+        atom_lattice = per_atom_lattice(lattice, num_atoms)
+        atom_inverse = per_atom_lattice(torch.linalg.inv(lattice), num_atoms)
         with tqdm(total=total, desc=f"{self.name} Langevin", disable=not self.progress) as bar:
             for sigma_t in self.sigmas.tolist():
                 if sigma_t < min_sigma:
@@ -194,9 +198,9 @@ class CDVAE(CrystalVAE):
                 for _ in range(steps):
                     noise = torch.randn(n, 3, generator=generator, device=z.device)
                     pred, type_logits = self.decoder(z, frac, types, lattice, num_atoms, batch)
-                    cart = frac_to_cart(frac, lattice, num_atoms)
+                    cart = torch.einsum("ni,nij->nj", frac, atom_lattice)
                     cart = cart + step * pred / sigma_t + math.sqrt(2 * step) * noise
-                    frac = torch.remainder(cart_to_frac(cart, lattice, num_atoms), 1.0)
+                    frac = torch.remainder(torch.einsum("ni,nij->nj", cart, atom_inverse), 1.0)
                     types = type_logits.argmax(-1) + 1
                     bar.update(1)
         return frac, types

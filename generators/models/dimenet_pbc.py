@@ -86,7 +86,10 @@ def periodic_triplets(edge_index: Tensor, cell_offsets: Tensor, num_nodes: int) 
     """
     source, target = edge_index
     device = source.device
-    order = torch.argsort(target, stable=True)  # edges grouped by target atom
+    if bool((target[1:] >= target[:-1]).all()):  # radius graphs come grouped by target atom
+        order = torch.arange(len(target), device=device)
+    else:
+        order = torch.argsort(target, stable=True)  # edges grouped by target atom
     counts = torch.bincount(target, minlength=num_nodes)
     first = torch.cumsum(counts, 0) - counts
     per_edge = counts[source]  # edges k -> j for each edge j -> i
@@ -97,10 +100,12 @@ def periodic_triplets(edge_index: Tensor, cell_offsets: Tensor, num_nodes: int) 
     idx_i = target[idx_ji]
     idx_j = source[idx_ji]
     idx_k = source[idx_kj]
-    same_point = (idx_k == idx_i) & (
-        (cell_offsets[idx_kj] + cell_offsets[idx_ji]).abs().sum(-1) < 0.5
-    )
-    keep = ~same_point
+    # k == i in the same image: the offsets of k -> j and j -> i cancel (checked only where
+    # k == i, a small part of the triplets)
+    returning = (idx_k == idx_i).nonzero().view(-1)
+    back = cell_offsets[idx_kj[returning]] + cell_offsets[idx_ji[returning]]
+    keep = torch.ones(len(idx_ji), dtype=torch.bool, device=device)
+    keep[returning[back.abs().sum(-1) < 0.5]] = False
     return Triplets(idx_i[keep], idx_j[keep], idx_k[keep], idx_kj[keep], idx_ji[keep])
 
 

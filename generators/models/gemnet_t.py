@@ -64,11 +64,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from generators.graphs import PeriodicGraph
+from generators.crystal import frac_to_cart
+from generators.graphs import PeriodicGraph, radius_graph_pbc
 from generators.models.decoder_base import LatentConditionedDecoder
 from generators.models.dimenet_pbc import (
     Triplets,
-    periodic_geometry,
     periodic_triplets,
     triplet_angles,
 )
@@ -276,16 +276,19 @@ class TripletBasis:
         self.rank = ragged_rank(triplets.idx_ji, num_edges)
         self.kmax = int(self.rank.max()) + 1 if len(self.rank) else 0
         self.num_edges = num_edges
+        # row of each triplet in the flattened [E·Kmax] layout, computed once for all blocks
+        self.slot = self.idx_ji * self.kmax + self.rank
         sph = spherical_harmonics_m0(torch.cos(angles), num_spherical)
-        dense = sph.new_zeros(num_edges, self.kmax, num_spherical)
-        dense[self.idx_ji, self.rank] = sph
-        self.sph = dense.transpose(1, 2)  # [E, L, Kmax]
+        dense = sph.new_zeros(num_edges * self.kmax, num_spherical)
+        dense = dense.index_copy(0, self.slot, sph)
+        self.sph = dense.view(num_edges, self.kmax, num_spherical).transpose(1, 2)  # [E, L, Kmax]
 
     def gather(self, edge_values: Tensor) -> Tensor:
         """[E, Kmax, D]: the values of each output edge's input edges k → j, zero padded."""
-        dense = edge_values.new_zeros(self.num_edges, self.kmax, edge_values.shape[-1])
-        dense[self.idx_ji, self.rank] = edge_values[self.idx_kj]
-        return dense
+        width = edge_values.shape[-1]
+        dense = edge_values.new_zeros(self.num_edges * self.kmax, width)
+        dense = dense.index_copy(0, self.slot, edge_values.index_select(0, self.idx_kj))
+        return dense.view(self.num_edges, self.kmax, width)
 
 
 class TripletInteraction(nn.Module):
@@ -505,9 +508,9 @@ class GemNetTDecoder(LatentConditionedDecoder):
     ) -> tuple[Tensor, Tensor]:
         """GemNet-T on the periodic graph: direct vectors [N, 3] and the final atom embedding."""
         n = len(h)
-        capped = periodic_geometry(
-            frac_coords, lattice, num_atoms, self.cutoff, self.max_neighbors
-        ).graph
+        # the capped radius graph alone: its triplets are those of the symmetric graph below
+        cart = frac_to_cart(frac_coords, lattice, num_atoms)
+        capped = radius_graph_pbc(cart, lattice, num_atoms, self.cutoff, self.max_neighbors)
         graph, swap = symmetrize_edges(capped, n)
         triplets = periodic_triplets(graph.edge_index, graph.cell_offsets, n)
         angles = triplet_angles(graph.edge_vectors, triplets)

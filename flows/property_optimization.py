@@ -52,6 +52,42 @@ def is_valid(structure: Structure) -> bool:
     return structure_is_valid(structure) and smact_valid(symbols, counts)
 
 
+def relax_selection(
+    scores: list[float], shape: tuple[int, int], direction: str, per_start: int | None
+) -> list[int]:
+    """Flat indices ([snapshot, start] row-major) of the crystals to relax.
+
+    Parameters
+    ----------
+    scores
+        Decoded scores, NaN where a crystal is not valid.
+    shape
+        (snapshots, starts).
+    direction
+        ``min`` or ``max``: which scores count as best.
+    per_start
+        The ``k`` best of each start; ``None``: every crystal with a finite score.
+
+    Raises
+    ------
+    ValueError
+        If ``per_start`` < 1.
+    """
+    grid = np.asarray(scores, dtype=float).reshape(shape)
+    if per_start is None:
+        return [int(k) for k in np.flatnonzero(np.isfinite(grid.reshape(-1)))]
+    if per_start < 1:
+        raise ValueError(f"relax_per_start must be >= 1 or None, got {per_start}")
+    chosen: list[int] = []
+    for start in range(shape[1]):
+        column = grid[:, start]
+        finite = np.flatnonzero(np.isfinite(column))
+        key = column[finite] if direction == "min" else -column[finite]
+        best = finite[np.argsort(key, kind="stable")[:per_start]]
+        chosen += [int(snapshot) * shape[1] + start for snapshot in sorted(best)]
+    return sorted(chosen)
+
+
 @task(task_run_name="optimize-decode-{dataset}-{n}")
 def optimize_decode_task(
     checkpoint: str,
@@ -213,6 +249,7 @@ def optimize_property_flow(
     relax: bool = True,
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
+    relax_per_start: int | None = None,
     chunk_size: int = 32,
     cluster: str = "local",
     cluster_kwargs: dict[str, Any] | None = None,
@@ -243,6 +280,9 @@ def optimize_property_flow(
     relax, relaxer, relaxer_settings
         Relax the valid decoded crystals (CHGNet by default) before the second scoring;
         ``relaxer_settings`` as the other flows' (e.g. ``{"fmax": 0.05, "protocol": ...}``).
+    relax_per_start
+        Relax only the ``k`` best-scored valid decoded crystals of each start (``None``: every
+        valid one). The relaxed success rates then take each start's best over those ``k``.
     chunk_size, cluster, cluster_kwargs
         Relaxation fan-out (:func:`flows.relax_stage.run_relax_stage`).
     seed
@@ -281,6 +321,7 @@ def optimize_property_flow(
     settings = {
         "split": split,
         "n": n,
+        "relax_per_start": relax_per_start,
         "steps": steps,
         "lr": lr,
         "saves": saves,
@@ -310,10 +351,10 @@ def optimize_property_flow(
     stage: dict[str, Any] = {}
     if relax:
         settings_r = dict(relaxer_settings or {})
+        chosen = relax_selection(decoded_scores, shape, direction, relax_per_start)
         items = [
-            (label, Structure.from_dict(s), structure_hash(Structure.from_dict(s)))
-            for label, s, ok in zip(labels, flat, valid, strict=True)
-            if ok
+            (labels[k], Structure.from_dict(flat[k]), structure_hash(Structure.from_dict(flat[k])))
+            for k in chosen
         ]
         summary = run_relax_stage(
             items,

@@ -170,3 +170,17 @@ def test_cli_optimize_scores_with_the_predictor_file(
     wrong = other.save(tmp_path / "gap.pkl")
     bad = CliRunner().invoke(app, [*args, "--predictor", str(wrong)])
     assert bad.exit_code == 1 and "predicts dir_gap, not heat_ref" in bad.output
+
+
+def test_relax_selection_by_hand() -> None:
+    from flows.property_optimization import relax_selection
+
+    nan = float("nan")
+    # 3 snapshots x 2 starts, row-major: start 0 scores 0.5, nan, 0.1; start 1 scores 2, 1, 3
+    scores = [0.5, 2.0, nan, 1.0, 0.1, 3.0]
+    assert relax_selection(scores, (3, 2), "min", None) == [0, 1, 3, 4, 5]
+    assert relax_selection(scores, (3, 2), "min", 1) == [3, 4]  # 0.1 (start 0), 1.0 (start 1)
+    assert relax_selection(scores, (3, 2), "max", 1) == [0, 5]  # 0.5, 3.0
+    assert relax_selection(scores, (3, 2), "min", 2) == [0, 1, 3, 4]
+    with pytest.raises(ValueError, match="relax_per_start must be >= 1"):
+        relax_selection(scores, (3, 2), "min", 0)

@@ -36,6 +36,7 @@ from flows.tasks import (
     store_samples_task,
     train_generator_task,
 )
+from flows.timing import library_time
 
 Dft = Literal["none", "espresso", "vasp"]
 
@@ -298,20 +299,23 @@ def analyze(
     if dft != "none":
         dft_hash = describe_relaxer(dft, dft_settings)["settings_hash"]
     rows = analyze_task(sample_dir, info["settings_hash"], home, prov.__dict__, dft_hash)
-    metrics = [m.to_dict() for m in summarize_stability(rows)]
+    with library_time("stability"):
+        metrics = [m.to_dict() for m in summarize_stability(rows)]
     if evaluate_metrics:
         try:
             from flows.evaluation import evaluate_samples
 
-            found = evaluate_samples(
-                sample_dir,
-                str(prov.dataset),
-                gt_split=read_index(sample_dir).get("split") or "test",
-                limit=eval_limit,
-                with_coverage=eval_coverage,
-                n_jobs=1,
-                progress=False,
-            )
+            gt_split = read_index(sample_dir).get("split") or "test"
+            with library_time("metrics"):
+                found = evaluate_samples(
+                    sample_dir,
+                    str(prov.dataset),
+                    gt_split=gt_split,
+                    limit=eval_limit,
+                    with_coverage=eval_coverage,
+                    n_jobs=1,
+                    progress=False,
+                )
             metrics += [{**m.to_dict(), "name": key} for key, m in found.items()]
         except Exception as exc:  # the stability part stands on its own
             get_run_logger().warning("generation metrics unavailable: %s", exc)

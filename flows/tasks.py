@@ -22,6 +22,7 @@ from pymatgen.core import Structure
 
 from flows.hashing import structure_hash
 from flows.store import DONE_STATUSES, Provenance, ResultStore
+from flows.timing import library_time
 
 RELAX_CACHE_POLICY = INPUTS + TASK_SOURCE
 """A relax chunk with the same inputs and the same task code is taken from Prefect's cache."""
@@ -163,7 +164,7 @@ def relax_chunk(
     label: str = "chunk",
     ledger: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Relax one chunk of structures (runs on a Dask worker).
+    """Relax one chunk of structures (runs on a Dask worker: a thread or a process).
 
     Parameters
     ----------
@@ -185,11 +186,17 @@ def relax_chunk(
     """
     import torch
 
+    threads = torch.get_num_threads()  # restored: the worker may be a thread of the flow
     torch.set_num_threads(int(os.environ.get("DFTLOOP_TORCH_THREADS", "1")))
-    relaxer = get_relaxer_cached(relaxer_name, relaxer_settings)
-    pairs = [(sid, Structure.from_dict(d)) for sid, d in items]
-    inputs = [(sid, right_handed(s)) for sid, s in pairs]
-    results = [r.model_dump(mode="json") for r in relax_sized_items(relaxer, inputs)]
+    try:
+        relaxer = get_relaxer_cached(relaxer_name, relaxer_settings)
+        pairs = [(sid, Structure.from_dict(d)) for sid, d in items]
+        inputs = [(sid, right_handed(s)) for sid, s in pairs]
+        with library_time("relax"):
+            relaxed = relax_sized_items(relaxer, inputs)
+    finally:
+        torch.set_num_threads(threads)
+    results = [r.model_dump(mode="json") for r in relaxed]
     if ledger:
         append_ledger(ledger, relaxer_name, pairs, results)
     return results
@@ -392,16 +399,19 @@ def sample_structures_task(
         if index.get("total") == n and is_complete(index):
             return str(out)  # an interrupted directory goes on to the sampler, which resumes
     if model == SMOKE_MODEL:
-        return str(
-            sample_from_dataset(dataset, n, out, split=smoke_split, rattle=smoke_rattle, seed=seed)
-        )
+        with library_time("sample"):
+            smoke = sample_from_dataset(
+                dataset, n, out, split=smoke_split, rattle=smoke_rattle, seed=seed
+            )
+        return str(smoke)
     if checkpoint is None:
         raise ValueError(f"model {model!r}: a checkpoint is needed to sample (or train first)")
     from generators.sampler import sample
 
     mode = mode or checkpoint_mode(checkpoint)
     kwargs: dict[str, Any] = {"n": n} if mode == "generate" else {"split": split, "limit": n}
-    summary = sample(checkpoint, out, mode, seed=seed, steps=steps, progress=False, **kwargs)
+    with library_time("sample"):
+        summary = sample(checkpoint, out, mode, seed=seed, steps=steps, progress=False, **kwargs)
     return str(summary.out_dir)
 
 
@@ -608,25 +618,23 @@ def analyze_task(
                 row.update(status=doc.get("status"), error=doc.get("error") or "no structure")
             else:
                 try:
-                    row.update(
-                        compare_to_relaxed(
+                    relaxed = Structure.from_dict(doc["final_structure"])
+                    with library_time("compare"):
+                        compared = compare_to_relaxed(
                             structure,
-                            Structure.from_dict(doc["final_structure"]),
+                            relaxed,
                             doc.get("initial_energy_per_atom_eV"),
                             doc.get("final_energy_per_atom_eV"),
                         )
-                    )
+                    row.update(compared)
                     row.update(status=doc.get("status"), error=None)
                 except Exception as exc:  # one bad comparison is reported, the rest goes on
                     row.update(status="analysis_failed", error=f"{sid}: {exc}")
             dft = dft_docs.get(h)
             if dft is not None and dft.get("final_structure") and not dft.get("error"):
-                cmp = compare_to_relaxed(
-                    structure,
-                    Structure.from_dict(dft["final_structure"]),
-                    None,
-                    None,
-                )
+                dft_relaxed = Structure.from_dict(dft["final_structure"])
+                with library_time("compare"):
+                    cmp = compare_to_relaxed(structure, dft_relaxed, None, None)
                 row["dft_rmsd"] = cmp["rmsd"]
                 row["dft_status"] = dft.get("status")
                 e0, e1 = dft.get("initial_energy_per_atom_eV"), dft.get("final_energy_per_atom_eV")

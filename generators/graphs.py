@@ -239,10 +239,18 @@ def radius_graph_pbc(
             vec = home[j].unsqueeze(1) + shifts - home[i].unsqueeze(1)
             dist = vec.norm(dim=-1)
             mask = (dist <= radius[crystal].unsqueeze(1)) & (dist > min_distance)
-            pair_idx, image_idx = mask.nonzero(as_tuple=True)
-            flat = index[pair_idx, image_idx] % len(translations)
+            hits = mask.view(-1).nonzero().view(-1)  # pair-major, translations in order
+            pair_idx = torch.div(hits, mask.shape[1], rounding_mode="floor")
+            translation = translations.index_select(
+                0, index.view(-1).index_select(0, hits) % len(translations)
+            )
             kept.append(
-                (i[pair_idx], j[pair_idx], translations[flat].to(dtype), dist[pair_idx, image_idx])
+                (
+                    i.index_select(0, pair_idx),
+                    j.index_select(0, pair_idx),
+                    translation.to(dtype),
+                    dist.view(-1).index_select(0, hits),
+                )
             )
         if not kept:
             empty = torch.zeros(0, dtype=torch.long, device=device)

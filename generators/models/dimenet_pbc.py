@@ -86,27 +86,26 @@ def periodic_triplets(edge_index: Tensor, cell_offsets: Tensor, num_nodes: int) 
     """
     source, target = edge_index
     device = source.device
-    if bool((target[1:] >= target[:-1]).all()):  # radius graphs come grouped by target atom
-        order = torch.arange(len(target), device=device)
-    else:
-        order = torch.argsort(target, stable=True)  # edges grouped by target atom
+    grouped = bool((target[1:] >= target[:-1]).all())  # radius graphs come grouped
+    order = None if grouped else torch.argsort(target, stable=True)  # edges grouped by target
     counts = torch.bincount(target, minlength=num_nodes)
     first = torch.cumsum(counts, 0) - counts
     per_edge = counts[source]  # edges k -> j for each edge j -> i
     idx_ji = torch.repeat_interleave(torch.arange(len(source), device=device), per_edge)
     start = torch.cumsum(per_edge, 0) - per_edge
     rank = torch.arange(len(idx_ji), device=device) - start[idx_ji]
-    idx_kj = order[first[source[idx_ji]] + rank]
-    idx_i = target[idx_ji]
-    idx_j = source[idx_ji]
-    idx_k = source[idx_kj]
+    idx_kj = first[source[idx_ji]] + rank
+    if order is not None:
+        idx_kj = order[idx_kj]
     # k == i in the same image: the offsets of k -> j and j -> i cancel (checked only where
     # k == i, a small part of the triplets)
-    returning = (idx_k == idx_i).nonzero().view(-1)
+    returning = (source[idx_kj] == target[idx_ji]).nonzero().view(-1)
     back = cell_offsets[idx_kj[returning]] + cell_offsets[idx_ji[returning]]
     keep = torch.ones(len(idx_ji), dtype=torch.bool, device=device)
     keep[returning[back.abs().sum(-1) < 0.5]] = False
-    return Triplets(idx_i[keep], idx_j[keep], idx_k[keep], idx_kj[keep], idx_ji[keep])
+    kept = keep.nonzero().view(-1)
+    idx_kj, idx_ji = idx_kj.index_select(0, kept), idx_ji.index_select(0, kept)
+    return Triplets(target[idx_ji], source[idx_ji], source[idx_kj], idx_kj, idx_ji)
 
 
 def triplet_angles(edge_vectors: Tensor, triplets: Triplets) -> Tensor:

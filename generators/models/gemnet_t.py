@@ -276,19 +276,25 @@ class TripletBasis:
         self.rank = ragged_rank(triplets.idx_ji, num_edges)
         self.kmax = int(self.rank.max()) + 1 if len(self.rank) else 0
         self.num_edges = num_edges
-        # row of each triplet in the flattened [E·Kmax] layout, computed once for all blocks
-        self.slot = self.idx_ji * self.kmax + self.rank
+        # for each row of the flattened [E·Kmax] layout, the input edge k → j it holds, or
+        # num_edges (a zero row appended by gather) for padding; computed once for all blocks
+        slot = self.idx_ji * self.kmax + self.rank
+        self.source = torch.full(
+            (num_edges * self.kmax,), num_edges, dtype=torch.long, device=angles.device
+        )
+        self.source[slot] = self.idx_kj
         sph = spherical_harmonics_m0(torch.cos(angles), num_spherical)
-        dense = sph.new_zeros(num_edges * self.kmax, num_spherical)
-        dense = dense.index_copy(0, self.slot, sph)
-        self.sph = dense.view(num_edges, self.kmax, num_spherical).transpose(1, 2)  # [E, L, Kmax]
+        padded = torch.cat([sph, sph.new_zeros(1, num_spherical)])
+        rows = torch.full_like(self.source, len(sph))
+        rows[slot] = torch.arange(len(sph), device=angles.device)
+        dense = padded.index_select(0, rows).view(num_edges, self.kmax, num_spherical)
+        self.sph = dense.transpose(1, 2)  # [E, L, Kmax]
 
     def gather(self, edge_values: Tensor) -> Tensor:
         """[E, Kmax, D]: the values of each output edge's input edges k → j, zero padded."""
         width = edge_values.shape[-1]
-        dense = edge_values.new_zeros(self.num_edges * self.kmax, width)
-        dense = dense.index_copy(0, self.slot, edge_values.index_select(0, self.idx_kj))
-        return dense.view(self.num_edges, self.kmax, width)
+        padded = torch.cat([edge_values, edge_values.new_zeros(1, width)])
+        return padded.index_select(0, self.source).view(self.num_edges, self.kmax, width)
 
 
 class TripletInteraction(nn.Module):

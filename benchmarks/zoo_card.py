@@ -139,34 +139,54 @@ def card_command(args: argparse.Namespace) -> None:
     print(json.dumps(card, indent=1))
 
 
-def _paper(model: str, dataset: str, metric: str, k: int) -> tuple[Any, str | None]:
+# the card's task -> (the papers' task name, the metrics recorded, what `dftloop sample` draws)
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "csp": ("csp", ("match_rate", "rmse")),
+    "reconstruction": ("reconstruction", ("match_rate", "rmse")),
+    "generate": (
+        "generation",
+        (
+            "struct_validity",
+            "comp_validity",
+            "cov_recall",
+            "cov_precision",
+            "wdist_density",
+            "wdist_prop",
+            "wdist_num_elems",
+        ),
+    ),
+}
+
+
+def _paper(model: str, dataset: str, task: str, metric: str, k: int) -> tuple[Any, str | None]:
     from analysis.paper_numbers import paper_for_model
 
     try:
-        entry = paper_for_model(model, dataset, "csp", metric)
+        entry = paper_for_model(model, dataset, task, metric)
     except Exception:
         return None, None
-    if entry is None or (entry.k is not None and entry.k != k):
+    if entry is None or (task == "csp" and entry.k is not None and entry.k != k):
         return None, None
     return entry.as_fraction(), entry.source
 
 
-def evaluate_command(args: argparse.Namespace) -> None:
-    """Sample the split with the shipped checkpoint, evaluate, and record the metric rows."""
-    registry = _registry()
-    card = next(c for c in registry["models"] if c["name"] == args.name)
-    out = Path(args.out or REPO / "dftloop-runs" / "zoo-eval" / f"{args.name}-{args.split}")
-    sample = [
+def _sample_command(card: dict[str, Any], args: argparse.Namespace, out: Path) -> list[str]:
+    """``dftloop sample`` for the card's task: CSP of a split, reconstruction, or N draws."""
+    task = card.get("task", "csp")
+    if task == "csp":
+        what = ["--csp-split", args.split, "--k", str(args.k), "--limit", str(args.limit)]
+    elif task == "reconstruction":
+        what = ["--reconstruct", args.split, "--limit", str(args.limit)]
+    elif task == "generate":
+        what = ["--n", str(args.limit)]
+    else:
+        raise SystemExit(f"card {card['name']!r}: unknown task {task!r} (one of {sorted(TASKS)})")
+    return [
         *DFTLOOP,
         "sample",
         "--checkpoint",
-        args.name,
-        "--csp-split",
-        args.split,
-        "--k",
-        str(args.k),
-        "--limit",
-        str(args.limit),
+        card["name"],
+        *what,
         "--out",
         str(out),
         "--batch-size",
@@ -175,14 +195,17 @@ def evaluate_command(args: argparse.Namespace) -> None:
         str(args.seed),
         "--no-progress",
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    tic = time.perf_counter()
-    subprocess.run(sample, check=True, cwd=REPO)
-    wall = time.perf_counter() - tic
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    metrics_file = out / "metrics.json"
-    evaluate = [
+
+
+def _evaluate_command(
+    card: dict[str, Any], args: argparse.Namespace, out: Path, metrics_file: Path
+) -> list[str]:
+    """``dftloop evaluate`` with the papers' protocol for the card's task."""
+    if card.get("task", "csp") == "generate":
+        protocol = []  # validity, COV (CrystalNN fingerprints) and the Wasserstein distances
+    else:
+        protocol = ["--protocol", args.protocol, "--no-coverage"]
+    return [
         *DFTLOOP,
         "evaluate",
         str(out),
@@ -190,16 +213,34 @@ def evaluate_command(args: argparse.Namespace) -> None:
         card["dataset"],
         "--gt-split",
         args.split,
-        "--protocol",
-        args.protocol,
-        "--no-coverage",
+        *protocol,
         "--out",
         str(metrics_file),
         "--jobs",
         str(args.jobs),
     ]
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    """Sample with the shipped checkpoint, evaluate, and record the metric rows."""
+    registry = _registry()
+    card = next(c for c in registry["models"] if c["name"] == args.name)
+    task = card.get("task", "csp")
+    paper_task, metrics = TASKS[task]
+    out = Path(args.out or REPO / "dftloop-runs" / "zoo-eval" / f"{args.name}-{args.split}")
+    sample = _sample_command(card, args, out)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tic = time.perf_counter()
+    subprocess.run(sample, check=True, cwd=REPO)
+    wall = time.perf_counter() - tic
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    metrics_file = out / "metrics.json"
+    evaluate = _evaluate_command(card, args, out, metrics_file)
     subprocess.run(evaluate, check=True, cwd=REPO)
     found = json.loads(metrics_file.read_text())["metrics"]
+    protocol = args.protocol if task != "generate" else "generation"
+    k = args.k if task == "csp" else None
 
     def shown(cmd: list[str]) -> str:
         """The command as a user types it, paths relative to the checkout."""
@@ -207,19 +248,20 @@ def evaluate_command(args: argparse.Namespace) -> None:
         return " ".join(shlex.quote(x) for x in words)
 
     rows = []
-    for metric in ("match_rate", "rmse"):
+    for metric in metrics:
         entry = found.get(f"{args.protocol}.{metric}") or found.get(metric)
-        if entry is None:
+        if entry is None or entry.get("value") is None:
             continue
         value = entry["value"]
-        paper, source = _paper(card["model"], card["dataset"], metric, args.k)
+        paper, source = _paper(card["model"], card["dataset"], paper_task, metric, args.k)
+        label = f"csp {metric} (k={args.k})" if task == "csp" else f"{paper_task} {metric}"
         rows.append(
             {
-                "name": f"csp {metric} (k={args.k})",
+                "name": label,
                 "metric": metric,
                 "value": round(float(value), 4),
-                "protocol": args.protocol,
-                "k": args.k,
+                "protocol": protocol,
+                "k": k,
                 "split": args.split,
                 "n": args.limit,
                 "paper": paper,
@@ -233,7 +275,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
     keep = [
         r
         for r in card.get("metrics", [])
-        if (r.get("protocol"), r.get("k"), r.get("split")) != (args.protocol, args.k, args.split)
+        if (r.get("protocol"), r.get("k"), r.get("split")) != (protocol, k, args.split)
     ]
     card["metrics"] = rows + keep
     _save(registry)
@@ -255,7 +297,9 @@ def main() -> None:
     ev = sub.add_parser("evaluate", help="sample the test split and record the metrics")
     ev.add_argument("--name", required=True)
     ev.add_argument("--split", default="test")
-    ev.add_argument("--limit", type=int, default=512)
+    ev.add_argument(
+        "--limit", type=int, default=512, help="targets (CSP, reconstruction) or draws (generate)"
+    )
     ev.add_argument("--k", type=int, default=1)
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--seed", type=int, default=0)

@@ -204,7 +204,8 @@ def radius_graph_pbc(
         span = (torch.ceil(reach).long() + 1).max(dim=0).values
         i_all, j_all, crystal_all = _pairs_within_crystals(num_atoms, include_self=True)
         first_all, count_all = pair_image_windows(
-            home_frac[j_all] - home_frac[i_all], reach[crystal_all]
+            home_frac.index_select(0, j_all) - home_frac.index_select(0, i_all),
+            reach.index_select(0, crystal_all),
         )
         # translations below -span are never within the cutoff
         first_all = torch.maximum(first_all.long(), -span)
@@ -236,9 +237,11 @@ def radius_graph_pbc(
             crystal = crystal_all[start : start + chunk]
             index = base[start : start + chunk].unsqueeze(1) + local_offset  # [P, M']
             shifts = table.index_select(0, index.view(-1)).view(len(i), -1, 3)  # [P, M', 3]
-            vec = home[j].unsqueeze(1) + shifts - home[i].unsqueeze(1)
+            vec = (
+                home.index_select(0, j).unsqueeze(1) + shifts - home.index_select(0, i).unsqueeze(1)
+            )
             dist = vec.norm(dim=-1)
-            mask = (dist <= radius[crystal].unsqueeze(1)) & (dist > min_distance)
+            mask = (dist <= radius.index_select(0, crystal).unsqueeze(1)) & (dist > min_distance)
             hits = mask.view(-1).nonzero().view(-1)  # pair-major, translations in order
             pair_idx = torch.div(hits, mask.shape[1], rounding_mode="floor")
             translation = translations.index_select(
@@ -260,14 +263,15 @@ def radius_graph_pbc(
         offsets = torch.cat([k[2] for k in kept])
         dist = torch.cat([k[3] for k in kept])
         order = centre_distance_order(centre, dist)
-        centre, neighbour, offsets = centre[order], neighbour[order], offsets[order]
+        centre, neighbour = centre.index_select(0, order), neighbour.index_select(0, order)
+        offsets = offsets.index_select(0, order)
         # offsets relative to the unwrapped input positions
-        offsets = offsets - wrap[neighbour] + wrap[centre]
-    edge_lattice = lattice.repeat_interleave(num_atoms, 0)[centre]
+        offsets = offsets - wrap.index_select(0, neighbour) + wrap.index_select(0, centre)
+    edge_lattice = lattice.repeat_interleave(num_atoms, 0).index_select(0, centre)
     edge_vectors = (
-        cart_coords[neighbour]
+        cart_coords.index_select(0, neighbour)
         + torch.einsum("ek,ekl->el", offsets, edge_lattice)
-        - cart_coords[centre]
+        - cart_coords.index_select(0, centre)
     )
     graph = PeriodicGraph(
         edge_index=torch.stack([neighbour, centre]),
@@ -307,18 +311,19 @@ def cap_neighbors(graph: PeriodicGraph, num_nodes: int, max_neighbors: int) -> P
     order = centre_distance_order(centre, dist)
     counts = torch.bincount(centre, minlength=num_nodes)
     first = torch.cumsum(counts, 0) - counts
-    sorted_centre = centre[order]
-    rank = torch.arange(len(order), device=dist.device) - first[sorted_centre]
+    sorted_centre = centre.index_select(0, order)
+    sorted_dist = dist.index_select(0, order)
+    rank = torch.arange(len(order), device=dist.device) - first.index_select(0, sorted_centre)
     last = torch.full((num_nodes,), float("inf"), dtype=dist.dtype, device=dist.device)
     at_cap = rank == max_neighbors - 1
-    last[sorted_centre[at_cap]] = dist[order][at_cap]
-    keep = order[dist[order] <= last[sorted_centre] + TIE_TOLERANCE]
+    last[sorted_centre[at_cap]] = sorted_dist[at_cap]
+    keep = order[sorted_dist <= last.index_select(0, sorted_centre) + TIE_TOLERANCE]
     keep = keep.sort().values
     return PeriodicGraph(
-        edge_index=graph.edge_index[:, keep],
-        cell_offsets=graph.cell_offsets[keep],
-        edge_vectors=graph.edge_vectors[keep],
-        distances=graph.distances[keep],
+        edge_index=graph.edge_index.index_select(1, keep),
+        cell_offsets=graph.cell_offsets.index_select(0, keep),
+        edge_vectors=graph.edge_vectors.index_select(0, keep),
+        distances=graph.distances.index_select(0, keep),
     )
 
 

@@ -144,7 +144,8 @@ class PeriodicDirectionalDecoder(LatentConditionedDecoder):
         rbf = self.rbf(graph.distances)
         sbf = self.sbf(graph.distances, geometry.angles, tri.idx_kj)
         act = nn.functional.silu
-        m = act(self.edge_emb(torch.cat([h[i], h[j], act(self.edge_rbf(rbf))], dim=-1)))
+        h_i, h_j = h.index_select(0, i), h.index_select(0, j)
+        m = act(self.edge_emb(torch.cat([h_i, h_j, act(self.edge_rbf(rbf))], dim=-1)))
         unit = graph.edge_vectors / graph.distances.unsqueeze(-1)
         vector, atom = self.outputs[0](m, rbf, unit, i, n)
         for interaction, output in zip(self.interactions, self.outputs[1:], strict=True):

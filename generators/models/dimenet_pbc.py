@@ -90,22 +90,29 @@ def periodic_triplets(edge_index: Tensor, cell_offsets: Tensor, num_nodes: int) 
     order = None if grouped else torch.argsort(target, stable=True)  # edges grouped by target
     counts = torch.bincount(target, minlength=num_nodes)
     first = torch.cumsum(counts, 0) - counts
-    per_edge = counts[source]  # edges k -> j for each edge j -> i
+    per_edge = counts.index_select(0, source)  # edges k -> j for each edge j -> i
     idx_ji = torch.repeat_interleave(torch.arange(len(source), device=device), per_edge)
     start = torch.cumsum(per_edge, 0) - per_edge
-    rank = torch.arange(len(idx_ji), device=device) - start[idx_ji]
-    idx_kj = first[source[idx_ji]] + rank
+    rank = torch.arange(len(idx_ji), device=device) - start.index_select(0, idx_ji)
+    idx_kj = first.index_select(0, source.index_select(0, idx_ji)) + rank
     if order is not None:
-        idx_kj = order[idx_kj]
+        idx_kj = order.index_select(0, idx_kj)
     # k == i in the same image: the offsets of k -> j and j -> i cancel (checked only where
     # k == i, a small part of the triplets)
-    returning = (source[idx_kj] == target[idx_ji]).nonzero().view(-1)
+    returning = (source.index_select(0, idx_kj) == target.index_select(0, idx_ji)).nonzero()
+    returning = returning.view(-1)
     back = cell_offsets[idx_kj[returning]] + cell_offsets[idx_ji[returning]]
     keep = torch.ones(len(idx_ji), dtype=torch.bool, device=device)
     keep[returning[back.abs().sum(-1) < 0.5]] = False
     kept = keep.nonzero().view(-1)
     idx_kj, idx_ji = idx_kj.index_select(0, kept), idx_ji.index_select(0, kept)
-    return Triplets(target[idx_ji], source[idx_ji], source[idx_kj], idx_kj, idx_ji)
+    return Triplets(
+        target.index_select(0, idx_ji),
+        source.index_select(0, idx_ji),
+        source.index_select(0, idx_kj),
+        idx_kj,
+        idx_ji,
+    )
 
 
 def triplet_angles(edge_vectors: Tensor, triplets: Triplets) -> Tensor:
@@ -114,8 +121,8 @@ def triplet_angles(edge_vectors: Tensor, triplets: Triplets) -> Tensor:
     With ``edge_vectors`` v_ji = x_j − x_i, DimeNet++'s vectors are x_i − x_j = −v_ji and
     x_j − x_k = −v_kj; the angle between them equals the angle between v_ji and v_kj.
     """
-    v_ji = edge_vectors[triplets.idx_ji]
-    v_kj = edge_vectors[triplets.idx_kj]
+    v_ji = edge_vectors.index_select(0, triplets.idx_ji)
+    v_kj = edge_vectors.index_select(0, triplets.idx_kj)
     cos_part = (v_ji * v_kj).sum(-1)
     sin_part = torch.linalg.cross(v_ji, v_kj).norm(dim=-1)
     return torch.atan2(sin_part, cos_part)
@@ -161,7 +168,8 @@ class PeriodicSphericalBasis(nn.Module):
         radial = self.envelope(scaled).unsqueeze(-1) * radial
         angular = torch.stack([f(angle) for f in self._sph], dim=1)
         n, k = self.num_spherical, self.num_radial
-        return (radial[idx_kj].view(-1, n, k) * angular.view(-1, n, 1)).view(-1, n * k)
+        gathered = radial.index_select(0, idx_kj).view(-1, n, k)
+        return (gathered * angular.view(-1, n, 1)).view(-1, n * k)
 
 
 @dataclass
@@ -203,11 +211,11 @@ def graph_from_edges(
     """A :class:`PeriodicGraph` of given periodic edges (vectors x_j + n·L − x_i)."""
     neighbour, centre = edge_index
     offsets = offsets.to(cart_coords.dtype)
-    edge_lattice = lattice.repeat_interleave(num_atoms, 0)[centre]
+    edge_lattice = lattice.repeat_interleave(num_atoms, 0).index_select(0, centre)
     vectors = (
-        cart_coords[neighbour]
+        cart_coords.index_select(0, neighbour)
         + torch.einsum("ek,ekl->el", offsets, edge_lattice)
-        - cart_coords[centre]
+        - cart_coords.index_select(0, centre)
     )
     return PeriodicGraph(edge_index, offsets, vectors, vectors.norm(dim=-1))
 

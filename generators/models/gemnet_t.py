@@ -325,7 +325,7 @@ class TripletInteraction(nn.Module):
         mixed = torch.bmm(rbf_w1, summed)  # [E, emb_cbf, emb_trip]: radial part of ji
         x3 = self.bilinear(mixed.flatten(1))
         x3 = self.scale_cbf_sum(x, x3)
-        return (self.up_ji(x3) + self.up_ij(x3)[swap]) * (1.0 / math.sqrt(2.0))
+        return (self.up_ji(x3) + self.up_ij(x3).index_select(0, swap)) * (1.0 / math.sqrt(2.0))
 
 
 class AtomUpdate(nn.Module):
@@ -352,7 +352,9 @@ class EdgeEmbedding(nn.Module):
         self.dense = Dense(2 * atom_dim + edge_in, edge_out)
 
     def forward(self, h: Tensor, features: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-        return self.dense(torch.cat([h[src], h[dst], features], dim=-1))
+        return self.dense(
+            torch.cat([h.index_select(0, src), h.index_select(0, dst), features], dim=-1)
+        )
 
 
 class InteractionBlock(nn.Module):

@@ -209,8 +209,9 @@ def radius_graph_pbc(
         )
         # translations below -span are never within the cutoff
         first_all = torch.maximum(first_all.long(), -span)
-        window = count_all.max(dim=0).values if len(count_all) else count_all.new_zeros(3)
-        low, high = -span, span + window
+        low = -span
+        high = (first_all + count_all).max(dim=0).values if len(count_all) else span + 1
+        high = torch.maximum(high, low + 1)
         width = high - low
         grids = [
             torch.arange(lo, hi, device=device)
@@ -219,42 +220,49 @@ def radius_graph_pbc(
         translations = torch.cartesian_prod(*grids).view(-1, 3)  # [M, 3]
         table = torch.einsum("mk,bkl->bml", translations.to(dtype), lattice.detach())
         table = table.reshape(-1, 3)  # [B·M, 3]
-        # a window of the same shape (the largest) for every pair, in lexicographic order:
-        # table index of translation first + l = index(first) + offset(l); translations
-        # beyond a pair's own window are farther than the cutoff and fail the distance test
-        local = torch.cartesian_prod(*[torch.arange(int(w), device=device) for w in window])
-        local = local.view(-1, 3)
-        local_offset = (local[:, 0] * width[1] + local[:, 1]) * width[2] + local[:, 2]  # [M']
+        # each pair's own window, translations in lexicographic order: the table index of
+        # translation first + l is index(first) + offset(l)
         corner = first_all - low
         base = crystal_all * len(translations) + (
             (corner[:, 0] * width[1] + corner[:, 1]) * width[2] + corner[:, 2]
         )  # [P]
+        sizes = count_all.prod(dim=-1)  # candidates per pair
+        ends = torch.cumsum(sizes, 0)
         kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        chunk = max(1, _MAX_CANDIDATES // max(1, len(local)))
-        for start in range(0, len(i_all) if len(local) else 0, chunk):
-            i = i_all[start : start + chunk]
-            j = j_all[start : start + chunk]
-            crystal = crystal_all[start : start + chunk]
-            index = base[start : start + chunk].unsqueeze(1) + local_offset  # [P, M']
-            shifts = table.index_select(0, index.view(-1)).view(len(i), -1, 3)  # [P, M', 3]
-            vec = (
-                home.index_select(0, j).unsqueeze(1) + shifts - home.index_select(0, i).unsqueeze(1)
-            )
+        start = 0
+        while start < len(i_all):  # pairs in chunks of about _MAX_CANDIDATES candidates
+            before = int(ends[start - 1]) if start else 0
+            limit = torch.tensor(before + _MAX_CANDIDATES, device=device)
+            stop = max(start + 1, int(torch.searchsorted(ends, limit, right=True)))
+            pair = torch.repeat_interleave(
+                torch.arange(start, stop, device=device), sizes[start:stop]
+            )  # [C] the pair of each candidate, pair-major
+            rank = torch.arange(len(pair), device=device) - (ends - sizes).index_select(0, pair)
+            rank = rank + before
+            count = count_all.index_select(0, pair)
+            l2 = rank % count[:, 2]
+            rest = torch.div(rank, count[:, 2], rounding_mode="floor")
+            l1 = rest % count[:, 1]
+            l0 = torch.div(rest, count[:, 1], rounding_mode="floor")
+            index = base.index_select(0, pair) + (l0 * width[1] + l1) * width[2] + l2  # [C]
+            i = i_all.index_select(0, pair)
+            j = j_all.index_select(0, pair)
+            vec = home.index_select(0, j) + table.index_select(0, index) - home.index_select(0, i)
             dist = vec.norm(dim=-1)
-            mask = (dist <= radius.index_select(0, crystal).unsqueeze(1)) & (dist > min_distance)
-            hits = mask.view(-1).nonzero().view(-1)  # pair-major, translations in order
-            pair_idx = torch.div(hits, mask.shape[1], rounding_mode="floor")
+            cutoff_of = radius.index_select(0, crystal_all.index_select(0, pair))
+            hits = ((dist <= cutoff_of) & (dist > min_distance)).nonzero().view(-1)
             translation = translations.index_select(
-                0, index.view(-1).index_select(0, hits) % len(translations)
+                0, index.index_select(0, hits) % len(translations)
             )
             kept.append(
                 (
-                    i.index_select(0, pair_idx),
-                    j.index_select(0, pair_idx),
+                    i.index_select(0, hits),
+                    j.index_select(0, hits),
                     translation.to(dtype),
-                    dist.view(-1).index_select(0, hits),
+                    dist.index_select(0, hits),
                 )
             )
+            start = stop
         if not kept:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             kept.append((empty, empty, home.new_zeros(0, 3), home.new_zeros(0)))

@@ -138,12 +138,19 @@ def test_pending_relaxations_skips_done(tmp_path: Path) -> None:
 
 def test_writes_are_batched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """1000 new documents: two ``insert_many`` of 500 and no per-document write; rewriting
-    three of them: three ``replace_one`` and no insert (montydb's per-document upsert is what
-    made 1000 writes take ~30 s; the timing itself is benchmarks/store_writes.py)."""
+    three of them: one ``delete_many`` and one ``insert_many`` of three, no per-document write
+    (montydb's per-document upsert is what made 1000 writes take ~30 s; the timing itself is
+    benchmarks/store_writes.py)."""
     from montydb.collection import MontyCollection
 
-    calls: dict[str, list[int]] = {"insert_many": [], "replace_one": [], "update": []}
+    calls: dict[str, list[int]] = {
+        "insert_many": [],
+        "replace_one": [],
+        "update": [],
+        "delete_many": [],
+    }
     insert_many, replace_one = MontyCollection.insert_many, MontyCollection.replace_one
+    delete_many = MontyCollection.delete_many
 
     def spy_insert_many(self, documents, *args, **kwargs):  # type: ignore[no-untyped-def]
         documents = list(documents)
@@ -154,7 +161,12 @@ def test_writes_are_batched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         calls["replace_one"].append(1)
         return replace_one(self, *args, **kwargs)
 
+    def spy_delete_many(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["delete_many"].append(1)
+        return delete_many(self, *args, **kwargs)
+
     monkeypatch.setattr(MontyCollection, "insert_many", spy_insert_many)
+    monkeypatch.setattr(MontyCollection, "delete_many", spy_delete_many)
     monkeypatch.setattr(MontyCollection, "replace_one", spy_replace_one)
     monkeypatch.setattr(
         "maggma.stores.MontyStore.update",
@@ -166,16 +178,22 @@ def test_writes_are_batched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     ]
     with ResultStore(home=tmp_path) as store:
         store.put_relaxations(docs, Provenance(relaxer="fake"))
-        assert calls == {"insert_many": [500, 500], "replace_one": [], "update": []}
+        assert calls == {
+            "insert_many": [500, 500],
+            "replace_one": [],
+            "update": [],
+            "delete_many": [],
+        }
         assert store.count("relaxation") == 1000
         for key in calls:
             calls[key].clear()
         rewritten = [(h, {**d, "status": "failed"}) for h, d in docs[:3]]
         store.put_relaxations(rewritten, Provenance(relaxer="fake"))
-        assert calls == {"insert_many": [], "replace_one": [1, 1, 1], "update": []}
+        assert calls == {"insert_many": [3], "replace_one": [], "update": [], "delete_many": [1]}
         assert store.count("relaxation") == 1000
-        statuses = [d["status"] for d in store.query("relaxation")]
-        assert statuses.count("failed") == 3
+        statuses = {d["structure_hash"]: d["status"] for d in store.query("relaxation")}
+        assert [statuses[h] for h, _ in docs[:4]] == ["failed", "failed", "failed", "ok"]
+        assert list(statuses.values()).count("failed") == 3
 
 
 def test_jobflow_config_file_selects_the_store(

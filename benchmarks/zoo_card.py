@@ -167,7 +167,8 @@ def _paper(model: str, dataset: str, task: str, metric: str, k: int) -> tuple[An
         return None, None
     if entry is None or (task == "csp" and entry.k is not None and entry.k != k):
         return None, None
-    return entry.as_fraction(), entry.source
+    value = entry.as_fraction()
+    return (None if value is None else round(value, 6)), entry.source
 
 
 def _sample_command(card: dict[str, Any], args: argparse.Namespace, out: Path) -> list[str]:

@@ -2,13 +2,16 @@
 
 The parent writes, per dataset, a sample directory of ``--n`` "generated" crystals: the first
 ``--n`` test structures rattled by a Gaussian of 0.05 Å per Cartesian component (seed 0). Each
-run is ``flows.evaluation.evaluate_with_split`` on that directory with ``limit=n`` (validity,
-COV with its CrystalNN/magpie fingerprints, Wasserstein distances; the ground truth is the first
-``n`` test rows) in a fresh subprocess with a fresh SQLite fingerprint cache, so the generated
-crystals' fingerprints are always computed. The old side is a git worktree of the reference
-commit (``--old-tree``, or a temporary one of ``--old-commit``), which computes the ground
-truth's fingerprints in every run; the new side reads them from the file beside the dataset
-cache, which one extra run builds before the rounds (its cost is printed as the one-off build).
+run is ``flows.evaluation.evaluate_with_split`` on that directory (validity, COV with its
+CrystalNN/magpie fingerprints, Wasserstein distances) in a fresh subprocess with a fresh SQLite
+fingerprint cache, so the generated crystals' fingerprints are always computed. With
+``--gt-rows n`` (default) the run passes ``limit=n`` and the ground truth is the first ``n``
+test rows; with ``--gt-rows all`` it passes no limit, so the ground truth is the whole test split
+(as ``dftloop evaluate SAMPLE_DIR --dataset D`` runs by default) and the samples are the
+directory's ``n`` crystals. The old side is a git worktree of the reference commit
+(``--old-tree``, or a temporary one of ``--old-commit``), which computes the ground truth's
+fingerprints in every run; the new side reads them from the file beside the dataset cache, which
+one extra run builds before the rounds (its cost is printed as the one-off build).
 Both sides read the same preprocessed split cache (copied into a private cache directory).
 
 Old and new runs alternate, the order swapped every round. Printed per dataset: wall and CPU
@@ -17,6 +20,8 @@ round, the load average, and whether both sides gave the same metric values::
 
     .venv/bin/python benchmarks/speed_generation_metrics.py --old-tree ../worktrees/73365c3 \\
         --rounds 5 --n 300 --jobs 2
+    .venv/bin/python benchmarks/speed_generation_metrics.py --old-tree ../worktrees/73365c3 \\
+        --datasets perov_5 --rounds 3 --n 300 --jobs 2 --gt-rows all
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     evaluation = evaluate_with_split(
         args.samples,
         args.dataset,
-        limit=args.n,
+        limit=None if args.gt_rows == "all" else args.n,
         n_jobs=args.jobs,
         fingerprint_cache=args.fp_cache,
         progress=False,
@@ -135,13 +140,25 @@ def prepare_split_cache(dataset: str, cache: Path) -> None:
 
 
 def run_one(
-    tree: Path, dataset: str, samples: Path, n: int, jobs: int, fp_cache: Path, out: Path
+    tree: Path,
+    dataset: str,
+    samples: Path,
+    n: int,
+    jobs: int,
+    fp_cache: Path,
+    out: Path,
+    gt_rows: str = "n",
 ) -> dict[str, Any]:
-    """One worker subprocess; wall and CPU time (with its pool workers) measured from here."""
+    """One worker subprocess; wall and CPU time (with its pool workers) measured from here.
+
+    ``gt_rows="n"`` passes ``limit=n`` (the ground truth is the first ``n`` test rows);
+    ``"all"`` passes no limit, so the ground truth is the whole test split and the samples are
+    all ``n`` structures of the sample directory.
+    """
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--worker", str(tree),
         "--dataset", dataset, "--samples", str(samples), "--n", str(n), "--jobs", str(jobs),
-        "--fp-cache", str(fp_cache), "--out", str(out),
+        "--fp-cache", str(fp_cache), "--out", str(out), "--gt-rows", gt_rows,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     load_before = os.getloadavg()[0]
@@ -181,6 +198,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, default=300, help="generated structures (and GT rows)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes on both sides")
+    parser.add_argument(
+        "--gt-rows",
+        choices=("n", "all"),
+        default="n",
+        help="ground truth: the first --n test rows (n) or the whole test split (all)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all runs as JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default=None, help=argparse.SUPPRESS)
@@ -191,6 +214,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+
+    from generators.data import load_split
 
     report: dict[str, Any] = {"command": " ".join(sys.argv), "cpus": os.cpu_count()}
     with (
@@ -205,9 +230,11 @@ def main() -> None:
             prepare_split_cache(dataset, cache)
             samples = work / f"samples-{dataset}"
             n_sites = write_samples(dataset, args.n, samples)
+            n_gt = len(load_split(dataset, "test", progress=False).records)
+            n_gt = n_gt if args.gt_rows == "all" else min(args.n, n_gt)
             print(
-                f"\n## {dataset}: {args.n} rattled test structures ({n_sites} sites), "
-                f"--jobs {args.jobs}",
+                f"\n## {dataset}: {args.n} rattled test structures ({n_sites} sites) against "
+                f"{n_gt} test rows, --jobs {args.jobs}",
                 flush=True,
             )
 
@@ -215,6 +242,7 @@ def main() -> None:
                 return run_one(
                     trees[side], ds, s, args.n, args.jobs,
                     work / f"fp-{ds}-{tag}-{side}.sqlite", work / f"m-{ds}-{tag}-{side}.json",
+                    args.gt_rows,
                 )  # fmt: skip
 
             build = run("new", "build")
@@ -225,6 +253,8 @@ def main() -> None:
                     row = run(side, f"r{r}")
                     results[side].append(row)
                     print(f"round {r + 1} {side}: {brief(row)}", flush=True)
+                    report[dataset] = {"build": build, "rounds": results, "complete": False}
+                    write_report(args.json, report)
             identical = all(
                 same_values(row["values"], build["values"])
                 for rows in results.values()
@@ -238,7 +268,7 @@ def main() -> None:
             print(
                 f"one-off build of the ground-truth store: wall {build['wall_s']:.1f} s, "
                 f"CPU {build['cpu_s']:.1f} s (a new-side run that also computes the "
-                f"{args.n} ground-truth fingerprints)"
+                f"{n_gt} ground-truth fingerprints)"
             )
             medians = {
                 side: {
@@ -253,10 +283,17 @@ def main() -> None:
                 "rounds": results,
                 "identical_values": identical,
                 "n_sites": n_sites,
+                "n_gt": n_gt,
+                "complete": True,
             }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.json, report)
+
+
+def write_report(path: Path | None, report: dict[str, Any]) -> None:
+    """Write the runs so far as JSON (after every run, so an interrupted benchmark keeps them)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

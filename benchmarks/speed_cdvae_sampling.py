@@ -42,7 +42,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed_common import REPO, TABLE_HEADER, load_line, run_rounds, summarise, worker_setup
+from speed_common import (
+    REPO,
+    TABLE_HEADER,
+    detached_worktree,
+    load_line,
+    run_rounds,
+    summarise,
+    worker_setup,
+)
 
 REFERENCE_COMMIT = "73365c3"
 FULL_CHAIN_CALLS = {"cdvae": 5000, "dpcdvae": 999}
@@ -65,21 +73,8 @@ def old_worktree(commit: str, directory: Path | None) -> Iterator[Path]:
             )
         yield tree
         return
-    with tempfile.TemporaryDirectory(prefix="dftloop-speed-") as tmp:
-        tree = Path(tmp) / commit
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            yield tree
-        finally:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                check=False,
-                capture_output=True,
-            )
+    with detached_worktree(commit) as tree:
+        yield tree
 
 
 def model_config(model: str, config: str) -> dict[str, Any]:

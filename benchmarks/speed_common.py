@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def reference_worktree(commit: str = REFERENCE_COMMIT) -> Iterator[Path]:
-    """A detached worktree of ``commit`` with self-edges patched on, removed afterwards."""
+def detached_worktree(commit: str) -> Iterator[Path]:
+    """A temporary detached git worktree of ``commit``, removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="dftloop-speed-"))
     tree = tmp / commit
     subprocess.run(
@@ -44,12 +44,6 @@ def reference_worktree(commit: str = REFERENCE_COMMIT) -> Iterator[Path]:
         capture_output=True,
     )
     try:
-        cspnet = tree / "generators" / "models" / "cspnet.py"
-        text = cspnet.read_text()
-        old, new = SELF_EDGE_PATCH
-        if text.count(old) != 1:
-            raise RuntimeError(f"{commit}: expected one {old!r} in {cspnet.name}")
-        cspnet.write_text(text.replace(old, new))
         yield tree
     finally:
         subprocess.run(
@@ -58,6 +52,19 @@ def reference_worktree(commit: str = REFERENCE_COMMIT) -> Iterator[Path]:
             capture_output=True,
         )
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def reference_worktree(commit: str = REFERENCE_COMMIT) -> Iterator[Path]:
+    """A detached worktree of ``commit`` with self-edges patched on, removed afterwards."""
+    with detached_worktree(commit) as tree:
+        cspnet = tree / "generators" / "models" / "cspnet.py"
+        text = cspnet.read_text()
+        old, new = SELF_EDGE_PATCH
+        if text.count(old) != 1:
+            raise RuntimeError(f"{commit}: expected one {old!r} in {cspnet.name}")
+        cspnet.write_text(text.replace(old, new))
+        yield tree
 
 
 def write_inputs(workdir: Path, n_crystals: int, config: str = "paper", seed: int = 0) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed_common import TABLE_HEADER, load_line, summarise
+from speed_common import TABLE_HEADER, detached_worktree, load_line, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "73365c3"
@@ -88,22 +88,8 @@ def old_tree(given: Path | None, commit: str):
     if given is not None:
         yield given.resolve()
         return
-    tmp = Path(tempfile.mkdtemp(prefix="dftloop-metrics-old-"))
-    tree = tmp / commit
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with detached_worktree(commit) as tree:
         yield tree
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_samples(dataset: str, n: int, directory: Path) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's code and registry, also from a git worktree
 
+from analysis.paper_numbers import GENERATION_METRICS  # noqa: E402
 from generators.model_zoo import export_checkpoint  # noqa: E402
 
 ZOO_DIR = REPO / "generators" / "zoo"
@@ -143,18 +144,7 @@ def card_command(args: argparse.Namespace) -> None:
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "csp": ("csp", ("match_rate", "rmse")),
     "reconstruction": ("reconstruction", ("match_rate", "rmse")),
-    "generate": (
-        "generation",
-        (
-            "struct_validity",
-            "comp_validity",
-            "cov_recall",
-            "cov_precision",
-            "wdist_density",
-            "wdist_prop",
-            "wdist_num_elems",
-        ),
-    ),
+    "generate": ("generation", GENERATION_METRICS),
 }
 
 

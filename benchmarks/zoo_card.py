@@ -161,9 +161,15 @@ def _paper(model: str, dataset: str, task: str, metric: str, k: int) -> tuple[An
     return (None if value is None else round(value, 6)), entry.source
 
 
+def _task(card: dict[str, Any], args: argparse.Namespace) -> str:
+    """The task evaluated: ``--task`` when given (a VAE both reconstructs and generates), else
+    the card's own."""
+    return args.task or card.get("task", "csp")
+
+
 def _sample_command(card: dict[str, Any], args: argparse.Namespace, out: Path) -> list[str]:
-    """``dftloop sample`` for the card's task: CSP of a split, reconstruction, or N draws."""
-    task = card.get("task", "csp")
+    """``dftloop sample`` for the task: CSP of a split, reconstruction, or N draws."""
+    task = _task(card, args)
     if task == "csp":
         what = ["--csp-split", args.split, "--k", str(args.k), "--limit", str(args.limit)]
     elif task == "reconstruction":
@@ -191,8 +197,8 @@ def _sample_command(card: dict[str, Any], args: argparse.Namespace, out: Path) -
 def _evaluate_command(
     card: dict[str, Any], args: argparse.Namespace, out: Path, metrics_file: Path
 ) -> list[str]:
-    """``dftloop evaluate`` with the papers' protocol for the card's task."""
-    if card.get("task", "csp") == "generate":
+    """``dftloop evaluate`` with the papers' protocol for the task."""
+    if _task(card, args) == "generate":
         protocol = []  # validity, COV (CrystalNN fingerprints) and the Wasserstein distances
     else:
         protocol = ["--protocol", args.protocol, "--no-coverage"]
@@ -216,9 +222,9 @@ def evaluate_command(args: argparse.Namespace) -> None:
     """Sample with the shipped checkpoint, evaluate, and record the metric rows."""
     registry = _registry()
     card = next(c for c in registry["models"] if c["name"] == args.name)
-    task = card.get("task", "csp")
+    task = _task(card, args)
     paper_task, metrics = TASKS[task]
-    out = Path(args.out or REPO / "dftloop-runs" / "zoo-eval" / f"{args.name}-{args.split}")
+    out = Path(args.out or REPO / "dftloop-runs" / "zoo-eval" / f"{args.name}-{task}-{args.split}")
     sample = _sample_command(card, args, out)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     tic = time.perf_counter()
@@ -291,6 +297,7 @@ def main() -> None:
     ev.add_argument(
         "--limit", type=int, default=512, help="targets (CSP, reconstruction) or draws (generate)"
     )
+    ev.add_argument("--task", default=None, choices=sorted(TASKS), help="default: the card's task")
     ev.add_argument("--k", type=int, default=1)
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--seed", type=int, default=0)

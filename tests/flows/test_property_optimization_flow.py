@@ -1,7 +1,9 @@
-"""The ``optimize-property`` flow end to end on a one-epoch CDVAE with a property head."""
+"""The ``optimize-property`` flow end to end on a one-epoch CDVAE or DP-CDVAE with a property
+head."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,11 @@ def harness() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """A cpu-small CDVAE with a heat_ref head, one epoch on six perov_5 val crystals."""
+def tiny_checkpoints(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path
+) -> Callable[[str], Path]:
+    """A cpu-small model (``cdvae`` or ``dpcdvae``) with a heat_ref head, one epoch on six
+    perov_5 val crystals; fitted once per model and module."""
     from generators.configs import load_config
     from generators.data import load_split
     from generators.property_optimization import records_to_property_data
@@ -30,18 +35,31 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) ->
 
     records = load_split("perov_5", "val", data_dir=data_dir, limit=6, progress=False).records
     data, _ = records_to_property_data(records, "heat_ref")
-    config = load_config(
-        "cdvae",
-        "cpu-small",
-        "perov_5",
-        {"model": {"progress": False, "predict_property": True, "property": "heat_ref"}},
-    )
-    config["train"].update(batch_size=6, max_epochs=1, checkpoint_every=1, max_minutes=None)
-    torch.manual_seed(0)
-    model = build_model("cdvae", config["model"])
-    out = tmp_path_factory.mktemp("tiny-cdvae")
-    result = fit(model, config, data, [], out, dataset="perov_5", progress=False)
-    return Path(result.last_checkpoint)
+    fitted: dict[str, Path] = {}
+
+    def checkpoint(model_name: str) -> Path:
+        if model_name not in fitted:
+            config = load_config(
+                model_name,
+                "cpu-small",
+                "perov_5",
+                {"model": {"progress": False, "predict_property": True, "property": "heat_ref"}},
+            )
+            config["train"].update(batch_size=6, max_epochs=1, checkpoint_every=1, max_minutes=None)
+            torch.manual_seed(0)
+            model = build_model(model_name, config["model"])
+            out = tmp_path_factory.mktemp(f"tiny-{model_name}")
+            result = fit(model, config, data, [], out, dataset="perov_5", progress=False)
+            fitted[model_name] = Path(result.last_checkpoint)
+        return fitted[model_name]
+
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_checkpoints: Callable[[str], Path]) -> Path:
+    """The tiny CDVAE of :func:`tiny_checkpoints`."""
+    return tiny_checkpoints("cdvae")
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +79,11 @@ def tiny_predictor(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_optimize_property_flow_stores_success_rates(
+    model_name: str,
     harness: None,
-    tiny_checkpoint: Path,
+    tiny_checkpoints: Callable[[str], Path],
     tiny_predictor: Path,
     tmp_path: Path,
     data_dir: Path,
@@ -80,7 +100,7 @@ def test_optimize_property_flow_stores_success_rates(
     # SR5 can never pass, SR10 and SR15 pass for any start with a scored crystal
     thresholds = [-1e9, 1e9, 1e9]
     out = optimize_property_flow(
-        checkpoint=str(tiny_checkpoint),
+        checkpoint=str(tiny_checkpoints(model_name)),
         dataset="perov_5",
         split="test",
         n=4,
@@ -123,7 +143,7 @@ def test_optimize_property_flow_stores_success_rates(
         assert doc[label]["n_scored"] == sum(
             1 for r in rows if r[key] is not None and np.isfinite(r[key])
         )
-    assert doc["provenance"]["model"] == "cdvae"
+    assert doc["provenance"]["model"] == model_name
     assert doc["predictor"]["trained_on"] == "perov_5/val[:40]"
 
 

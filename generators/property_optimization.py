@@ -171,37 +171,6 @@ def success_rates(
 
 
 @dataclass
-class OptimizationResult:
-    """What :func:`optimize_property` returns.
-
-    Attributes
-    ----------
-    steps
-        Optimiser steps after which each snapshot was taken.
-    structures
-        [snapshot][start] decoded crystals (``None`` where one could not be built).
-    valid
-        [snapshot, start] validity of each decoded crystal.
-    scores
-        [snapshot, start] predictor scores of the valid crystals (NaN elsewhere).
-    head
-        [snapshot, start] the property head's prediction at each snapshot.
-    best
-        [start] best score over the snapshots (±inf without a valid crystal).
-    rates
-        SR5 / SR10 / SR15.
-    """
-
-    steps: list[int]
-    structures: list[list[Structure | None]]
-    valid: np.ndarray
-    scores: np.ndarray
-    head: np.ndarray
-    best: np.ndarray
-    rates: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class DecodedSnapshots:
     """What :func:`optimize_and_decode` returns.
 
@@ -218,6 +187,28 @@ class DecodedSnapshots:
     steps: list[int]
     structures: list[list[Structure | None]]
     head: np.ndarray
+
+
+@dataclass
+class OptimizationResult(DecodedSnapshots):
+    """What :func:`optimize_property` returns: the :class:`DecodedSnapshots`, scored.
+
+    Attributes
+    ----------
+    valid
+        [snapshot, start] validity of each decoded crystal.
+    scores
+        [snapshot, start] predictor scores of the valid crystals (NaN elsewhere).
+    best
+        [start] best score over the snapshots (±inf without a valid crystal).
+    rates
+        SR5 / SR10 / SR15.
+    """
+
+    valid: np.ndarray
+    scores: np.ndarray
+    best: np.ndarray
+    rates: dict[str, float] = field(default_factory=dict)
 
 
 def optimize_and_decode(

@@ -18,12 +18,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.runtime import flow_run
 from pymatgen.core import Structure
 
 from flows.hashing import structure_hash
 from flows.protocol_settings import ProtocolParameter, stage_settings
-from flows.relax_stage import relax_samples
+from flows.relax_stage import relax_samples, with_flow_run
 from flows.store import Provenance, ResultStore
 
 FloorSelection = Literal["random", "first"]
@@ -91,12 +90,9 @@ def floor_provenance(dataset: str, config: dict[str, Any]) -> Provenance:
     """Provenance of the floor's relaxations (model ``"test split"``, the current flow run)."""
     from analysis.stability_rows import DATASET_LABEL
 
-    prov = Provenance(
-        model=DATASET_LABEL, dataset=dataset, config={"role": "dataset floor", **config}
+    return with_flow_run(
+        Provenance(model=DATASET_LABEL, dataset=dataset, config={"role": "dataset floor", **config})
     )
-    run_id = flow_run.get_id()
-    prov.flow_run_id = str(run_id) if run_id else None
-    return prov
 
 
 def relax_floor(

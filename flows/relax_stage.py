@@ -177,6 +177,24 @@ def run_relax_stage(
     return summary
 
 
+def with_flow_run(provenance: Provenance) -> Provenance:
+    """Set ``provenance.flow_run_id`` to the current flow run's id (``None`` outside a run).
+
+    Parameters
+    ----------
+    provenance
+        The provenance to complete (changed in place).
+
+    Returns
+    -------
+    Provenance
+        The same object.
+    """
+    run_id = flow_run.get_id()
+    provenance.flow_run_id = str(run_id) if run_id else None
+    return provenance
+
+
 def samples_provenance(sample_dir: str | Path, config: dict[str, Any]) -> Provenance:
     """Build the provenance of a sample directory from its ``index.json`` and the run config."""
     from dftloop_io.samples import read_index
@@ -205,10 +223,7 @@ def flow_run_provenance(sample_dir: str | Path, config: dict[str, Any]) -> Prove
     Provenance
         The provenance, ``flow_run_id`` filled in.
     """
-    prov = samples_provenance(sample_dir, config)
-    run_id = flow_run.get_id()
-    prov.flow_run_id = str(run_id) if run_id else None
-    return prov
+    return with_flow_run(samples_provenance(sample_dir, config))
 
 
 def relax_samples(

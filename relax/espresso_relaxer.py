@@ -10,6 +10,7 @@ geometry). See ``docs/relax.md`` for every setting and error.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
@@ -72,7 +73,17 @@ class EspressoRelaxer(Relaxer):
         no dispersion, k-spacing 0.3 Å⁻¹, SSSP cutoffs).
     kspacing
         Largest k-point spacing, Å⁻¹ (2π included): ``N_i = ceil(|b_i| / kspacing)``
-        (overrides ``protocol.kspacing``).
+        (overrides ``protocol.kspacing``). Single points, and so every energy, use it.
+    relax_kspacing
+        k-point spacing of the relaxation (overrides ``protocol.relax_kspacing``; ``None``
+        there: ``kspacing``). When it differs from ``kspacing``, a relaxation is followed by
+        an SCF of the relaxed structure at ``kspacing`` whose energy, forces and stress are the
+        result's, and the initial energy is an SCF of the input at ``kspacing`` (see
+        ``initial_single_point``); the relaxation's own energies are kept in ``extra``.
+    initial_single_point
+        With a separate relaxation grid: compute the initial energy by an SCF of the input at
+        ``kspacing`` (else it is left empty; the two-stage relaxer computes its own, of the
+        structure before the force-field stage).
     ecutwfc, ecutrho
         Cutoffs in Ry; ``None`` takes the protocol's, and when it has none the SSSP library's
         (see :meth:`relax.espresso_params.PseudoLibrary.cutoffs`).
@@ -118,6 +129,8 @@ class EspressoRelaxer(Relaxer):
         *,
         protocol: ProtocolSpec = None,
         kspacing: float | None = None,
+        relax_kspacing: float | None = None,
+        initial_single_point: bool = True,
         ecutwfc: float | None = None,
         ecutrho: float | None = None,
         smearing: str | None = None,
@@ -153,6 +166,7 @@ class EspressoRelaxer(Relaxer):
             raise ValueError(f"kspacing must be positive, got {kspacing}")
         self.protocol = self.protocol.with_overrides(
             kspacing=kspacing,
+            relax_kspacing=relax_kspacing,
             ecutwfc=ecutwfc,
             ecutrho=ecutrho,
             smearing=smearing,
@@ -161,6 +175,8 @@ class EspressoRelaxer(Relaxer):
             dft_press_conv_kbar=press_conv_thr,
         )
         self.kspacing = self.protocol.kspacing
+        self.relax_kspacing = self.protocol.relax_kspacing or self.kspacing
+        self.initial_single_point = bool(initial_single_point)
         self.ecutwfc = self.protocol.ecutwfc
         self.ecutrho = self.protocol.ecutrho
         self.smearing = self.protocol.smearing
@@ -218,7 +234,22 @@ class EspressoRelaxer(Relaxer):
             "magnetic_elements": sorted(self.magnetic_elements),
             "starting_magnetization": self.starting_magnetization,
             "recovery": self.recovery,
+            **self._energy_settings(),
             **self.check_settings(),
+        }
+
+    @property
+    def final_single_point(self) -> bool:
+        """Whether energies come from SCFs at ``kspacing`` after a relaxation on another grid."""
+        return not math.isclose(self.relax_kspacing, self.kspacing)
+
+    def _energy_settings(self) -> dict[str, Any]:
+        """Where the energies come from, recorded only with a separate relaxation grid."""
+        if not self.final_single_point:
+            return {}
+        return {
+            "energies": "SCF at kspacing of the relaxed structure (relaxed at relax_kspacing)",
+            "initial_energy": "SCF at kspacing of the input" if self.initial_single_point else None,
         }
 
     def check(self, structure: Structure | None) -> str | None:
@@ -316,7 +347,9 @@ class EspressoRelaxer(Relaxer):
         return {
             "input_data": input_data,
             "pseudopotentials": self.library.pseudopotentials(structure),
-            "kpts": kpoint_grid(structure, self.kspacing),
+            "kpts": kpoint_grid(
+                structure, self.kspacing if calculation == "scf" else self.relax_kspacing
+            ),
             "koffset": (0, 0, 0),
         }
 
@@ -365,7 +398,66 @@ class EspressoRelaxer(Relaxer):
         return "vc-relax" if self.protocol.relax_cell else "relax"
 
     def _relax_valid(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
-        return self._run_all(items, self.relax_calculation)
+        relaxed = self._run_all(items, self.relax_calculation)
+        if not self.final_single_point:
+            return relaxed
+        return [
+            self._with_single_points(sid, s, r) for (sid, s), r in zip(items, relaxed, strict=True)
+        ]
+
+    def _with_single_points(
+        self, sid: str, structure: Structure, relaxed: RelaxResult
+    ) -> RelaxResult:
+        """Energies, forces and stress from SCFs at ``kspacing`` (relaxation on another grid)."""
+        if relaxed.status == "unavailable" or relaxed.final_structure is None:
+            return relaxed
+        final = self._run_one(sid, relaxed.structure(), "scf")
+        initial = self._run_one(sid, structure, "scf") if self.initial_single_point else None
+        wall = relaxed.wall_time_s + final.wall_time_s + (initial.wall_time_s if initial else 0.0)
+        extra = {
+            **relaxed.extra,
+            "kpts": final.extra.get("kpts"),
+            "relax_kpts": relaxed.extra.get("kpts"),
+            "relax_initial_energy_eV": relaxed.initial_energy_eV,
+            "relax_final_energy_eV": relaxed.final_energy_eV,
+            "final_scf_attempts": final.extra.get("attempts"),
+        }
+        if final.error is not None:
+            return RelaxResult.failure(
+                sid,
+                self,
+                f"single point of the relaxed structure at kspacing {self.kspacing:g} failed: "
+                f"{final.error.removeprefix(f'{sid}: ')} (the relaxed structure is kept)",
+                structure=structure,
+                final_structure=relaxed.final_structure,
+                n_ionic_steps=relaxed.n_ionic_steps,
+                wall_time_s=wall,
+                dft_available=True,
+                extra=extra,
+            )
+        warnings = list(relaxed.warnings) + [f"final SCF: {w}" for w in final.warnings]
+        e0 = e0_pa = None
+        if initial is not None:
+            if initial.error is None:
+                e0, e0_pa = initial.final_energy_eV, initial.final_energy_per_atom_eV
+                extra["initial_scf_attempts"] = initial.extra.get("attempts")
+            else:
+                warnings.append(f"SCF of the input failed, initial energy unknown: {initial.error}")
+        return relaxed.model_copy(
+            update={
+                "settings": self.settings(),
+                "settings_hash": self.settings_hash,
+                "initial_energy_eV": e0,
+                "initial_energy_per_atom_eV": e0_pa,
+                "final_energy_eV": final.final_energy_eV,
+                "final_energy_per_atom_eV": final.final_energy_per_atom_eV,
+                "forces": final.forces,
+                "stress": final.stress,
+                "wall_time_s": wall,
+                "warnings": warnings,
+                "extra": extra,
+            }
+        )
 
     def single_point(self, items: Sequence[tuple[str, Structure]]) -> list[RelaxResult]:
         """pw.x SCF energy, forces and stress of each structure as given."""

@@ -103,6 +103,10 @@ def get_relaxer(name: str = DEFAULT_RELAXER, **settings: Any) -> Relaxer:
             protocol = settings.pop("protocol")
             pre_settings.setdefault("protocol", protocol)
             final_settings.setdefault("protocol", protocol)
+        if final_name == "espresso":
+            # the two-stage relaxer computes the initial energy itself (of the structure as
+            # given, before the force field); pw.x need not repeat it for the pre-relaxed one
+            final_settings.setdefault("initial_single_point", False)
         pre = relaxer_class(pre_name)(**pre_settings)
         final = relaxer_class(final_name)(**final_settings)
         return TwoStageRelaxer(pre, final, **settings)

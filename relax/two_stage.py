@@ -9,7 +9,8 @@ structure with the energy of its relaxed form, so both must come from the same m
 
 ``stages`` holds the force-field stage and the DFT single point; the DFT relaxation is the
 result itself (its own starting energy, that of the pre-relaxed structure, is in
-``extra["dft_relax_start_energy_eV"]``). When the DFT code is missing the result says so
+``extra["dft_relax_start_energy_eV"]``; empty when pw.x relaxes on a separate grid, see
+:class:`relax.espresso_relaxer.EspressoRelaxer`). When the DFT code is missing the result says so
 (``status="unavailable"``, ``dft_available=False``) and still carries the force-field stage.
 """
 

@@ -170,3 +170,25 @@ def test_mpirun_two_ranks_with_pools_matches_serial(relaxer) -> None:
     parallel = parallel_relaxer.single_point([("d", diamond())])[0]
     assert parallel.error is None, parallel.error
     assert parallel.final_energy_eV == pytest.approx(serial.final_energy_eV, abs=1e-5)
+
+
+def test_relaxation_on_a_coarser_grid_takes_energies_from_single_points(relaxer) -> None:
+    """relax_kspacing: the relaxation runs on its own grid, the energies are SCFs at kspacing."""
+    r = relaxer(kspacing=0.5, relax_kspacing=0.9)
+    assert r.final_single_point
+    start = diamond(3.75)
+    (res,) = r.relax([("strained", start)])
+    assert res.error is None, res.error
+    assert res.extra["relax_kpts"] == list(kpoint_grid(start, 0.9)) != res.extra["kpts"]
+    # independent SCFs at kspacing 0.5 of the relaxed and of the input structure
+    dense = relaxer()
+    final_scf, input_scf = dense.single_point([("relaxed", res.structure()), ("input", start)])
+    assert res.final_energy_eV == pytest.approx(final_scf.final_energy_eV, abs=1e-6)
+    assert res.initial_energy_eV == pytest.approx(input_scf.final_energy_eV, abs=1e-6)
+    # the coarse grid's own energies differ (the SCFs were really run on another grid)
+    assert abs(res.extra["relax_final_energy_eV"] - res.final_energy_eV) > 1e-3
+    a_conv = res.structure().lattice.a * math.sqrt(2)
+    assert abs(a_conv - A_DIAMOND) / A_DIAMOND < 0.02
+    # in the two-stage relaxer pw.x skips the SCF of its (pre-relaxed) input
+    two = get_relaxer("chgnet+espresso", espresso={"pseudo_dir": dense.library.directory})
+    assert two.final.initial_single_point is False

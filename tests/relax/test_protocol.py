@@ -226,3 +226,29 @@ def test_cell_lattice_helper() -> None:
     # h = c sqrt(1 - cos²α - cos²β - cos²γ + 2 cosα cosβ cosγ) / sin γ, α = 90°
     height = 7.0 * np.sqrt(0.75 - np.cos(np.radians(80)) ** 2) / np.sin(np.radians(120))
     assert interlayer_distance(sheared) == pytest.approx(height / 2, rel=1e-6)
+
+
+def test_relax_kspacing_is_recorded_only_when_set(pseudo_dir: Path, tmp_path: Path) -> None:
+    """carbon_24 relaxes on a coarser grid than its energies; other protocols keep their hash."""
+    from relax.espresso_relaxer import EspressoRelaxer
+
+    plain = RelaxProtocol()
+    assert "relax_kspacing" not in plain.settings()
+    assert RelaxProtocol(relax_kspacing=None).settings() == plain.settings()
+    carbon = dataset_protocol("carbon_24")
+    assert carbon.relax_kspacing == 0.3 and carbon.kspacing < carbon.relax_kspacing
+    assert carbon.settings()["relax_kspacing"] == 0.3
+    with pytest.raises(ValueError, match="invalid protocol override"):
+        resolve_protocol({"relax_kspacing": 0})
+    # the grids pw.x gets: relaxation at relax_kspacing, single points at kspacing
+    relaxer = EspressoRelaxer(pseudo_dir=pseudo_dir, protocol="carbon_24")
+    cell = graphite(2.464, 6.70)
+    relax_in = relaxer.write_input(cell, tmp_path / "relax", "vc-relax").read_text()
+    scf_in = relaxer.write_input(cell, tmp_path / "scf", "scf").read_text()
+    # N_i = ceil(2*pi*|b_i| / spacing): a = 2.464 A hexagonal -> |b_1| = 2/(sqrt(3) a) = 0.4686
+    # 2*pi*0.4686 = 2.944 -> /0.3 = 9.8 -> 10, /0.2 = 14.7 -> 15; c: 2*pi/6.70 = 0.9378
+    assert re.search(r"K_POINTS automatic\s*\n\s*10 10 4\s+0 0 0", relax_in)
+    assert re.search(r"K_POINTS automatic\s*\n\s*15 15 5\s+0 0 0", scf_in)
+    assert relaxer.settings()["energies"].startswith("SCF at kspacing")
+    same = EspressoRelaxer(pseudo_dir=pseudo_dir, protocol={"dataset": "carbon_24"}, kspacing=0.3)
+    assert "energies" not in same.settings()  # one grid: energies from the relaxation itself

@@ -18,10 +18,9 @@ from relax.espresso_params import PseudoLibrary, kpoint_grid
 from relax.espresso_profile import processes_in
 from relax.espresso_relaxer import EspressoRelaxer
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "pw.x"], capture_output=True).returncode != 0,
-    reason="pw.x (Debian quantum-espresso) is not installed",
-)
+from .pw_x_requirement import needs_pw
+
+pytestmark = needs_pw
 
 A_DIAMOND = 3.57
 QE_RY = create_units("2006")["Ry"]

@@ -8,7 +8,6 @@ simple-DFT-D3 and pw.x's own D3 are two implementations of the same formula and 
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,9 @@ from ase.units import create_units
 
 from relax.prototypes import diamond, graphite, interlayer_distance
 
+from .pw_x_requirement import needs_pw
+
 QE_RY = create_units("2006")["Ry"]
-HAS_PW = subprocess.run(["which", "pw.x"], capture_output=True).returncode == 0
-needs_pw = pytest.mark.skipif(not HAS_PW, reason="pw.x (Debian quantum-espresso) not installed")
 
 
 def _chgnet(**kwargs):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 from pymatgen.core import Lattice, Structure
 
 from relax import RelaxResult, get_relaxer
+
+from .pw_x_requirement import needs_pw
 
 A_DIAMOND = 3.57
 
@@ -21,7 +22,7 @@ def diamond(a: float) -> Structure:
     )
 
 
-@pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x is not installed")
+@needs_pw
 def test_chgnet_then_espresso(tmp_path: Path, pseudo_dir: Path) -> None:
     espresso = {"kspacing": 0.5, "n_procs": 1, "pseudo_dir": pseudo_dir, "scratch_dir": tmp_path}
     relaxer = get_relaxer("chgnet+espresso", chgnet={"fmax": 0.05}, espresso=espresso)

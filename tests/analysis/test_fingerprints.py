@@ -47,7 +47,15 @@ def test_fingerprints_cached_in_sqlite_and_reused(tmp_path, quaternary, rocksalt
     assert np.array_equal(first[0].struct, first[3].struct)
     assert "not constructed" in first[2].error
     # rocksalt: every site is octahedral, so the site mean equals one site's fingerprint
-    assert first[1].struct.max() > 0.9
+    from matminer.featurizers.site import CrystalNNFingerprint
+
+    crystal_nn = CrystalNNFingerprint.from_preset("ops")
+    one_site = np.asarray(crystal_nn.featurize(rocksalt, 0))
+    assert first[1].struct == pytest.approx(one_site, abs=1e-12)
+    # a perfect octahedron: all weight on CN 6 and the octahedral order parameter is 1
+    by_label = dict(zip(crystal_nn.feature_labels(), first[1].struct, strict=True))
+    assert by_label["wt CN_6"] == pytest.approx(1.0, abs=1e-12)
+    assert by_label["octahedral CN_6"] == pytest.approx(1.0, abs=1e-12)
     assert len(FingerprintCache(path)) == 2  # two distinct structures
 
     def boom(_item):

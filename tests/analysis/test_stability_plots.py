@@ -1,13 +1,45 @@
-"""The stability plots write PNG files that matplotlib can read back."""
+"""The stability plots draw the given values and write PNG files that matplotlib can read back.
+
+The figures are caught on their way to the PNG writer and their artists (bars, lines, points,
+legend) compared with the inputs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+from analysis import stability_plots
 from analysis.stability_plots import plot_delta_e_histograms, plot_delta_e_vs_rmsd
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """The figures the plot functions save, in order."""
+    figures: list[Figure] = []
+    save = stability_plots._save
+
+    def keep(fig: Figure, path: str | Path) -> Path:
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(stability_plots, "_save", keep)
+    return figures
+
+
+def _legend(ax) -> list[str]:  # type: ignore[no-untyped-def]
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _bars(container) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Left edges (plus the last right edge) and heights of a histogram's bars."""
+    lefts = [p.get_x() for p in container]
+    right = container[-1].get_x() + container[-1].get_width()
+    return np.array([*lefts, right]), np.array([p.get_height() for p in container])
 
 
 def _check_png(path: Path) -> np.ndarray:
@@ -19,17 +51,33 @@ def _check_png(path: Path) -> np.ndarray:
     return image
 
 
-def test_histograms_overlaid(tmp_path: Path) -> None:
+def test_histograms_overlaid(tmp_path: Path, drawn: list[Figure]) -> None:
     rng = np.random.default_rng(0)
+    cdvae, dp_cdvae = rng.normal(150, 40, 100), rng.normal(80, 30, 90)
     path = plot_delta_e_histograms(
-        {
-            "cdvae": [*rng.normal(150, 40, 100), None, float("nan")],
-            "dp_cdvae": rng.normal(80, 30, 90),
-        },
+        {"cdvae": [*cdvae, None, float("nan")], "dp_cdvae": dp_cdvae},
         tmp_path / "sub" / "hist.png",
         title="carbon_24",
     )
     assert path == tmp_path / "sub" / "hist.png"
+    [ax] = drawn[0].axes
+    assert ax.get_title() == "carbon_24"
+    # 190 finite values: int(1.5 sqrt(190)) = 20 shared bins from the smallest to the largest
+    everything = np.concatenate([cdvae, dp_cdvae])
+    expected_edges = np.linspace(everything.min(), everything.max(), 21)
+    for container, values in zip(ax.containers, (cdvae, dp_cdvae), strict=True):
+        edges, heights = _bars(container)
+        assert edges == pytest.approx(expected_edges)
+        assert heights.sum() == values.size  # None and NaN left out
+        assert heights == pytest.approx(np.histogram(values, expected_edges)[0])
+    # dashed lines at the means, which the legend states
+    assert [line.get_xdata()[0] for line in ax.lines] == pytest.approx(
+        [cdvae.mean(), dp_cdvae.mean()]
+    )
+    assert _legend(ax) == [
+        f"cdvae (n=100, mean={cdvae.mean():.1f})",
+        f"dp_cdvae (n=90, mean={dp_cdvae.mean():.1f})",
+    ]
     image = _check_png(path)
     # both model colours appear (blue-ish and red-ish bars)
     rgb = image[..., :3]
@@ -37,12 +85,20 @@ def test_histograms_overlaid(tmp_path: Path) -> None:
     assert np.any((rgb[..., 0] > 0.8) & (rgb[..., 2] < 0.7))
 
 
-def test_histograms_with_no_values_and_constant_values(tmp_path: Path) -> None:
+def test_histograms_with_no_values_and_constant_values(tmp_path: Path, drawn: list[Figure]) -> None:
     _check_png(plot_delta_e_histograms({"a": [None]}, tmp_path / "empty.png"))
+    [ax] = drawn[0].axes
+    assert [t.get_text() for t in ax.texts] == ["no values"] and not ax.containers
     _check_png(plot_delta_e_histograms({"a": [5.0, 5.0]}, tmp_path / "constant.png"))
+    # one value: 5 bins over 5 +- 0.5, both values in the middle one
+    [ax] = drawn[1].axes
+    edges, heights = _bars(ax.containers[0])
+    assert edges == pytest.approx([4.5, 4.7, 4.9, 5.1, 5.3, 5.5])
+    assert heights.tolist() == [0, 0, 2, 0, 0]
+    assert _legend(ax) == ["a (n=2, mean=5.0)"]
 
 
-def test_scatter(tmp_path: Path) -> None:
+def test_scatter(tmp_path: Path, drawn: list[Figure]) -> None:
     rng = np.random.default_rng(1)
     pairs = list(zip(rng.normal(100, 20, 40), rng.uniform(0, 0.3, 40), strict=True))
     path = plot_delta_e_vs_rmsd(
@@ -51,10 +107,17 @@ def test_scatter(tmp_path: Path) -> None:
         title="ΔE vs RMSD",
     )
     _check_png(path)
+    [ax] = drawn[0].axes
+    # RMSD on x, ΔE on y; the pairs with a None member are left out
+    cdvae, diffcsp, none = (c.get_offsets() for c in ax.collections)
+    assert np.asarray(cdvae) == pytest.approx(np.array([(r, de) for de, r in pairs]))
+    assert np.asarray(diffcsp).tolist() == [[0.05, 10.0]] and len(none) == 0
+    assert _legend(ax) == ["cdvae (n=40)", "diffcsp (n=1)", "none (n=0)"]
     _check_png(plot_delta_e_vs_rmsd({}, tmp_path / "empty.png"))
+    assert [t.get_text() for t in drawn[1].axes[0].texts] == ["no values"]
 
 
-def test_distributions_against_the_test_split(tmp_path: Path) -> None:
+def test_distributions_against_the_test_split(tmp_path: Path, drawn: list[Figure]) -> None:
     from analysis.stability_plots import plot_distributions
 
     path = plot_distributions(
@@ -71,4 +134,17 @@ def test_distributions_against_the_test_split(tmp_path: Path) -> None:
     grey = (np.abs(rgb[..., 0] - 0xBA / 255) < 0.02) & (np.abs(rgb[..., 2] - 0xB6 / 255) < 0.02)
     blue = (np.abs(rgb[..., 0] - 0x34 / 255) < 0.05) & (np.abs(rgb[..., 2] - 0xA4 / 255) < 0.05)
     assert grey.sum() > 500 and blue.sum() > 50
+    sizes, density = drawn[0].axes
+    # cell sizes 6-24 in unit bins; the test split as bars of density: 6 twice of 4, 10, 24
+    edges, heights = _bars(sizes.containers[0])
+    assert edges == pytest.approx(np.arange(5.5, 25.0, 1.0))
+    expected = np.zeros(19)
+    expected[[0, 4, 18]] = [0.5, 0.25, 0.25]
+    assert heights == pytest.approx(expected)
+    # the model as an outline: its highest step is 8 atoms, twice of 4 (0.5)
+    [outline] = [p for p in sizes.patches if p not in sizes.containers[0]]
+    assert outline.get_xy()[:, 1].max() == pytest.approx(0.5)
+    assert _legend(sizes) == ["cdvae (n=4)", "test split (n=4)"]
+    assert _legend(density) == ["cdvae (n=3)", "test split (n=3)"]
+    assert sizes.get_xlabel() == "atoms per cell" and density.get_xlabel() == "density (g/cm³)"
     _check_png(plot_distributions({}, tmp_path / "none.png"))

@@ -11,7 +11,6 @@ recorded VASP error, so custodian detects, corrects, reruns and finally gives up
 
 from __future__ import annotations
 
-import gzip
 import re
 import shutil
 import sys
@@ -71,6 +70,9 @@ import os, shutil, sys
 case = os.environ["FAKE_VASP_ERROR_CASE"]
 with open(os.path.join(case, "vasp.out")) as fh:
     sys.stdout.write(fh.read())
+for written in ("OSZICAR", "CONTCAR"):  # what the recorded run left behind, if recorded
+    if os.path.exists(os.path.join(case, written)):
+        shutil.copy(os.path.join(case, written), written)
 oszicar = os.path.join(case, "OSZICAR.one_step")
 if os.path.exists(oszicar):
     shutil.copy(oszicar, "OSZICAR")
@@ -474,76 +476,163 @@ def test_input_check_catches_wrong_incar(
 # ---------------------------------------------------------------------------------------------
 # custodian
 # ---------------------------------------------------------------------------------------------
-def _copy_case(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in src.iterdir():
-        if path.name.endswith(".gz") and path.name.startswith("POTCAR"):
-            with gzip.open(path, "rb") as fin, open(dst / "POTCAR", "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        else:
-            shutil.copy(path, dst / path.name)
-    return dst
+# custodian's corrections of the MP GGA inputs dftloop writes, for each recorded VASP error
+# (custodian's VaspErrorHandler rules): one correction each, then max_errors=1 stops the job.
+#   brmix: no valid OUTCAR, so the plain rerun is skipped and Kerker mixing is set (IMIX 1)
+#   zbrent: restart from CONTCAR with a tighter EDIFF and at least 8 electronic steps
+#   edddav: restart from CONTCAR without the CHGCAR, ALGO All; NCORE 2 as VASP asked
+#   subspacematrix, real_optlay: real-space projection off (LREAL False)
+#   rot_matrix: the MP set's KPOINTS are already Gamma-centred, so symmetry is turned off
+#   too_few_bands: no NBANDS in the INCAR and no OUTCAR to read it from: nothing to change
+CUSTODIAN_CASES: dict[str, tuple[str, list[dict[str, Any]], str]] = {
+    "vasp.brmix": (
+        "brmix",
+        [{"dict": "INCAR", "action": {"_set": {"IMIX": 1}}}],
+        "brmix -> INCAR IMIX=1",
+    ),
+    "vasp.zbrent": (
+        "zbrent",
+        [
+            {"file": "CONTCAR", "action": {"_file_copy": {"dest": "POSCAR"}}},
+            {"dict": "INCAR", "action": {"_set": {"EDIFF": 1e-06}}},
+            {"dict": "INCAR", "action": {"_set": {"NELMIN": 8}}},
+        ],
+        "zbrent -> CONTCAR _file_copy; INCAR EDIFF=1e-06; INCAR NELMIN=8",
+    ),
+    "vasp.edddav": (
+        "edddav",
+        [
+            {"file": "CONTCAR", "action": {"_file_copy": {"dest": "POSCAR"}}},
+            {"file": "CHGCAR", "action": {"_file_delete": {"mode": "actual"}}},
+            {"dict": "INCAR", "action": {"_set": {"ALGO": "All", "ISEARCH": 1}}},
+            {"dict": "INCAR", "action": {"_set": {"NCORE": 2}}},
+        ],
+        "edddav -> CONTCAR _file_copy; CHGCAR _file_delete; INCAR ALGO=All, ISEARCH=1; "
+        "INCAR NCORE=2",
+    ),
+    "vasp.subspace": (
+        "subspacematrix",
+        [{"dict": "INCAR", "action": {"_set": {"LREAL": False}}}],
+        "subspacematrix -> INCAR LREAL=False",
+    ),
+    "vasp.real_optlay": (
+        "real_optlay",
+        [{"dict": "INCAR", "action": {"_set": {"LREAL": False}}}],
+        "real_optlay -> INCAR LREAL=False",
+    ),
+    "vasp6.sgrcon": (
+        "rot_matrix",
+        [{"dict": "INCAR", "action": {"_set": {"ISYM": 0}}}],
+        "rot_matrix -> INCAR ISYM=0",
+    ),
+    "poscar_error": (
+        "rot_matrix",
+        [{"dict": "INCAR", "action": {"_set": {"ISYM": 0}}}],
+        "rot_matrix -> INCAR ISYM=0",
+    ),
+    "vasp.too_few_bands_round_error": ("too_few_bands", [], "too_few_bands -> no action"),
+}
+"""vasp.out file -> (custodian's error, its actions, text in the RelaxResult's error)."""
 
 
-def test_custodian_zpotrf_correction(vasp_reference_dir: Path, tmp_path: Path) -> None:
-    from custodian.vasp.handlers import VaspErrorHandler
-
-    work = _copy_case(vasp_reference_dir / "custodian_errors" / "zpotrf", tmp_path / "zpotrf")
-    shutil.copy(work / "OSZICAR.one_step", work / "OSZICAR")
-    assert Incar.from_file(work / "INCAR").get("POTIM", 0.5) == 0.5
-
-    handler = VaspErrorHandler("vasp.out")
-    assert handler.check(directory=str(work)) is True
-    correction = handler.correct(directory=str(work))
-    assert correction["errors"] == ["zpotrf"]
-    incar = Incar.from_file(work / "INCAR")
-    assert incar["POTIM"] == 0.25
-    assert incar["ISYM"] == 0
-
-
-def test_custodian_poscar_error_correction(vasp_reference_dir: Path, tmp_path: Path) -> None:
-    from custodian.vasp.handlers import VaspErrorHandler
-
-    work = _copy_case(vasp_reference_dir / "custodian_errors" / "poscar_error", tmp_path / "pe")
-    shutil.copy(work / "KPOINTS", work / "KPOINTS.orig")
-    before = Kpoints.from_file(work / "KPOINTS")
-
-    handler = VaspErrorHandler()
-    assert handler.check(directory=str(work)) is True
-    correction = handler.correct(directory=str(work))
-    assert correction["errors"] == ["rot_matrix"]
-    after_kpoints = Kpoints.from_file(work / "KPOINTS")
-    after_incar = Incar.from_file(work / "INCAR")
-    # custodian switches a Monkhorst-Pack grid to Gamma-centred, else turns symmetry off
-    if before.style == Kpoints.supported_modes.Monkhorst:
-        assert after_kpoints.style == Kpoints.supported_modes.Gamma
-    else:
-        assert after_incar["ISYM"] == 0
+def _error_case(errors: Path, vasp_out: str, case: Path) -> Structure:
+    """Put a recorded error's vasp.out, with the OSZICAR and CONTCAR of its run, in ``case``;
+    return the structure of that run (Na2FeNiO4 in both of custodian's recorded runs)."""
+    case.mkdir()
+    if vasp_out == "poscar_error":  # a run of its own
+        run, out = errors / "poscar_error", errors / "poscar_error" / "vasp.out"
+    else:  # an output snippet beside custodian's base run
+        run, out = errors / "base", errors / "vasp_out" / vasp_out
+    shutil.copy(out, case / "vasp.out")
+    for name in ("OSZICAR", "CONTCAR"):
+        if (run / name).exists():
+            shutil.copy(run / name, case / name)
+    return Poscar.from_file(run / "POSCAR").structure
 
 
-@pytest.mark.parametrize(
-    ("vasp_out", "error"),
-    [
-        ("vasp.brmix", "brmix"),
-        ("vasp.zbrent", "zbrent"),
-        ("vasp.edddav", "edddav"),
-        ("vasp.subspace", "subspacematrix"),
-        ("vasp.real_optlay", "real_optlay"),
-        ("vasp6.sgrcon", "rot_matrix"),
-        ("vasp.too_few_bands_round_error", "too_few_bands"),
-    ],
-)
-def test_custodian_detects_recorded_vasp_errors(
-    vasp_reference_dir: Path, tmp_path: Path, vasp_out: str, error: str
+@pytest.mark.parametrize("vasp_out", list(CUSTODIAN_CASES))
+def test_recorded_vasp_error_through_vasp_relaxer(
+    fake_vasp: FakeVasp,
+    store: JobStore,
+    vasp_reference_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    vasp_out: str,
 ) -> None:
-    from custodian.vasp.handlers import VaspErrorHandler
+    """A VASP run that prints a recorded error: VaspRelaxer's job runs custodian, which detects
+    it and corrects the generated inputs; the failure carries the corrections."""
+    error, actions, summary = CUSTODIAN_CASES[vasp_out]
+    structure = _error_case(vasp_reference_dir / "custodian_errors", vasp_out, tmp_path / "case")
+    assert structure.composition.reduced_formula == "Na2FeNiO4"
+    fake_vasp.failing_formulas.add("Na2FeNiO4")
+    monkeypatch.setenv("FAKE_VASP_ERROR_CASE", str(tmp_path / "case"))
+    script = tmp_path / "fake_vasp.py"
+    script.write_text(FAKE_VASP_SCRIPT)
+    relaxer = VaspRelaxer(
+        store=store,
+        work_dir=tmp_path / "runs",
+        max_errors=1,
+        profile=VaspProfile(
+            vasp_cmd=f"{sys.executable} {script}",
+            custodian_kwargs={"polling_time_step": 0.05, "monitor_freq": 1},
+        ),
+        progress=False,
+    )
+    [res] = relaxer.relax([("nfno", structure)])
+    assert res.status == "failed" and not res.converged
+    assert res.error.startswith("nfno: job 'MP GGA relax 1' failed: ")
+    assert summary in res.error
+    stop = "NonRecoverableError" if not actions else "MaxCorrectionsPerJobError"
+    assert stop in res.error
+    assert res.extra["custodian_corrections"] == [
+        {"errors": [error], "handler": "VaspErrorHandler", "actions": actions}
+    ]
+    # the corrections were applied to the INCAR the job wrote (MP GGA relax set)
+    job_dir = Path(res.extra["failed_job_dir"])
+    incar = Incar.from_file(job_dir / "INCAR")
+    assert incar["ENCUT"] == 520 and incar["ISIF"] == 3
+    for action in actions:
+        if action.get("dict") == "INCAR":
+            for key, value in action["action"]["_set"].items():
+                assert incar[key] == value, (key, incar.get(key))
+    assert [c["job"] for c in fake_vasp.calls] == ["MP GGA relax 1"]
 
-    errors = vasp_reference_dir / "custodian_errors"
-    work = _copy_case(errors / "base", tmp_path / "run")
-    shutil.copy(errors / "vasp_out" / vasp_out, work / vasp_out)
-    handler = VaspErrorHandler(vasp_out)
-    assert handler.check(directory=str(work)) is True
-    assert error in handler.correct(directory=str(work))["errors"]
+
+def test_too_few_bands_with_nbands_set_gets_more_bands(
+    fake_vasp: FakeVasp,
+    store: JobStore,
+    vasp_reference_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With NBANDS in the user's INCAR settings custodian raises it by 10 % (40 -> 44)."""
+    vasp_out = "vasp.too_few_bands_round_error"
+    structure = _error_case(vasp_reference_dir / "custodian_errors", vasp_out, tmp_path / "case")
+    fake_vasp.failing_formulas.add("Na2FeNiO4")
+    monkeypatch.setenv("FAKE_VASP_ERROR_CASE", str(tmp_path / "case"))
+    script = tmp_path / "fake_vasp.py"
+    script.write_text(FAKE_VASP_SCRIPT)
+    relaxer = VaspRelaxer(
+        store=store,
+        work_dir=tmp_path / "runs",
+        max_errors=1,
+        user_incar_settings={"NBANDS": 40},
+        profile=VaspProfile(
+            vasp_cmd=f"{sys.executable} {script}",
+            custodian_kwargs={"polling_time_step": 0.05, "monitor_freq": 1},
+        ),
+        progress=False,
+    )
+    [res] = relaxer.relax([("nfno", structure)])
+    assert res.extra["custodian_corrections"] == [
+        {
+            "errors": ["too_few_bands"],
+            "handler": "VaspErrorHandler",
+            "actions": [{"dict": "INCAR", "action": {"_set": {"NBANDS": 44}}}],
+        }
+    ]
+    assert "too_few_bands -> INCAR NBANDS=44" in res.error
+    assert Incar.from_file(Path(res.extra["failed_job_dir"]) / "INCAR")["NBANDS"] == 44
 
 
 def test_unrecoverable_custodian_failure_is_a_per_structure_error(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -145,21 +144,21 @@ def test_bad_item_does_not_stop_the_batch(train_150) -> None:
 
 
 @pytest.mark.slow
-def test_full_carbon_24_training_split_timing(data_dir: Path) -> None:
+def test_full_carbon_24_training_split_novelty(data_dir: Path) -> None:
+    """The first 100 carbon_24 test structures against all 6091 training ones (timed in
+    benchmarks/novelty_reference.py): most test crystals have a copy in the training split."""
     ids, train = _split(data_dir, "train", None)
     assert len(train) == 6091
-    start = time.perf_counter()
     reference = NoveltyReference(train, ids=ids)
-    built = time.perf_counter() - start
     _, batch = _split(data_dir, "test", 100)
-    start = time.perf_counter()
     flags = sun_flags(batch, np.zeros(len(batch)).tolist(), reference)
-    matched = time.perf_counter() - start
     summary = sun_rate(flags)
-    # timing is printed for the record, not asserted (a loaded machine is not a benchmark)
-    print(f"reference {built:.1f} s, 100 structures {matched:.1f} s, {summary}")
-    assert not reference.errors
-    assert summary["n"] == 100 and 0 < summary["n_novel"] < 100
+    assert not reference.errors and summary["n_errors"] == 0
+    # measured (pymatgen's default StructureMatcher): 18 novel, 75 unique
+    assert summary["n"] == 100 and summary["n_novel"] == 18 and summary["n_unique"] == 75
+    novel = [f for f in flags if f["novel"]]
+    assert all(f["novel_match"] is None for f in novel)
+    assert all(f["novel_match"] in set(ids) for f in flags if not f["novel"])
 
 
 def test_reference_is_reused_for_identical_training_structures(train_150) -> None:

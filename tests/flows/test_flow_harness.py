@@ -7,7 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
 
 from flows.store import ResultStore
 
@@ -250,8 +253,12 @@ def test_generate_and_relax_with_a_real_tiny_diffcsp(
         ), row
     assert metrics["mean_delta_e_mev_per_atom"]["counts"]["n_total"] == 2
     match = metrics["diffcsp.match_rate"]
-    assert match["counts"]["n_targets"] == 2
-    assert match["value"] == match["counts"]["n_matched"] / 2
+    assert match["counts"]["n_targets"] == 2 and match["counts"]["n_gt_invalid"] == 0
+    train_targets = {
+        r.material_id: r.structure for r in load_split("perov_5", "train", limit=2).records
+    }
+    n_matched = _matched_by_hand(samples, train_targets)
+    assert match["counts"]["n_matched"] == n_matched and match["value"] == n_matched / 2
     assert "perov_5/train" in json.dumps(match)
     assert Path(out["artifacts"]["per_structure_csv"]).read_text().count("\n") == 3
 
@@ -284,7 +291,21 @@ def test_generate_and_relax_with_a_real_tiny_diffcsp(
     assert len(nightly_rows) == 2
     with_delta_e = [r for r in nightly_rows if r.get("delta_e_mev_per_atom") is not None]
     assert diffcsp["n_samples"] == 2 and diffcsp["n_relaxed"] == len(with_delta_e)
-    assert diffcsp["match_rate"] is not None
+    with ResultStore(home=tmp_path) as store:
+        nightly_samples = [
+            doc
+            for doc in store.query("sample")
+            if doc["provenance"]["model"] == "diffcsp"
+            and doc["provenance"]["config"]["sample_dir"] != out["sample_dir"]
+        ]
+    assert len(nightly_samples) == 2
+    # CSP of the first two test-split compositions (valid ones: the first SMACT-invalid perov_5
+    # test row is the 15th)
+    test_targets = {
+        r.material_id: r.structure for r in load_split("perov_5", "test", limit=2).records
+    }
+    assert sorted(d["target_id"] for d in nightly_samples) == sorted(test_targets)
+    assert diffcsp["match_rate"] == _matched_by_hand(nightly_samples, test_targets) / 2
     assert cdvae["status"].startswith("no checkpoint in "), cdvae
 
 
@@ -311,6 +332,28 @@ def test_relaxation_fan_out_on_dask_slurm_cluster(harness: None, tmp_path: Path)
     ledger = (tmp_path / "ledger" / "relaxations.jsonl").read_text().splitlines()
     pids = {json.loads(line)["pid"] for line in ledger}
     assert os.getpid() not in pids
+
+
+def _matched_by_hand(samples: list[dict], targets: dict[str, Structure]) -> int:
+    """How many CSP sample documents match their target, counted without analysis.matching as
+    DiffCSP's compute_metrics.py does: samples that pass its structural check (every interatomic
+    distance >= 0.5 Å, volume >= 0.1 Å^3) and for which pymatgen's StructureMatcher(stol=0.5,
+    angle_tol=10, ltol=0.3).get_rms_dist finds a mapping (not ``fit``, whose criterion is the
+    largest displacement). The composition check needs no recount: a CSP sample has its
+    target's composition, and the targets passed it (``n_gt_invalid == 0``)."""
+    matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    n = 0
+    for doc in samples:
+        structure = doc["structure"]
+        if structure is None:
+            continue
+        if isinstance(structure, dict):
+            structure = Structure.from_dict(structure)
+        distances = structure.distance_matrix + np.eye(len(structure)) * 10.5
+        if distances.min() < 0.5 or structure.volume < 0.1:
+            continue
+        n += matcher.get_rms_dist(structure, targets[doc["target_id"]]) is not None
+    return n
 
 
 def _analysis_rows(home: Path, model: str, other_than: str) -> list[dict]:

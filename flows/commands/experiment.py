@@ -36,13 +36,18 @@ def _json_option(name: str, text: str | None) -> dict[str, Any] | None:
 
 
 def _checkpoints(pairs: list[str]) -> dict[str, str] | None:
+    """``MODEL=PATH_OR_NAME`` pairs: a checkpoint file or a registered model name, checked now."""
+    from generators.model_zoo import ChecksumError, resolve_checkpoint
+
     out = {}
     for pair in pairs:
         model, sep, path = pair.partition("=")
         if not sep or not model or not path:
             raise typer.BadParameter(f"--checkpoint: expected MODEL=PATH, got {pair!r}")
-        if not Path(path).is_file():
-            raise typer.BadParameter(f"--checkpoint {model}: no such file {path}")
+        try:
+            resolve_checkpoint(path)
+        except (FileNotFoundError, ChecksumError) as exc:
+            raise typer.BadParameter(f"--checkpoint {model}: {exc}") from None
         out[model.strip()] = path
     return out or None
 
@@ -62,7 +67,10 @@ def experiment(
     dataset: Annotated[str, typer.Option(help="Dataset (training, novelty, hull).")] = "carbon_24",
     checkpoint: Annotated[
         list[str] | None,
-        typer.Option(help="MODEL=PATH: use this checkpoint, do not train (repeat)."),
+        typer.Option(
+            help="MODEL=PATH or MODEL=NAME (a registered model, `dftloop models list`): use "
+            "this checkpoint, do not train (repeat)."
+        ),
     ] = None,
     train_config: Annotated[
         str, typer.Option(help="Training configuration of models without a checkpoint.")

@@ -140,6 +140,10 @@ def card_command(args: argparse.Namespace) -> None:
     print(json.dumps(card, indent=1))
 
 
+# composition metrics have no meaning on a one-element dataset (the papers print "–" there)
+COMPOSITION_METRICS = ("comp_validity", "wdist_num_elems")
+ONE_ELEMENT_DATASETS = ("carbon_24",)
+
 # the card's task -> (the papers' task name, the metrics recorded, what `dftloop sample` draws)
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "csp": ("csp", ("match_rate", "rmse")),
@@ -246,6 +250,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
     rows = []
     for metric in metrics:
+        if card["dataset"] in ONE_ELEMENT_DATASETS and metric in COMPOSITION_METRICS:
+            continue
         entry = found.get(f"{args.protocol}.{metric}") or found.get(metric)
         if entry is None or entry.get("value") is None:
             continue

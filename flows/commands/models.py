@@ -92,8 +92,10 @@ def metrics_table(cards: list) -> str:
         rows = card.metrics or [{"name": "not evaluated yet"}]
         for row in rows:
             paper = row.get("paper")
+            # a VAE's card (task: reconstruction) also carries its generation rows
+            task = "generation" if row.get("protocol") == "generation" else card.task
             lines.append(
-                f"| {card.name} | {card.task} | {row['name']} | {row.get('n', '')} | "
+                f"| {card.name} | {task} | {row['name']} | {row.get('n', '')} | "
                 f"{row.get('value', '')} | "
                 f"{paper if paper is not None else 'no published number'} | "
                 f"{row.get('paper_source') or ''} | {budget} | "

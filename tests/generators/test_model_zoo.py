@@ -172,7 +172,10 @@ def test_models_cli_lists_and_shows(
 
     info = export_checkpoint(trained, tmp_path / "tiny.pt")
     card = _card("tiny-cli", info["sha256"], info["size_bytes"], file="tiny.pt")
-    card["metrics"] = [{"name": "match_rate", "value": 0.5, "paper": 0.5202}]
+    card["metrics"] = [
+        {"name": "match_rate", "value": 0.5, "paper": 0.5202},
+        {"name": "generation cov_recall", "value": 0.9, "protocol": "generation"},
+    ]
     monkeypatch.setenv("DFTLOOP_MODEL_REGISTRY", str(_registry(tmp_path, card)))
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "list"])
@@ -183,7 +186,10 @@ def test_models_cli_lists_and_shows(
     unknown = runner.invoke(app, ["models", "show", "nope"])
     assert unknown.exit_code == 1
     table = runner.invoke(app, ["models", "table"])
-    row = next(line for line in table.output.splitlines() if line.startswith("| tiny-cli"))
+    rows = [line for line in table.output.splitlines() if line.startswith("| tiny-cli")]
+    # a generation row of a card whose own task is another says so in the task column
+    assert [c.strip() for c in rows[1].split("|")[2:4]] == ["generation", "generation cov_recall"]
+    row = rows[0]
     assert [c.strip() for c in row.split("|")[1:7]] == [
         "tiny-cli",
         "csp",

@@ -550,20 +550,17 @@ def _error_case(errors: Path, vasp_out: str, case: Path) -> Structure:
     return Poscar.from_file(run / "POSCAR").structure
 
 
-@pytest.mark.parametrize("vasp_out", list(CUSTODIAN_CASES))
-def test_recorded_vasp_error_through_vasp_relaxer(
+def _recorded_error_relaxer(
+    errors: Path,
+    vasp_out: str,
     fake_vasp: FakeVasp,
     store: JobStore,
-    vasp_reference_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    vasp_out: str,
-) -> None:
-    """A VASP run that prints a recorded error: VaspRelaxer's job runs custodian, which detects
-    it and corrects the generated inputs; the failure carries the corrections."""
-    error, actions, summary = CUSTODIAN_CASES[vasp_out]
-    structure = _error_case(vasp_reference_dir / "custodian_errors", vasp_out, tmp_path / "case")
-    assert structure.composition.reduced_formula == "Na2FeNiO4"
+    **settings: Any,
+) -> tuple[VaspRelaxer, Structure]:
+    """A VaspRelaxer whose (fake) VASP prints the recorded error ``vasp_out``, and its structure."""
+    structure = _error_case(errors, vasp_out, tmp_path / "case")
     fake_vasp.failing_formulas.add("Na2FeNiO4")
     monkeypatch.setenv("FAKE_VASP_ERROR_CASE", str(tmp_path / "case"))
     script = tmp_path / "fake_vasp.py"
@@ -577,7 +574,27 @@ def test_recorded_vasp_error_through_vasp_relaxer(
             custodian_kwargs={"polling_time_step": 0.05, "monitor_freq": 1},
         ),
         progress=False,
+        **settings,
     )
+    return relaxer, structure
+
+
+@pytest.mark.parametrize("vasp_out", list(CUSTODIAN_CASES))
+def test_recorded_vasp_error_through_vasp_relaxer(
+    fake_vasp: FakeVasp,
+    store: JobStore,
+    vasp_reference_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    vasp_out: str,
+) -> None:
+    """A VASP run that prints a recorded error: VaspRelaxer's job runs custodian, which detects
+    it and corrects the generated inputs; the failure carries the corrections."""
+    error, actions, summary = CUSTODIAN_CASES[vasp_out]
+    relaxer, structure = _recorded_error_relaxer(
+        vasp_reference_dir / "custodian_errors", vasp_out, fake_vasp, store, tmp_path, monkeypatch
+    )
+    assert structure.composition.reduced_formula == "Na2FeNiO4"
     [res] = relaxer.relax([("nfno", structure)])
     assert res.status == "failed" and not res.converged
     assert res.error.startswith("nfno: job 'MP GGA relax 1' failed: ")
@@ -606,22 +623,14 @@ def test_too_few_bands_with_nbands_set_gets_more_bands(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With NBANDS in the user's INCAR settings custodian raises it by 10 % (40 -> 44)."""
-    vasp_out = "vasp.too_few_bands_round_error"
-    structure = _error_case(vasp_reference_dir / "custodian_errors", vasp_out, tmp_path / "case")
-    fake_vasp.failing_formulas.add("Na2FeNiO4")
-    monkeypatch.setenv("FAKE_VASP_ERROR_CASE", str(tmp_path / "case"))
-    script = tmp_path / "fake_vasp.py"
-    script.write_text(FAKE_VASP_SCRIPT)
-    relaxer = VaspRelaxer(
-        store=store,
-        work_dir=tmp_path / "runs",
-        max_errors=1,
+    relaxer, structure = _recorded_error_relaxer(
+        vasp_reference_dir / "custodian_errors",
+        "vasp.too_few_bands_round_error",
+        fake_vasp,
+        store,
+        tmp_path,
+        monkeypatch,
         user_incar_settings={"NBANDS": 40},
-        profile=VaspProfile(
-            vasp_cmd=f"{sys.executable} {script}",
-            custodian_kwargs={"polling_time_step": 0.05, "monitor_freq": 1},
-        ),
-        progress=False,
     )
     [res] = relaxer.relax([("nfno", structure)])
     assert res.extra["custodian_corrections"] == [

@@ -445,8 +445,6 @@ class EspressoRelaxer(Relaxer):
                 warnings.append(f"SCF of the input failed, initial energy unknown: {initial.error}")
         return relaxed.model_copy(
             update={
-                "settings": self.settings(),
-                "settings_hash": self.settings_hash,
                 "initial_energy_eV": e0,
                 "initial_energy_per_atom_eV": e0_pa,
                 "final_energy_eV": final.final_energy_eV,

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.runtime import flow_run
 from pymatgen.core import Structure
 
 from analysis.stability_rows import DATASET_LABEL, dft_fields, structure_row, unbuilt_row
 from flows.hashing import structure_hash
 from flows.pipeline import sample_structures, train_generator
-from flows.relax_stage import flow_run_provenance, relax_samples
+from flows.relax_stage import flow_run_provenance, relax_samples, with_flow_run
 from flows.store import Provenance, ResultStore
 from flows.tasks import load_sample_items
 
@@ -354,8 +353,9 @@ def relax_references(
     dict
         ``{relaxer name: {"settings_hash", "stage", "docs": {ref id: relaxation doc}}}``.
     """
-    prov = Provenance(model="reference", dataset=dataset, config={"role": "hull reference"})
-    prov.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    prov = with_flow_run(
+        Provenance(model="reference", dataset=dataset, config={"role": "hull reference"})
+    )
     hashes = {rid: structure_hash(s) for rid, s in references}
     out: dict[str, dict[str, Any]] = {}
     for index, (name, settings) in enumerate(stages):

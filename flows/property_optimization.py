@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger, task
-from prefect.runtime import flow_run
 from pymatgen.core import Structure
 
 from flows.hashing import dict_hash, structure_hash
-from flows.relax_stage import run_relax_stage
+from flows.relax_stage import run_relax_stage, with_flow_run
 from flows.store import Provenance, ResultStore, dftloop_home
 from flows.tasks import describe_relaxer
 
@@ -316,7 +315,6 @@ def optimize_property_flow(
     shape = (len(decoded["steps"]), len(decoded["start_ids"]))
     logger.info("%d decoded crystals, %d valid", len(flat), sum(valid))
 
-    run_id = flow_run.get_id()
     settings = {
         "split": split,
         "n": n,
@@ -328,12 +326,13 @@ def optimize_property_flow(
         "chain_steps": chain_steps,
         "seed": seed,
     }
-    prov = Provenance(
-        model=decoded["model"],
-        checkpoint_sha256=decoded["checkpoint_sha256"],
-        dataset=dataset,
-        config={"task": "property_optimization", **settings},
-        flow_run_id=str(run_id) if run_id else None,
+    prov = with_flow_run(
+        Provenance(
+            model=decoded["model"],
+            checkpoint_sha256=decoded["checkpoint_sha256"],
+            dataset=dataset,
+            config={"task": "property_optimization", **settings},
+        )
     )
     with ResultStore(home=home) as store:
         store.put_samples(

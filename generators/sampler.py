@@ -236,7 +236,9 @@ def run_sampling(
         index["chunks"] = list(previous.get("chunks", []))
     done = set(index["chunks"])
     write_index(out, index)
-    model.configure_sampling(steps=steps, candidates=k, compile=compile_model or None)
+    model.configure_sampling(
+        steps=steps, candidates=k, compile=compile_model or None, progress=progress
+    )
     device = model.device
     skipped = sum(1 for c in range(n_chunks) if chunk_name(c) in done)
     written = failed = 0

@@ -40,8 +40,9 @@ class CrystalGenerator(torch.nn.Module):
         """Set sampling options before ``sample_*`` calls (e.g. ``steps``, ``candidates``).
 
         The sampler passes what the user asked for (number of steps, candidates per
-        composition); a model reads the options it knows from ``self.sampling_options`` and
-        ignores the rest. ``None`` values mean "the model's default" and are dropped.
+        composition, whether to show the chain's progress bar as ``progress``); a model reads
+        the options it knows from ``self.sampling_options`` and ignores the rest. ``None``
+        values mean "the model's default" and are dropped.
         """
         self.sampling_options = {k: v for k, v in options.items() if v is not None}
 

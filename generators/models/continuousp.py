@@ -296,7 +296,7 @@ class ContinuouSP(CrystalGenerator):
             template.num_atoms,
             steps=int(steps),
             generator=generator,
-            progress=bool(self.config["sample_progress"]),
+            progress=bool(self.sampling_options.get("progress", self.config["sample_progress"])),
         )
         return self.chains_to_batch(result, template.atom_types, template.num_atoms, ids)
 

@@ -259,7 +259,7 @@ class DPCDVAE(CrystalVAE):
         alpha_bar = self.schedule.alphas_cumprod
         steps = self.reverse_steps()
         pairs = list(zip(steps, [*steps[1:], 0], strict=True))
-        for j, j_prev in tqdm(pairs, desc=f"{self.name} DDPM", disable=not self.progress):
+        for j, j_prev in tqdm(pairs, desc=f"{self.name} DDPM", disable=not self.chain_progress):
             bounded = r - torch.floor(r)
             t = torch.full((b,), j, device=device, dtype=torch.long)
             eps_hat, type_logits = self.denoise(z, bounded, types, lattice, num_atoms, batch, t)

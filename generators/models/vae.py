@@ -288,6 +288,12 @@ class CrystalVAE(CrystalGenerator):
             self.register_buffer("property_std", torch.ones(()))
 
     # ------------------------------------------------------------------ statistics
+    @property
+    def chain_progress(self) -> bool:
+        """Whether the sampling chain shows a progress bar: the sampler's ``progress`` option
+        (``configure_sampling(progress=...)``), else the config's ``progress``."""
+        return bool(self.sampling_options.get("progress", self.progress))
+
     def fit_statistics(self, train: Batch) -> None:
         """Fit the lattice scaler (mean and std of lengths/N^(1/3) and angles) on ``train``.
 

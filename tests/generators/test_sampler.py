@@ -217,3 +217,21 @@ def test_plan_items_rejects_bad_requests() -> None:
         plan_items("csp", records=[], k=1)
     with pytest.raises(ValueError, match="unknown sampling mode"):
         plan_items("dream", n=3)
+
+
+@pytest.mark.parametrize(("model_name", "bar"), [("cdvae", "Langevin"), ("dpcdvae", "DDPM")])
+def test_progress_option_reaches_the_models_chain_bar(
+    model_name: str, bar: str, tmp_path: Path, capsys, make_vae_config
+) -> None:  # type: ignore[no-untyped-def]
+    """``dftloop sample --no-progress`` silences the chain's own bar even when the checkpoint's
+    config asks for one (the trainer's configs do); ``progress=True`` shows it."""
+    from generators.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, make_vae_config(model_name, progress=True)["model"]).eval()
+    items = plan_items("generate", n=1)
+    kwargs: dict[str, Any] = {"dataset": "perov_5", "checkpoint_sha256": "abc", "steps": 50}
+    run_sampling(model, tmp_path / "quiet", "generate", items, progress=False, **kwargs)
+    assert bar not in capsys.readouterr().err
+    run_sampling(model, tmp_path / "loud", "generate", items, progress=True, **kwargs)
+    assert f"{model_name} {bar}" in capsys.readouterr().err

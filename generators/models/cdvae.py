@@ -190,7 +190,9 @@ class CDVAE(CrystalVAE):
         # cart_to_frac with the lattice fixed)
         atom_lattice = per_atom_lattice(lattice, num_atoms)
         atom_inverse = per_atom_lattice(torch.linalg.inv(lattice), num_atoms)
-        with tqdm(total=total, desc=f"{self.name} Langevin", disable=not self.chain_progress) as bar:
+        with tqdm(
+            total=total, desc=f"{self.name} Langevin", disable=not self.chain_progress
+        ) as bar:
             for sigma_t in self.sigmas.tolist():
                 if sigma_t < min_sigma:
                     break

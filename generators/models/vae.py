@@ -290,8 +290,11 @@ class CrystalVAE(CrystalGenerator):
     # ------------------------------------------------------------------ statistics
     @property
     def chain_progress(self) -> bool:
-        """Whether the sampling chain shows a progress bar: the sampler's ``progress`` option
-        (``configure_sampling(progress=...)``), else the config's ``progress``."""
+        """Whether the sampling chain shows a progress bar.
+
+        The sampler's ``progress`` option (``configure_sampling(progress=...)``), else the
+        config's ``progress``.
+        """
         return bool(self.sampling_options.get("progress", self.progress))
 
     def fit_statistics(self, train: Batch) -> None:

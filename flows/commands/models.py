@@ -73,6 +73,10 @@ def list_command(
 def metrics_table(cards: list) -> str:
     """Return a Markdown table: one row per card and metric, the paper's number beside ours.
 
+    Each row names its measuring command (``c1``, ``c2``, ...: the card's recorded
+    ``command``); the commands follow the table, each once, and the training command of every
+    checkpoint after them.
+
     Parameters
     ----------
     cards
@@ -80,9 +84,10 @@ def metrics_table(cards: list) -> str:
     """
     lines = [
         "| checkpoint | task | metric | n | dftloop | paper | paper source | training "
-        "(epochs, CPU h) | sampling (CPU min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(epochs, CPU h) | sampling (CPU min) | command |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    commands: dict[str, str] = {}
     for card in cards:
         training = card.training
         cpu = training.get("cpu_minutes")
@@ -94,13 +99,22 @@ def metrics_table(cards: list) -> str:
             paper = row.get("paper")
             # a VAE's card (task: reconstruction) also carries its generation rows
             task = "generation" if row.get("protocol") == "generation" else card.task
+            command = row.get("command")
+            ref = commands.setdefault(command, f"c{len(commands) + 1}") if command else ""
             lines.append(
                 f"| {card.name} | {task} | {row['name']} | {row.get('n', '')} | "
                 f"{row.get('value', '')} | "
                 f"{paper if paper is not None else 'no published number'} | "
                 f"{row.get('paper_source') or ''} | {budget} | "
-                f"{row.get('sampling_cpu_minutes', '')} |"
+                f"{row.get('sampling_cpu_minutes', '')} | {ref} |"
             )
+    if commands:
+        lines += ["", "Commands of the rows (run from the repository root):", ""]
+        lines += [f"- `{ref}`: `{command}`" for command, ref in commands.items()]
+    trained = [(card.name, card.training.get("command")) for card in cards]
+    if any(command for _, command in trained):
+        lines += ["", "Training commands:", ""]
+        lines += [f"- {name}: `{command}`" for name, command in trained if command]
     return "\n".join(lines)
 
 

@@ -173,9 +173,16 @@ def test_models_cli_lists_and_shows(
     info = export_checkpoint(trained, tmp_path / "tiny.pt")
     card = _card("tiny-cli", info["sha256"], info["size_bytes"], file="tiny.pt")
     card["metrics"] = [
-        {"name": "match_rate", "value": 0.5, "paper": 0.5202},
-        {"name": "generation cov_recall", "value": 0.9, "protocol": "generation"},
+        {"name": "match_rate", "value": 0.5, "paper": 0.5202, "command": "dftloop sample A"},
+        {"name": "rmse", "value": 0.1, "paper": 0.076, "command": "dftloop sample A"},
+        {
+            "name": "generation cov_recall",
+            "value": 0.9,
+            "protocol": "generation",
+            "command": "dftloop sample B",
+        },
     ]
+    card["training"] = {**card.get("training", {}), "command": "dftloop train T"}
     monkeypatch.setenv("DFTLOOP_MODEL_REGISTRY", str(_registry(tmp_path, card)))
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "list"])
@@ -188,7 +195,14 @@ def test_models_cli_lists_and_shows(
     table = runner.invoke(app, ["models", "table"])
     rows = [line for line in table.output.splitlines() if line.startswith("| tiny-cli")]
     # a generation row of a card whose own task is another says so in the task column
-    assert [c.strip() for c in rows[1].split("|")[2:4]] == ["generation", "generation cov_recall"]
+    assert [c.strip() for c in rows[2].split("|")[2:4]] == ["generation", "generation cov_recall"]
+    # each row names its command; each command is listed once under the table
+    refs = [row.split("|")[-2].strip() for row in rows]
+    assert refs[0] == refs[1] != refs[2] and all(r.startswith("c") for r in refs)
+    assert f"- `{refs[0]}`: `dftloop sample A`" in table.output
+    assert f"- `{refs[2]}`: `dftloop sample B`" in table.output
+    assert table.output.count("dftloop sample A") == 1
+    assert "- tiny-cli: `dftloop train T`" in table.output
     row = rows[0]
     assert [c.strip() for c in row.split("|")[1:7]] == [
         "tiny-cli",

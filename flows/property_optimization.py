@@ -6,7 +6,8 @@ Orchestration only; the work is in the library:
    (:func:`generators.property_optimization.optimize_and_decode`);
 2. the papers' validity (0.5 Å structure check, SMACT composition check: ``analysis.validity``);
 3. a CHGNet relaxation of every valid decoded crystal (:func:`flows.relax_stage.run_relax_stage`:
-   stored, and skipped when the store has it);
+   stored, and skipped when the store has it) under the dataset's relaxation protocol, or the
+   one the ``protocol`` parameter gives (:mod:`flows.protocol_settings`);
 4. scores of the decoded and of the relaxed crystals by an independent predictor
    (:mod:`analysis.property_predictor`), loaded from a file or fitted on a split that has the
    property and is not the starts' split;
@@ -28,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from pymatgen.core import Structure
 
 from flows.hashing import dict_hash, structure_hash
+from flows.protocol_settings import ProtocolParameter, stage_settings
 from flows.relax_stage import run_relax_stage, with_flow_run
 from flows.store import Provenance, ResultStore, dftloop_home
 from flows.tasks import describe_relaxer
@@ -247,6 +249,7 @@ def optimize_property_flow(
     relax: bool = True,
     relaxer: str = "chgnet",
     relaxer_settings: dict[str, Any] | None = None,
+    protocol: ProtocolParameter = None,
     relax_per_start: int | None = None,
     chunk_size: int = 32,
     cluster: str = "local",
@@ -277,7 +280,14 @@ def optimize_property_flow(
         The split the predictor is fitted on; it must not be ``split``.
     relax, relaxer, relaxer_settings
         Relax the valid decoded crystals (CHGNet by default) before the second scoring;
-        ``relaxer_settings`` as the other flows' (e.g. ``{"fmax": 0.05, "protocol": ...}``).
+        ``relaxer_settings`` as the other flows' (e.g. ``{"fmax": 0.05}``).
+    protocol
+        The relaxation protocol (:mod:`relax.protocol`): ``None`` for the dataset's (carbon_24:
+        10 GPa with DFT-D3(BJ); perov_5, mp_20, mpts_52: 0 GPa, no dispersion), a dataset name,
+        or a dict of fields overriding the dataset's (e.g. ``{"pressure_gpa": 0}``). A
+        ``protocol`` in ``relaxer_settings``, or a relaxer keyword of the same name (``fmax``,
+        ...), wins. The resolved protocol is part of the relaxations' settings hash and is
+        recorded as ``protocol`` in the result.
     relax_per_start
         Relax only the ``k`` best-scored valid decoded crystals of each start (``None``: every
         valid one). The relaxed success rates then take each start's best over those ``k``.
@@ -299,6 +309,8 @@ def optimize_property_flow(
     from generators.property_optimization import best_scores, success_rates
 
     logger = get_run_logger()
+    # resolved (and a misspelt field refused) before the optimisation runs
+    [relax_settings] = stage_settings(dataset, protocol, relaxer_settings)
     decoded = optimize_decode_task(
         checkpoint, dataset, split, n, steps, lr, saves, direction, chain_steps, seed, data_dir
     )
@@ -348,7 +360,6 @@ def optimize_property_flow(
     relaxed_flat: list[dict[str, Any] | None] = [None] * len(flat)
     stage: dict[str, Any] = {}
     if relax:
-        settings_r = dict(relaxer_settings or {})
         chosen = relax_selection(decoded_scores, shape, direction, relax_per_start)
         items = [
             (labels[k], Structure.from_dict(flat[k]), structure_hash(Structure.from_dict(flat[k])))
@@ -357,7 +368,7 @@ def optimize_property_flow(
         summary = run_relax_stage(
             items,
             relaxer,
-            settings_r,
+            relax_settings,
             prov,
             home=home,
             chunk_size=chunk_size,
@@ -365,7 +376,7 @@ def optimize_property_flow(
             cluster_kwargs=cluster_kwargs,
         )
         stage = summary.as_dict()
-        settings_hash = describe_relaxer(relaxer, settings_r)["settings_hash"]
+        settings_hash = describe_relaxer(relaxer, relax_settings)["settings_hash"]
         hashes = {label: h for label, _, h in items}
         with ResultStore(home=home) as store:
             docs = store.get_relaxations(list(hashes.values()), settings_hash)
@@ -409,6 +420,7 @@ def optimize_property_flow(
         "dataset": dataset,
         "property": property_name,
         "settings": settings,
+        "protocol": relax_settings.get("protocol") if relax else None,
         "thresholds": thresholds,
         "thresholds_source": source,
         "decoded": rates(decoded_scores),

@@ -13,8 +13,9 @@ prints SR5 / SR10 / SR15 against the dataset's percentiles
 apart from the generator), another checkpoint with a property head (the crystal's posterior mean
 through its head), or ``self`` — the optimised model's own head, which is *not* an independent
 score. The ``optimize-property`` flow (:mod:`flows.property_optimization`) adds a CHGNet
-relaxation before scoring and stores the results. A JSON summary is written
-to ``--out``.
+relaxation before scoring and stores the results. ``--checkpoint`` takes a checkpoint file or
+a registered model name (``dftloop models list``). A JSON summary is written to ``--out``
+(default: :func:`default_summary_path`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,28 @@ def _head_predictor(model):  # type: ignore[no-untyped-def]
     return predict
 
 
+def default_summary_path(checkpoint: str) -> Path:
+    """Where ``dftloop optimize`` writes its summary when ``--out`` is not given.
+
+    Parameters
+    ----------
+    checkpoint
+        The ``--checkpoint`` argument: a checkpoint file or a registered model name.
+
+    Returns
+    -------
+    Path
+        ``optimization.json`` beside a checkpoint file; for a registered name (which is no
+        file), ``$DFTLOOP_HOME/optimize/<name>/optimization.json``, as ``dftloop sample`` keeps
+        a registered model's samples under ``$DFTLOOP_HOME/samples/<name>/``.
+    """
+    if Path(checkpoint).is_file():
+        return Path(checkpoint).parent / "optimization.json"
+    from flows.store import dftloop_home
+
+    return dftloop_home(None) / "optimize" / checkpoint / "optimization.json"
+
+
 def _is_valid(structure) -> bool:  # type: ignore[no-untyped-def]
     from analysis.validity import composition_of, smact_valid, structure_is_valid
 
@@ -54,7 +77,11 @@ def _is_valid(structure) -> bool:  # type: ignore[no-untyped-def]
 
 def optimize(
     checkpoint: Annotated[
-        Path, typer.Option(help="CDVAE/DP-CDVAE checkpoint with a property head.")
+        str,
+        typer.Option(
+            help="CDVAE/DP-CDVAE checkpoint with a property head: a trainer checkpoint file or a "
+            "registered model name (`dftloop models list`)."
+        ),
     ],
     predictor: Annotated[
         str,
@@ -80,7 +107,11 @@ def optimize(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the posterior draws and the sampler.")] = 0,
     out: Annotated[
-        Path | None, typer.Option(help="Summary JSON (default: beside --checkpoint).")
+        Path | None,
+        typer.Option(
+            help="Summary JSON (default: optimization.json beside a checkpoint file; "
+            "$DFTLOOP_HOME/optimize/<name>/optimization.json for a registered model)."
+        ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory override.")] = None,
 ) -> None:
@@ -143,18 +174,21 @@ def optimize(
     if chain_steps is not None:
         model.configure_sampling(steps=chain_steps)
     started = time.perf_counter()
-    result = optimize_property(
-        model,
-        data_list_to_batch(data),
-        score,
-        thresholds,
-        steps=steps,
-        lr=lr,
-        saves=saves,
-        direction=direction,
-        is_valid=_is_valid,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    try:
+        result = optimize_property(
+            model,
+            data_list_to_batch(data),
+            score,
+            thresholds,
+            steps=steps,
+            lr=lr,
+            saves=saves,
+            direction=direction,
+            is_valid=_is_valid,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    except ValueError as exc:  # e.g. --saves below 2
+        fail(str(exc))
     summary = {
         "checkpoint": str(checkpoint),
         "predictor": predictor,
@@ -173,7 +207,7 @@ def optimize(
         **result.rates,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path = out or Path(checkpoint).parent / "optimization.json"
+    path = out or default_summary_path(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
     for key in ("SR5", "SR10", "SR15"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,6 +149,96 @@ def test_optimize_property_flow_stores_success_rates(
     assert doc["predictor"]["trained_on"] == "perov_5/val[:40]"
 
 
+def _stub_all_but_the_relaxer_settings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace decoding, the predictor, scoring and the relaxation stage of the flow by stubs
+    (one valid decoded diamond); return the list that records each relaxation stage's
+    ``(relaxer, settings)``. Protocol resolution and the relaxer's settings are the real ones."""
+    import flows.property_optimization as po
+    from flows.relax_stage import StageSummary
+    from flows.tasks import describe_relaxer
+    from relax.prototypes import diamond
+
+    calls: list[Any] = []
+    crystal = diamond().as_dict()
+
+    def decode(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(("decode", None))
+        return {
+            "property": "heat_ref",
+            "steps": [0],
+            "start_ids": ["s0"],
+            "structures": [[crystal]],
+            "model": "cdvae",
+            "checkpoint_sha256": "0" * 64,
+            "head": [[0.0]],
+            "start_structures": [crystal],
+            "start_values": [0.0],
+            "wall_s": 0.0,
+            "cpu_s": 0.0,
+        }
+
+    def relax_stage(items: Any, relaxer: str, settings: dict[str, Any], *a: Any, **k: Any) -> Any:
+        calls.append((relaxer, settings))
+        info = describe_relaxer(relaxer, settings)
+        return StageSummary(relaxer, info["settings_hash"], info["settings"], n_input=len(items))
+
+    predictor = SimpleNamespace(
+        predict=lambda structures: np.zeros(len(structures)),
+        trained_on="stub",
+        n_train=0,
+        metrics={},
+    )
+    monkeypatch.setattr(po, "optimize_decode_task", decode)
+    monkeypatch.setattr(po, "predictor_task", lambda *a, **k: "stub.pkl")
+    monkeypatch.setattr(po, "score_task", lambda path, structures, label: [0.0] * len(structures))
+    monkeypatch.setattr(po, "run_relax_stage", relax_stage)
+    monkeypatch.setattr("analysis.property_predictor.load_predictor", lambda path: predictor)
+    return calls
+
+
+def test_optimize_property_relaxes_under_the_dataset_protocol(
+    harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """carbon_24's relaxations run at 10 GPa with D3(BJ) (the settings hash of a CHGNet relaxer
+    given the carbon_24 protocol), perov_5's at 0 GPa; the ``protocol`` parameter overrides one
+    field and keeps the others; a misspelt field is refused before anything is decoded."""
+    from flows.property_optimization import optimize_property_flow
+    from flows.tasks import describe_relaxer
+
+    monkeypatch.setenv("DFTLOOP_CONVERGED_DIR", str(tmp_path / "no-user-results"))
+    calls = _stub_all_but_the_relaxer_settings(monkeypatch)
+    common = dict(checkpoint="stub", percentiles=[0.0, 1.0, 2.0], relaxer_settings=TINY_CHGNET)
+
+    def relaxed_under(**kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        calls.clear()
+        out = optimize_property_flow(home=str(tmp_path / "home"), **common, **kwargs)
+        [decoded, (relaxer, settings)] = calls
+        assert decoded == ("decode", None)  # decoded once, then relaxed once
+        return out, describe_relaxer(relaxer, settings)["settings"]["protocol"]
+
+    carbon, protocol = relaxed_under(dataset="carbon_24")
+    assert protocol["pressure_gpa"] == 10.0 and protocol["dispersion"] == "d3bj"
+    assert protocol["fmax"] == TINY_CHGNET["fmax"]  # the relaxer's own keyword wins
+    assert carbon["protocol"] == "carbon_24"
+    expected = describe_relaxer("chgnet", {**TINY_CHGNET, "protocol": "carbon_24"})
+    assert carbon["relax_stage"]["settings_hash"] == expected["settings_hash"]
+
+    perov, protocol = relaxed_under(dataset="perov_5")
+    assert protocol["pressure_gpa"] == 0.0 and protocol["dispersion"] == "none"
+    assert perov["relax_stage"]["settings_hash"] != expected["settings_hash"]
+
+    override, protocol = relaxed_under(dataset="carbon_24", protocol={"pressure_gpa": 0})
+    assert protocol["pressure_gpa"] == 0.0 and protocol["dispersion"] == "d3bj"
+    assert override["protocol"] == {"pressure_gpa": 0, "dataset": "carbon_24"}
+
+    calls.clear()
+    with pytest.raises(ValueError, match="pressure"):
+        optimize_property_flow(
+            dataset="carbon_24", protocol={"pressure": 3}, home=str(tmp_path / "home"), **common
+        )
+    assert calls == []  # refused before the optimisation
+
+
 def test_predictor_may_not_train_on_the_starts(tmp_path: Path) -> None:
     from flows.property_optimization import _thresholds, predictor_task
 
@@ -190,6 +282,52 @@ def test_cli_optimize_scores_with_the_predictor_file(
     wrong = other.save(tmp_path / "gap.pkl")
     bad = CliRunner().invoke(app, [*args, "--predictor", str(wrong)])
     assert bad.exit_code == 1 and "predicts dir_gap, not heat_ref" in bad.output
+
+
+def test_cli_optimize_a_registered_model_writes_under_dftloop_home(
+    tiny_checkpoint: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--checkpoint <registered name>``: the model is found through the registry and the
+    summary goes to ``$DFTLOOP_HOME/optimize/<name>/optimization.json``, not to the working
+    directory (the parent of a name that is no file); a checkpoint file keeps it beside the
+    file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.commands.optimize import default_summary_path
+    from generators.data.cache import file_sha256
+
+    name = "cdvae-perov5-heat-tiny"
+    card = {
+        "name": name,
+        "model": "cdvae",
+        "dataset": "perov_5",
+        "task": "generate",
+        "sha256": file_sha256(tiny_checkpoint),
+        "size_bytes": tiny_checkpoint.stat().st_size,
+        "file": str(tiny_checkpoint),
+    }
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"models": [card]}))
+    monkeypatch.setenv("DFTLOOP_MODEL_REGISTRY", str(registry))
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("DFTLOOP_HOME", str(home))
+    monkeypatch.chdir(cwd)
+    args = ["optimize", "--checkpoint", name, "--predictor", "self", "--n", "2", "--steps", "2"]
+    args += ["--chain-steps", "50", "--data-dir", str(data_dir)]
+    refused = CliRunner().invoke(app, [*args, "--saves", "1"])
+    assert refused.exit_code == 1 and "saves >= 2" in refused.output, refused.output
+    run = CliRunner().invoke(app, [*args, "--saves", "2"])
+    assert run.exit_code == 0, run.output
+    summary = json.loads((home / "optimize" / name / "optimization.json").read_text())
+    assert summary["checkpoint"] == name and summary["starts"] == 2
+    assert list(cwd.iterdir()) == []
+    assert default_summary_path(str(tiny_checkpoint)) == tiny_checkpoint.parent / (
+        "optimization.json"
+    )
 
 
 def test_relax_selection_by_hand() -> None:

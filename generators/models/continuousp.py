@@ -121,21 +121,24 @@ class ContinuouSP(CrystalGenerator):
             Niggli-reduce the cells first (differentiably); keeps the image enumeration small
             for skewed cells. The energy itself does not depend on the choice of basis.
         """
-        if reduce:
-            reduced = reduce_crystals(cart_coords, lattice, num_atoms)
-            cart_coords, lattice = reduced.cart_coords, reduced.lattice
+        # the Niggli reduction and the density penalty stay in full precision under autocast
+        with torch.autocast(device_type=lattice.device.type, enabled=False):
+            if reduce:
+                reduced = reduce_crystals(cart_coords, lattice, num_atoms)
+                cart_coords, lattice = reduced.cart_coords, reduced.lattice
+            penalty = density_penalty(
+                lattice,
+                num_atoms,
+                float(self.config["expected_density"]),
+                float(self.config["energy_penalty"]),
+            )
         network = self.energy_net(cart_coords, atom_types, lattice, num_atoms)
-        penalty = density_penalty(
-            lattice,
-            num_atoms,
-            float(self.config["expected_density"]),
-            float(self.config["energy_penalty"]),
-        )
         return network + penalty
 
     def batch_energy(self, batch: Batch) -> Tensor:
         """Energy of a crystal batch (fields of ``docs/architecture.md`` §2), [B]."""
-        cart = frac_to_cart(batch.frac_coords, batch.lattice, batch.num_atoms)
+        with torch.autocast(device_type=batch.lattice.device.type, enabled=False):
+            cart = frac_to_cart(batch.frac_coords, batch.lattice, batch.num_atoms)
         return self.energy(cart, batch.atom_types, batch.lattice, batch.num_atoms)
 
     # ------------------------------------------------------------------ sampling
@@ -226,19 +229,20 @@ class ContinuouSP(CrystalGenerator):
         counts = num_atoms.to(self.device)
         types = atom_types.to(self.device)
         try:
-            if start is None:
-                cart, lattice = self.initial_state(counts, generator)
-            else:
-                cart, lattice = (t.detach().to(self.device) for t in start)
+            # MCMC acceptance needs full-precision energies: the chain, its random start included
+            # (a Niggli reduction), never runs under autocast
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                if start is None:
+                    cart, lattice = self.initial_state(counts, generator)
+                else:
+                    cart, lattice = (t.detach().to(self.device) for t in start)
 
-            def energy_fn(x: Tensor, cell: Tensor) -> Tensor:
-                return self.energy(x, types, cell, counts)
+                def energy_fn(x: Tensor, cell: Tensor) -> Tensor:
+                    return self.energy(x, types, cell, counts)
 
-            def admissible(x: Tensor, cell: Tensor) -> Tensor:
-                return ~self._too_many_images(cell, counts)
+                def admissible(x: Tensor, cell: Tensor) -> Tensor:
+                    return ~self._too_many_images(cell, counts)
 
-            # MCMC acceptance needs full-precision energies: never under autocast
-            with torch.autocast(device_type=cart.device.type, enabled=False):
                 return mala_sample(
                     energy_fn,
                     cart,
@@ -370,7 +374,8 @@ class ContinuouSP(CrystalGenerator):
         drifts from a training crystal, so training crystals become local minima, a necessary
         condition for memorisation that noise-started chains alone teach slowly.
         """
-        cart = frac_to_cart(batch.frac_coords, batch.lattice, batch.num_atoms)
+        with torch.autocast(device_type=batch.lattice.device.type, enabled=False):
+            cart = frac_to_cart(batch.frac_coords, batch.lattice, batch.num_atoms)
         dtype = next(self.parameters()).dtype
         return self.run_chains(
             batch.atom_types,

@@ -153,17 +153,20 @@ class EnergyGNN(nn.Module):
         num_atoms
             [B] atoms per crystal.
         """
-        graph = self.graph(cart_coords, lattice, num_atoms)
-        radius = self.radius(lattice, num_atoms)  # differentiable: r depends on the cell
-        crystal = torch.repeat_interleave(
-            torch.arange(len(num_atoms), device=lattice.device), num_atoms
-        )
-        centre = graph.edge_index[1]
-        edge_radius = radius[crystal[centre]]
-        # d ≤ r up to rounding; clamp so that the weight never goes (slightly) negative
-        ratio = (graph.distances / edge_radius).clamp(max=1.0)
-        weight = torch.cos(math.pi * ratio) + 1.0
-        edge_attr = self.smearing(graph.distances)
+        # the geometry stays in full precision under autocast (volumes and solves have no
+        # bfloat16/float16 kernels); only the learned layers below follow autocast
+        with torch.autocast(device_type=lattice.device.type, enabled=False):
+            graph = self.graph(cart_coords, lattice, num_atoms)
+            radius = self.radius(lattice, num_atoms)  # differentiable: r depends on the cell
+            crystal = torch.repeat_interleave(
+                torch.arange(len(num_atoms), device=lattice.device), num_atoms
+            )
+            centre = graph.edge_index[1]
+            edge_radius = radius[crystal[centre]]
+            # d ≤ r up to rounding; clamp so that the weight never goes (slightly) negative
+            ratio = (graph.distances / edge_radius).clamp(max=1.0)
+            weight = torch.cos(math.pi * ratio) + 1.0
+            edge_attr = self.smearing(graph.distances)
         x = torch.tanh(self.embedding(atom_types - 1))
         for conv in self.convs:
             x = conv(x, graph.edge_index, edge_attr, weight)

@@ -58,6 +58,40 @@ def test_every_deployment_parameter_is_a_flow_parameter() -> None:
     assert _problems(_load()) == []
 
 
+def _missing_protocol(config: dict[str, Any]) -> list[str]:
+    """Deployments whose flow takes ``protocol`` but whose parameters do not state it."""
+    return [
+        f"{d['name']} ({d['entrypoint']})"
+        for d in config["deployments"]
+        if "protocol" in inspect.signature(_flow(d["entrypoint"]).fn).parameters
+        and "protocol" not in (d.get("parameters") or {})
+    ]
+
+
+def test_every_relaxing_deployment_states_its_protocol() -> None:
+    """A deployment whose flow relaxes under a protocol shows ``protocol`` in its parameters
+    (``null``: the dataset's), so that the UI and ``prefect deployment inspect`` show the knob;
+    the check fires when one is dropped."""
+    config = _load()
+    assert _missing_protocol(config) == []
+    stated = [d for d in config["deployments"] if "protocol" in (d.get("parameters") or {})]
+    names = {f"{d['entrypoint'].split(':')[1]}/{d['name']}" for d in stated}
+    assert {
+        "generate_and_relax/local",
+        "generate_and_relax/slurm",
+        "nightly_benchmark/nightly",
+        "nightly_benchmark/smoke",
+        "stability_experiment/carbon-cpu",
+        "optimize_property_flow/local",
+        "relax_structures/local",
+    } <= names
+    assert all(d["parameters"]["protocol"] is None for d in stated)  # the dataset's
+    dropped = copy.deepcopy(config)
+    smoke = next(d for d in dropped["deployments"] if d["name"] == "smoke")
+    del smoke["parameters"]["protocol"]
+    assert _missing_protocol(dropped) == ["smoke (flows/nightly.py:nightly_benchmark)"]
+
+
 def test_a_wrong_name_or_value_is_reported() -> None:
     config = _load()
     nightly = next(d for d in config["deployments"] if d["name"] == "nightly")

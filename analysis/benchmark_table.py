@@ -10,6 +10,10 @@ In the markdown every metric cell reads ``ours / paper`` when the papers have an
 generator, dataset and metric (:data:`UNKNOWN_CELL` when the paper's number is not transcribed in
 dftloop, ``–`` when the paper prints a dash), and ``ours`` alone otherwise. Rates are shown in
 percent, as in the papers. A list under the table cites the paper and table of every number.
+
+The relaxation column is ``ΔE`` where the samples were relaxed at zero pressure and ``ΔH``
+(enthalpy ``H = E + pV`` per atom) where they were relaxed at ``p ≠ 0`` (a row's
+``energy_quantity``), as in the stability experiment's report.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class Column:
     key
         Row key (an ``analysis`` metric name).
     label
-        Markdown header.
+        Markdown header; ``{e}`` stands for the energy quantity, ``E`` or ``H``
+        (:meth:`header`).
     task
         Paper task whose number stands beside ours (``"match"`` = the generator's
         :data:`MATCH_TASK`; ``None``: no paper number).
@@ -67,6 +72,10 @@ class Column:
     task: str | None
     digits: int
 
+    def header(self, energy: str = "E") -> str:
+        """The markdown header with ``energy`` (``"E"`` or ``"H"``) in place of ``{e}``."""
+        return self.label.format(e=energy)
+
 
 COLUMNS: tuple[Column, ...] = (
     Column("match_rate", "match %", "match", 2),
@@ -77,11 +86,23 @@ COLUMNS: tuple[Column, ...] = (
     Column("cov_precision", "COV-P %", "generation", 2),
     Column("wdist_density", "d_ρ", "generation", 4),
     Column("wdist_num_elems", "d_elem", "generation", 4),
-    Column("mean_delta_e_mev_per_atom", "ΔE meV/atom", None, 1),
+    Column("mean_delta_e_mev_per_atom", "Δ{e} meV/atom", None, 1),
     Column("mean_rmsd_to_relaxed", "RMSD to relaxed", None, 4),
     Column("sun_rate", "S.U.N. %", None, 2),
 )
 """The metric columns, in order."""
+
+
+def table_energy_quantity(rows: Sequence[dict[str, Any]]) -> str:
+    """``"H"`` when any row's relaxations ran at ``p ≠ 0`` (its ``energy_quantity``), else ``"E"``.
+
+    The rule of the stability report's column names
+    (:func:`analysis.stability_experiment.energy_quantity`).
+    """
+    from analysis.stability_experiment import energy_quantity
+
+    return energy_quantity(rows)
+
 
 EXTRA_PERCENT = frozenset({"sun_rate", "match_rate_to_relaxed"})
 """Our rates that are not paper metrics, shown in percent too."""
@@ -170,7 +191,8 @@ def with_paper(rows: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, A
     list of dict
         ``model``, ``status``, ``n_samples``, then per column ``<key>`` (ours, rates in percent,
         rounded) and ``<key>_paper`` (the printed number or :data:`UNKNOWN_CELL`; absent when
-        the papers have nothing to compare with), ``notes`` and ``seconds``.
+        the papers have nothing to compare with), ``energy_quantity`` (``"H"``: the relaxation
+        column is ΔH), ``notes`` and ``seconds``.
     """
     out = []
     for row in rows:
@@ -187,6 +209,7 @@ def with_paper(rows: Sequence[dict[str, Any]], dataset: str) -> list[dict[str, A
             entry = paper_entry(str(row.get("model")), dataset, column)
             if entry is not None:
                 flat[f"{column.key}_paper"] = format_paper(entry)
+        flat["energy_quantity"] = row.get("energy_quantity")
         flat["notes"] = notes_text(row)
         flat["seconds"] = row.get("seconds")
         out.append(flat)
@@ -224,13 +247,16 @@ def render_markdown(
     Returns
     -------
     str
-        A heading, the preamble, the table (``ours / paper`` cells), the notes per generator,
-        the DP-CDVAE − CDVAE ΔE comparison and the sources of the paper numbers.
+        A heading, the preamble, the table (``ours / paper`` cells; the relaxation column is ΔH
+        when the rows' relaxations ran at ``p ≠ 0``, :func:`table_energy_quantity`), the notes
+        per generator, the DP-CDVAE − CDVAE ΔE (ΔH) comparison and the sources of the paper
+        numbers.
     """
     lines = [f"### Nightly benchmark: {dataset}, {scale}", ""]
     if preamble:
         lines += [*preamble, ""]
-    header = ["model", "status", "n", *(c.label for c in COLUMNS), "s"]
+    energy = table_energy_quantity(rows)
+    header = ["model", "status", "n", *(c.header(energy) for c in COLUMNS), "s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     sources: dict[str, PaperNumber] = {}
     for row in rows:
@@ -273,7 +299,7 @@ def render_markdown(
 
 
 def delta_e_comparison(rows: Sequence[dict[str, Any]], dataset: str) -> str | None:
-    """Return the DP-CDVAE − CDVAE mean ΔE line with the paper's statement, if both ran.
+    """Return the DP-CDVAE − CDVAE mean ΔE (ΔH at ``p ≠ 0``) line with the paper's statement.
 
     Parameters
     ----------
@@ -285,6 +311,7 @@ def delta_e_comparison(rows: Sequence[dict[str, Any]], dataset: str) -> str | No
     Returns
     -------
     str or None
+        ``None`` unless both models have a mean and the paper's figure is known.
     """
     by_model = {r.get("model"): r for r in rows}
     dp = _finite((by_model.get("dpcdvae") or {}).get("mean_delta_e_mev_per_atom"))
@@ -296,8 +323,9 @@ def delta_e_comparison(rows: Sequence[dict[str, Any]], dataset: str) -> str | No
         return None
     where = "" if dataset == "carbon_24" else " (the paper's figure is for carbon_24)"
     relaxed_with = by_model["dpcdvae"].get("relaxer") or "the relaxer"
+    q = table_energy_quantity([by_model["dpcdvae"], by_model["cdvae"]])
     return (
-        f"ΔE(DP-CDVAE) − ΔE(CDVAE), mean: ours {dp - cd:+.1f} meV/atom ({relaxed_with}); "
+        f"Δ{q}(DP-CDVAE) − Δ{q}(CDVAE), mean: ours {dp - cd:+.1f} meV/atom ({relaxed_with}); "
         f"paper {paper.value:+.1f} meV/atom (DFT){where}."
     )
 

@@ -6,7 +6,7 @@ CSP-samples the compositions of the first ``DFTLOOP_MAIN_N`` perov_5 *test* crys
 the model never saw), relaxes every sample with CHGNet and prints:
 
 * the papers' CSP metrics against the true structures (match rate and RMSE, DiffCSP protocol);
-* ΔE and RMSD of each sample to its relaxed structure;
+* ΔE and RMSD of each sample to its relaxed structure (ΔH, enthalpy per atom, at p ≠ 0);
 * the dataset's own row: the true structures of the same targets relaxed by the same relaxer
   with the same settings and protocol (:func:`flows.floor.dataset_floor` with the targets'
   material ids, rows by :func:`analysis.stability.dataset_floor_rows`), the floor the model's
@@ -46,6 +46,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,13 +230,31 @@ def csp_targets(sample_dir: str) -> list[str] | None:
 
 FLOOR_COLUMNS = (
     ("n relaxed", "n_compared"),
-    ("mean ΔE", "mean_delta_e_mev_per_atom"),
-    ("median ΔE", "median_delta_e_mev_per_atom"),
+    ("mean Δ{e}", "mean_delta_e_mev_per_atom"),
+    ("median Δ{e}", "median_delta_e_mev_per_atom"),
     ("match to relaxed", "match_rate_to_relaxed"),
     ("mean RMSD", "mean_rmsd_to_relaxed"),
     ("mean |ΔV|/V", "mean_abs_delta_volume_frac"),
 )
-"""Columns of the model-versus-dataset table: (heading, metric name)."""
+"""Columns of the model-versus-dataset table: (heading, metric name); ``{e}`` is ``E``, or
+``H`` (enthalpy ``E + pV`` per atom) where the relaxations ran at ``p ≠ 0``."""
+
+
+def report_energy_quantity(
+    rows: Sequence[Mapping[str, Any]], floor: Mapping[str, Any] | None = None
+) -> str:
+    """``"H"`` when the model's or the floor's relaxations ran at ``p ≠ 0``, else ``"E"``.
+
+    Parameters
+    ----------
+    rows
+        The model's per-structure rows (``flows.tasks.analyze_task``).
+    floor
+        What :func:`flows.floor.dataset_floor` returned, or ``None``.
+    """
+    from analysis.stability_experiment import energy_quantity
+
+    return energy_quantity([*rows, *((floor or {}).get("rows") or [])])
 
 
 def _metric_values(metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -249,9 +268,12 @@ def _metric_values(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def floor_table(
-    model: str, metrics: list[dict[str, Any]], floor: dict[str, Any] | None
+    model: str,
+    metrics: list[dict[str, Any]],
+    floor: dict[str, Any] | None,
+    model_rows: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
-    """Return the lines of the model row and the dataset row (ΔE in meV/atom).
+    """Return the lines of the model row and the dataset row (ΔE, or ΔH at p ≠ 0, in meV/atom).
 
     Parameters
     ----------
@@ -261,11 +283,15 @@ def floor_table(
         The model's metrics (:func:`flows.pipeline.analyze`).
     floor
         What :func:`flows.floor.dataset_floor` returned, or ``None`` when it did not run.
+    model_rows
+        The model's per-structure rows; with the floor's rows they name the energy columns
+        (:func:`report_energy_quantity`).
     """
+    energy = report_energy_quantity(model_rows, floor)
     rows = [(model, _metric_values(metrics))]
     if floor is not None:
         rows.append(("dataset (true structures)", _metric_values(floor["metrics"])))
-    head = f"  {'':26s}" + "".join(f"{h:>18s}" for h, _ in FLOOR_COLUMNS)
+    head = f"  {'':26s}" + "".join(f"{h.format(e=energy):>18s}" for h, _ in FLOOR_COLUMNS)
     lines = [head]
     for name, values in rows:
         cells = []
@@ -302,8 +328,10 @@ def format_report(
     str
         Model and checkpoint (with the epochs trained), samples, relaxation stages, the metrics,
         the model-versus-dataset table, the per-structure table and where the tables, PNG and
-        store are.
+        store are. Energy differences are ΔE, or ΔH (enthalpy ``E + pV`` per atom) where the
+        relaxations ran at ``p ≠ 0``.
     """
+    energy = report_energy_quantity(result.get("rows", []), floor)
     lines = [
         "",
         "=" * 78,
@@ -321,7 +349,10 @@ def format_report(
     for stage in result["stages"]:
         shown = {k: v for k, v in stage.items() if k.startswith("n_") or k == "relaxer"}
         lines.append(f"relaxation stage       {shown}")
-    lines += ["", "metrics (the papers' CSP metrics against the targets, and ΔE/RMSD to relaxed):"]
+    lines += [
+        "",
+        f"metrics (the papers' CSP metrics against the targets, and Δ{energy}/RMSD to relaxed):",
+    ]
     for metric in result["metrics"]:
         name = metric["name"]
         if name.rsplit(".", 1)[-1] in REPORT_METRICS:
@@ -331,16 +362,20 @@ def format_report(
     lines += [
         "",
         "relaxation of the samples against the dataset's own structures (same relaxer and "
-        "settings; ΔE in meV/atom):",
-        *floor_table(params["model"], result["metrics"], floor),
+        f"settings; Δ{energy} in meV/atom):",
+        *floor_table(params["model"], result["metrics"], floor, result.get("rows", [])),
     ]
-    lines += ["", "per structure (ΔE = E(sample) − E(relaxed), meV/atom; RMSD to relaxed):"]
+    lines += [
+        "",
+        f"per structure (Δ{energy} = {energy}(sample) − {energy}(relaxed), meV/atom; "
+        "RMSD to relaxed):",
+    ]
     for row in result.get("rows", []):
         delta, rmsd = row.get("delta_e_mev_per_atom"), row.get("rmsd")
         lines.append(
             f"  {row.get('structure_id', '?'):10s} {row.get('formula', '')!s:12s} "
             f"{row.get('status', '')!s:14s} "
-            f"ΔE {'-' if delta is None else f'{delta:9.1f}'}  "
+            f"Δ{energy} {'-' if delta is None else f'{delta:9.1f}'}  "
             f"RMSD {'-' if rmsd is None else f'{rmsd:.3f}'}"
             + (f"  {row['error'][:60]}" if row.get("error") else "")
         )

@@ -394,6 +394,7 @@ def _floor_row(
     home: str | None,
 ) -> dict[str, Any]:
     """The ``test split`` row: ``n`` random test structures, the models' relaxer and settings."""
+    from analysis.stability_experiment import energy_quantity
     from flows.experiment_steps import dataset_floor_row
 
     start = time.perf_counter()
@@ -403,6 +404,7 @@ def _floor_row(
             dataset, n, relaxer, relaxer_settings, home, cluster_kwargs=cluster_kwargs
         )
         row.update({k: v for k, v in floor.items() if k != "rows"}, relaxer=relaxer)
+        row["energy_quantity"] = energy_quantity(floor.get("rows") or [])
     except Exception as exc:  # the models' rows stand without it
         get_run_logger().error("dataset floor failed: %s", exc)
         row.update(status=f"failed: {_error(exc)}", notes={})
@@ -638,15 +640,19 @@ def add_relax_outcome(row: dict[str, Any], analysis: dict[str, Any]) -> None:
     Parameters
     ----------
     row
-        The model's row; gets the :data:`STABILITY_METRIC_KEYS` there are, ``n_relaxed``
-        (samples compared with a relaxed structure) and, when that is not every sample,
-        ``notes["relax"]`` from :func:`relax_outcome_note`.
+        The model's row; gets the :data:`STABILITY_METRIC_KEYS` there are, ``energy_quantity``
+        (``"H"`` when the relaxations ran at ``p ≠ 0``: the ΔE figures are then ΔH, else
+        ``"E"``), ``n_relaxed`` (samples compared with a relaxed structure) and, when that is
+        not every sample, ``notes["relax"]`` from :func:`relax_outcome_note`.
     analysis
         What ``flows.pipeline.analyze`` returned (``metrics``, ``rows``).
     """
+    from analysis.stability_experiment import energy_quantity
+
     metrics = {m["name"]: m.get("value") for m in analysis["metrics"]}
     row.update({k: metrics[k] for k in STABILITY_METRIC_KEYS if k in metrics})
     rows = analysis["rows"]
+    row["energy_quantity"] = energy_quantity(rows)
     row["n_relaxed"] = sum(1 for r in rows if _compared(r))
     note = relax_outcome_note(rows)
     if note:

@@ -513,7 +513,7 @@ def relaxed_inputs(
     home: str | None,
     max_structures: int | None = None,
 ) -> list[tuple[str, Structure, str]]:
-    """Return the structures relaxed by a previous stage, lowest energy first.
+    """Return the structures relaxed by a previous stage, lowest energy (enthalpy at p ≠ 0) first.
 
     Parameters
     ----------
@@ -524,7 +524,7 @@ def relaxed_inputs(
     home
         Project directory.
     max_structures
-        Keep at most this many (the lowest final energy per atom first).
+        Keep at most this many (the lowest final ``E/N``, ``H/N`` at ``p ≠ 0``, first).
 
     Returns
     -------
@@ -532,6 +532,8 @@ def relaxed_inputs(
         ``(sample_id, relaxed structure, hash of the original structure)`` of those whose
         previous relaxation produced a structure.
     """
+    from analysis.enthalpy import energy_pair
+
     hashes = {sid: structure_hash(s) for sid, s in items}
     with ResultStore(home=home) as store:
         docs = store.get_relaxations(list(hashes.values()), settings_hash)
@@ -539,7 +541,7 @@ def relaxed_inputs(
     for sid, _ in items:
         doc = docs.get(hashes[sid])
         if doc and doc.get("final_structure") and doc.get("status") in ("ok", "not_converged"):
-            energy = doc.get("final_energy_per_atom_eV")
+            energy = energy_pair(doc, None).final_per_atom_eV
             rows.append((energy if energy is not None else float("inf"), sid, doc, hashes[sid]))
     rows.sort(key=lambda r: r[0])
     if max_structures is not None:
@@ -563,7 +565,10 @@ def analyze_task(
     """Compare each sample with its relaxed ground state and store one ``analysis`` document each.
 
     The comparison is against the force-field relaxation (``settings_hash``); when a DFT stage ran
-    (``dft_settings_hash``), its energy drop and the RMSD to the DFT structure are added.
+    (``dft_settings_hash``), its energy drop and the RMSD to the DFT structure are added. Energies
+    are read as the stability experiment reads them (:func:`analysis.enthalpy.energy_pair`):
+    ``E`` per atom at zero pressure, the enthalpy ``H = E + pV`` per atom where the relaxation
+    ran at ``p ≠ 0``, so ``delta_e_mev_per_atom`` is then ΔH.
 
     Parameters
     ----------
@@ -581,9 +586,13 @@ def analyze_task(
     Returns
     -------
     list of dict
-        One row per sample: ``structure_id``, ``formula``, ``delta_e_mev_per_atom``, ``rmsd``,
-        ``matched``, ``delta_volume_frac``, ``status``, ``error`` and, with DFT, ``dft_*``.
+        One row per sample: ``structure_id``, ``formula``, ``pressure_gpa``, ``energy_quantity``
+        (``"E"`` or ``"H"``), ``delta_e_mev_per_atom`` (ΔE, or ΔH at ``p ≠ 0``, meV/atom),
+        ``rmsd``, ``matched``, ``delta_volume_frac``, ``status``, ``error`` and, with DFT,
+        ``dft_*`` (``dft_pressure_gpa``, ``dft_energy_quantity``, ``dft_delta_e_mev_per_atom``
+        of the DFT relaxation started from the force-field-relaxed structure).
     """
+    from analysis.enthalpy import energy_pair
     from analysis.stability import compare_to_relaxed
 
     items, errors = load_sample_items(sample_dir)
@@ -614,17 +623,18 @@ def analyze_task(
             }
             if doc is None:
                 row.update(status="not_relaxed", error=f"{sid}: no relaxation in the store")
-            elif doc.get("error") or not doc.get("final_structure"):
+                rows.append(row)
+                continue
+            pair = energy_pair(doc, structure)
+            row.update(pressure_gpa=pair.pressure_gpa, energy_quantity=pair.quantity)
+            if doc.get("error") or not doc.get("final_structure"):
                 row.update(status=doc.get("status"), error=doc.get("error") or "no structure")
             else:
                 try:
                     relaxed = Structure.from_dict(doc["final_structure"])
                     with library_time("compare"):
                         compared = compare_to_relaxed(
-                            structure,
-                            relaxed,
-                            doc.get("initial_energy_per_atom_eV"),
-                            doc.get("final_energy_per_atom_eV"),
+                            structure, relaxed, pair.initial_per_atom_eV, pair.final_per_atom_eV
                         )
                     row.update(compared)
                     row.update(status=doc.get("status"), error=None)
@@ -637,7 +647,11 @@ def analyze_task(
                     cmp = compare_to_relaxed(structure, dft_relaxed, None, None)
                 row["dft_rmsd"] = cmp["rmsd"]
                 row["dft_status"] = dft.get("status")
-                e0, e1 = dft.get("initial_energy_per_atom_eV"), dft.get("final_energy_per_atom_eV")
+                # the DFT relaxation started from the force-field-relaxed structure
+                dft_pair = energy_pair(dft, Structure.from_dict(doc["final_structure"]))
+                e0, e1 = dft_pair.initial_per_atom_eV, dft_pair.final_per_atom_eV
+                row["dft_pressure_gpa"] = dft_pair.pressure_gpa
+                row["dft_energy_quantity"] = dft_pair.quantity
                 row["dft_delta_e_mev_per_atom"] = (
                     None if e0 is None or e1 is None else 1000.0 * (e0 - e1)
                 )

@@ -60,8 +60,10 @@ class VaspRelaxer(Relaxer):
 
     The protocol (:class:`relax.protocol.RelaxProtocol`) reaches the INCAR through
     :func:`relax.vasp_makers.protocol_incar`: ``PSTRESS`` (kbar) for a pressure, ``IVDW = 12``
-    for D3(BJ), ``ISIF = 2`` for a fixed cell, ``ISPIN = 1`` with spin off. k-points and
-    ``ENCUT`` stay those of the input set (the protocol's k-spacing and cutoffs are pw.x's).
+    for D3(BJ), ``ISIF = 2`` for a fixed cell, ``ISPIN = 1`` with spin off. k-points,
+    ``ENCUT``, smearing and ``EDIFFG`` stay those of the input set (the protocol's k-spacing,
+    cutoffs, smearing and DFT thresholds are pw.x's); set them with ``user_incar_settings``
+    (e.g. ``{"KSPACING": 0.2}``, the protocol's 2π convention).
 
     Parameters
     ----------

@@ -305,6 +305,14 @@ def protocol_incar(protocol: RelaxProtocol) -> dict[str, Any]:
     Only what differs from the input sets' own defaults is set, so the default protocol (0 GPa,
     no dispersion, cell relaxed, spin auto) leaves MP-compatible inputs unchanged.
 
+    Four fields reach VASP: pressure, dispersion, ``relax_cell`` and ``spin``. The others are
+    pw.x's and are ignored here: k-points (``kspacing``, ``relax_kspacing``), ``ENCUT``
+    (``ecutwfc``, ``ecutrho``), ``ISMEAR``/``SIGMA`` (``smearing``, ``degauss``) and ``EDIFFG``
+    (``dft_fmax``; VASP has no stress criterion for ``dft_press_conv_kbar``) stay the atomate2
+    input set's. A user sets them with ``user_incar_settings``, e.g. ``{"KSPACING": 0.2,
+    "EDIFFG": -0.0257}``: VASP's ``KSPACING`` has the protocol's convention (Å⁻¹, 2π
+    included), and with it the input set writes no KPOINTS file.
+
     Parameters
     ----------
     protocol

@@ -156,6 +156,40 @@ def test_vasp_incar_has_pstress_and_ivdw(tmp_path: Path) -> None:
     assert fixed["ISIF"] == 2 and fixed["ISPIN"] == 1 and base["ISIF"] == 3
 
 
+def _vasp_inputs(directory: Path, **settings: object) -> tuple[dict, str | None]:
+    """INCAR (dict) and KPOINTS text (``None`` without one) of VASP relax 1 for graphite."""
+    from pymatgen.io.vasp import Incar
+
+    from relax.vasp import VaspRelaxer
+
+    maker = VaspRelaxer(progress=False, **settings).maker()
+    generator = maker.vasp_maker.relax_maker1.input_set_generator
+    generator.get_input_set(graphite(), potcar_spec=True).write_input(directory)
+    kpoints = directory / "KPOINTS"
+    return dict(Incar.from_file(directory / "INCAR")), (
+        kpoints.read_text() if kpoints.exists() else None
+    )
+
+
+def test_vasp_ignores_the_protocol_grid_and_takes_user_kspacing(tmp_path: Path) -> None:
+    """docs/vasp.md: the protocol's k-spacing, cutoffs, smearing and DFT force threshold are
+    pw.x's and leave the VASP inputs as they are; ``KSPACING`` (and ``EDIFFG``) in
+    ``user_incar_settings`` reach the INCAR and the KPOINTS file is gone."""
+    carbon = _vasp_inputs(tmp_path / "carbon", protocol="carbon_24")
+    pw_fields = {"kspacing": 0.5, "relax_kspacing": 0.6, "ecutwfc": 80.0, "ecutrho": 640.0}
+    pw_fields |= {"smearing": "gaussian", "degauss": 0.05, "dft_fmax": 0.01}
+    coarse = _vasp_inputs(tmp_path / "pw", protocol={"dataset": "carbon_24", **pw_fields})
+    assert coarse == carbon and carbon[1] is not None  # the input set's own KPOINTS
+    incar, kpoints = _vasp_inputs(
+        tmp_path / "user",
+        protocol="carbon_24",
+        user_incar_settings={"KSPACING": 0.2, "EDIFFG": -0.0257},
+    )
+    assert kpoints is None
+    assert incar["KSPACING"] == 0.2 and incar["EDIFFG"] == -0.0257
+    assert incar["PSTRESS"] == 100.0 and incar["IVDW"] == 12  # the protocol's still there
+
+
 def test_in_flow_prerelax_refuses_d3() -> None:
     from relax.vasp import VaspRelaxer
 

@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ase.units import GPa
 from pymatgen.core import Structure
 
-EV_PER_GPA_A3 = 1e9 * 1e-30 / 1.602176634e-19
-"""``1 GPa · Å³`` in eV (6.241509e-3 eV)."""
+EV_PER_GPA_A3: float = GPa
+"""``1 GPa · Å³`` in eV (6.241509e-3 eV; ASE's unit, the one the relaxers use)."""
 
 PRESSURE_KEYS: tuple[str, ...] = ("pressure_gpa", "pressure_GPa", "pressure")
 """Keys that hold a pressure in GPa (pw.x's ``press`` is in kbar and is not read)."""

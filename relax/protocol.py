@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import ase.units
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Dispersion = Literal["none", "d3bj"]
@@ -32,8 +33,8 @@ Dispersion = Literal["none", "d3bj"]
 Spin = Literal["auto", "off"]
 """``"auto"``: spin-polarised when a magnetic element is present; ``"off"``: never."""
 
-EV_PER_GPA_A3 = 1.0 / 160.21766208
-"""1 GPa·Å³ in eV (1 GPa = 1/160.21766208 eV/Å³)."""
+EV_PER_GPA_A3: float = ase.units.GPa
+"""1 GPa·Å³ in eV (ASE's unit: 1 GPa = 1/160.21766208 eV/Å³)."""
 
 KBAR_PER_GPA = 10.0
 """pw.x ``press`` and VASP ``PSTRESS`` are in kbar."""

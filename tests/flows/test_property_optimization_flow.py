@@ -230,6 +230,10 @@ def test_optimize_property_relaxes_under_the_dataset_protocol(
     override, protocol = relaxed_under(dataset="carbon_24", protocol={"pressure_gpa": 0})
     assert protocol["pressure_gpa"] == 0.0 and protocol["dispersion"] == "d3bj"
     assert override["protocol"] == {"pressure_gpa": 0, "dataset": "carbon_24"}
+    # each protocol keeps its own summary record instead of overwriting the other's
+    assert override["doc_id"] != carbon["doc_id"]
+    assert carbon["paper"] == {"SR5": 0.0, "SR10": 0.06, "SR15": 0.06}
+    assert perov["paper"] == {"SR5": 0.52, "SR10": 0.65, "SR15": 0.79}
 
     calls.clear()
     with pytest.raises(ValueError, match="pressure"):

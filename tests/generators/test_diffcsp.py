@@ -190,9 +190,22 @@ def test_configs_follow_the_paper() -> None:
 def test_perov5_paper_net_has_the_original_parameter_count() -> None:
     # DiffCSP's published CSPNet for Perov-5 (4 x 256, 128 frequencies, CSP): 2,535,168
     # parameters; a lattice head with a bias would give 2,535,177.
+    # Its graph is fully connected with the self-pairs, as the original's ones(n, n).
     model = DiffCSP(load_config("diffcsp", "paper", "perov_5")["model"])
     assert sum(p.numel() for p in model.denoiser.parameters()) == 2_535_168
     assert model.denoiser.lattice_head.bias is None
+    assert model.denoiser.self_edges is True
+    crystals = [
+        Structure(
+            Lattice.cubic(3.9), ["Sr", "Ti", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]]
+        ),
+        Structure(Lattice.cubic(3.0), ["Si"], [[0.1, 0.2, 0.3]]),
+    ]
+    batch = structures_to_batch(crystals, ["three", "one"])
+    graph = model.denoiser.build_graph(batch.num_atoms, batch.batch)
+    pairs = sorted(map(tuple, graph.edge_index.t().tolist()))
+    # every ordered pair (j, i) of atoms of one crystal, (i, i) included: 3² + 1² edges
+    assert pairs == sorted([(j, i) for i in range(3) for j in range(3)] + [(3, 3)])
 
 
 def test_cspnet_self_edges_carry_the_lattice_to_a_single_atom() -> None:

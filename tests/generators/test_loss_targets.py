@@ -1,4 +1,4 @@
-"""Training losses of DiffCSP, CDVAE and DP-CDVAE against a computation by hand.
+"""Training losses of DiffCSP, CDVAE, DP-CDVAE and ContinuouSP against a computation by hand.
 
 The network is replaced by a known function, the random draws of the loss are replayed from
 the same seed, and the expected loss is recomputed in numpy from the papers' formulas
@@ -8,21 +8,28 @@ the true targets (they return a fraction of the exact target plus a smooth offse
 target with the wrong sign or scale changes the loss: each test also checks that the model's
 loss is far from the loss such an error would give (measured: the wrong-target losses are
 0.05 to 470 times the model's; the closest, CDVAE's flipped target, 1.46 times).
+
+The VAE heads (atom count, lattice, composition, KL) are checked with known encoder and head
+outputs against targets computed from pymatgen's lattice parameters; ContinuouSP's
+contrastive divergence against energies recomputed on the negatives its loss drew.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.data import Batch
 
 from generators.crystal import structures_to_batch
 from generators.models.cdvae import CDVAE
+from generators.models.continuousp import ContinuouSP
 from generators.models.diffcsp import DiffCSP
 from generators.models.dpcdvae import DPCDVAE
 
@@ -325,3 +332,186 @@ def test_dpcdvae_eps_loss_matches_the_hand_computed_target() -> None:
     _assert_far(got, coord_loss(-eps), "flipped ε")
     _assert_far(got, coord_loss(2 * eps), "doubled ε")
     _assert_far(got, coord_loss(math.sqrt(2) * spread * eps), "ε scaled by its std")
+
+
+# ----------------------------------------------------------------------------- VAE heads
+
+VAE_HEAD_WEIGHTS = {"cdvae": (1.0, 10.0, 1.0, 0.01), "dpcdvae": (1.0, 100.0, 1.0, 0.01)}
+"""cost_natom, cost_lattice, cost_composition and β of the papers (models.md §1 and §2)."""
+
+
+def _lattice_features(structures: list[Structure]) -> np.ndarray:
+    """Lengths / N^(1/3) and the angles α, β, γ (degrees), from pymatgen's lattice parameters."""
+    return np.array(
+        [[*(np.array(s.lattice.abc) / len(s) ** (1 / 3)), *s.lattice.angles] for s in structures]
+    )
+
+
+@pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
+def test_vae_head_losses_match_the_hand_computed_targets(model_name: str) -> None:
+    """natom = CE(atom-count logits, N) over crystals; lattice = MSE(prediction, (f − mean)/std)
+    with f = (a, b, c)/N^(1/3) and (α, β, γ) in degrees, mean and population std fitted on the
+    training crystals (a StandardScaler), not on the batch; composition = CE(composition
+    logits, Z − 1) per atom, mean per crystal then over crystals; KL to N(0, I) summed over the
+    latent, mean over crystals; loss = cost_natom·natom + cost_lattice·lattice +
+    cost_composition·composition + β·KL (the coordinate and type terms are zeroed here; their
+    targets are checked above). Encoder and heads are replaced by known outputs: the lattice
+    prediction is half the hand-computed target plus noise, the logits favour the true classes,
+    so that a target with a wrong sign, scale or class is far from the model's loss (measured:
+    1.5 to 2·10⁴ times it for the wrong targets below)."""
+    torch.manual_seed(0)
+    model = {"cdvae": CDVAE, "dpcdvae": DPCDVAE}[model_name](vae_config(model_name)["model"])
+    train = random_crystals(12, seed=31)
+    model.fit_statistics(structures_to_batch(train, [f"t{i}" for i in range(12)]))
+    crystals = random_crystals(6, seed=32)
+    batch = structures_to_batch(crystals, [f"c{i}" for i in range(6)])
+    count, crystal = len(crystals), batch.batch.numpy()
+    sizes = np.array([len(s) for s in crystals])
+    numbers = np.array([site.specie.Z for s in crystals for site in s])
+
+    train_features = _lattice_features(train)
+    mean, std = train_features.mean(0), train_features.std(0)  # population std
+    target = (_lattice_features(crystals) - mean) / std
+    rng = np.random.default_rng(5)
+    lattice_pred = 0.5 * target + 0.1 * rng.standard_normal(target.shape)
+    natom_logits = rng.standard_normal((count, model.max_atoms + 1))
+    natom_logits[np.arange(count), sizes] += 2.0
+    comp_logits = rng.standard_normal((count, 100))
+    np.add.at(comp_logits, (crystal, numbers - 1), 1.0)
+    mu = 0.3 * rng.standard_normal((count, model.latent_dim))
+    log_var = 0.2 * rng.standard_normal((count, model.latent_dim))
+
+    def tensor(x: np.ndarray) -> Tensor:
+        return torch.tensor(x, dtype=torch.float32)
+
+    model.encode = lambda _batch: (tensor(mu), tensor(log_var))  # type: ignore[method-assign]
+    model.predict_statistics = lambda _z: (  # type: ignore[method-assign]
+        tensor(natom_logits),
+        tensor(lattice_pred),
+        tensor(comp_logits),
+    )
+    model.denoising_loss = lambda *_args: {"coord": torch.zeros(()), "type": torch.zeros(())}  # type: ignore[method-assign]
+    terms = model.training_loss(batch, epoch=0)
+
+    def natom(labels: np.ndarray) -> float:
+        return float(_cross_entropy(natom_logits, labels).mean())
+
+    def lattice(target: np.ndarray) -> float:
+        return float(((lattice_pred - target) ** 2).mean())
+
+    def composition(labels: np.ndarray) -> float:
+        return _per_crystal_then_batch(_cross_entropy(comp_logits[crystal], labels), crystal, count)
+
+    kl = float((-0.5 * (1 + log_var - mu**2 - np.exp(log_var)).sum(1)).mean())
+    expected = {
+        "natom": natom(sizes),
+        "lattice": lattice(target),
+        "composition": composition(numbers - 1),
+        "kl": kl,
+    }
+    for key, value in expected.items():
+        assert float(terms[key]) == pytest.approx(value, rel=1e-5), key
+    weights = VAE_HEAD_WEIGHTS[model_name]
+    total = sum(w * expected[k] for w, k in zip(weights, expected, strict=True))
+    assert float(terms["loss"]) == pytest.approx(total, rel=1e-5)
+
+    # wrong targets would be seen
+    got = float(terms["lattice"])
+    _assert_far(got, lattice(-target), "flipped lattice target")
+    _assert_far(got, lattice(_lattice_features(crystals)), "unstandardised lattice")
+    raw = np.array([[*s.lattice.abc, *s.lattice.angles] for s in crystals])
+    raw_train = np.array([[*s.lattice.abc, *s.lattice.angles] for s in train])
+    unscaled = (raw - raw_train.mean(0)) / raw_train.std(0)
+    _assert_far(got, lattice(unscaled), "lengths not divided by N^(1/3)")
+    own = _lattice_features(crystals)
+    _assert_far(got, lattice((own - own.mean(0)) / own.std(0)), "scaler fitted on the batch")
+    _assert_far(float(terms["natom"]), natom(sizes - 1), "atom count off by one class")
+    _assert_far(float(terms["composition"]), composition(numbers), "Z instead of Z − 1")
+
+
+# ----------------------------------------------------------------------------- ContinuouSP
+
+CONTINUOUSP_TINY = {
+    "embedding_size": 16,
+    "edge_feat_size": 16,
+    "fc_size": 16,
+    "num_conv_layers": 2,
+    "num_fc_layers": 2,
+}
+"""A small energy network with the paper's structure (a spectral-normalised hidden layer)."""
+
+CD_LAMBDA = 0.1
+"""ContinuouSP's ``regularization_lambda`` (models.md §4)."""
+
+
+def _energy_of(model: ContinuouSP, structure: Structure) -> Tensor:
+    """The model's energy of one pymatgen structure, from its Cartesian coordinates."""
+    return model.energy(
+        torch.tensor(structure.cart_coords, dtype=torch.float64),
+        torch.tensor([site.specie.Z for site in structure]),
+        torch.tensor(structure.lattice.matrix, dtype=torch.float64)[None],
+        torch.tensor([len(structure)]),
+    )[0]
+
+
+def test_continuousp_loss_is_the_reference_contrastive_divergence() -> None:
+    """loss = mean E(real) − mean E(sample) + λ·(mean E(real)² + mean E(sample)²), λ = 0.1
+    (models.md §4): E(real) over the batch's crystals, E(sample) over the negatives the loss
+    drew by MALA. The chain's final states are captured, and every energy is recomputed here,
+    crystal by crystal, with the model's energy function (the real crystals from pymatgen's
+    Cartesian coordinates; the batch holds them in float32, hence rel 1e-6); the loss and its
+    gradients must equal the formula's, and the loss with the contrastive sign flipped must be
+    far from it (measured: −1.85 times the model's loss). The model is in eval mode, so that
+    the spectral normalisation's power iteration does not change the head's weights between
+    the loss and the recomputation."""
+    torch.manual_seed(0)
+    model = ContinuouSP({**CONTINUOUSP_TINY, "train_mcmc_steps": 3}).double().eval()
+    crystals = [
+        Structure(
+            Lattice.from_parameters(4.1, 4.6, 5.3, 81.0, 97.0, 104.0),
+            ["Sr", "Ti", "O", "O", "O"],
+            [[0.02, 0.03, 0.01], [0.51, 0.47, 0.55], [0.49, 0.11, 0.62], [0.13, 0.58, 0.41],
+             [0.71, 0.36, 0.09]],
+        ),
+        Structure(Lattice.cubic(3.2), ["Na", "Cl"], [[0.0, 0.0, 0.0], [0.47, 0.52, 0.5]]),
+    ]  # fmt: skip
+    batch = structures_to_batch(crystals, ["a", "b"])
+    batch.frac_coords, batch.lattice = batch.frac_coords.double(), batch.lattice.double()
+    chains: dict[str, Any] = {}
+    run_chains = model.run_chains
+
+    def capture(atom_types: Tensor, num_atoms: Tensor, **options: Any) -> Any:
+        result = run_chains(atom_types, num_atoms, **options)
+        chains.update(types=atom_types, counts=num_atoms, result=result)
+        return result
+
+    model.run_chains = capture  # type: ignore[method-assign]
+    terms = model.contrastive_divergence(batch, 3, torch.Generator().manual_seed(0))
+    model.zero_grad()
+    terms["loss"].backward()
+    loss_grads = [p.grad.clone() for p in model.parameters()]
+
+    negatives = []
+    result, start = chains["result"], 0
+    for b, n in enumerate(chains["counts"].tolist()):
+        negatives.append(
+            Structure(
+                Lattice(result.lattice[b].numpy()),
+                [int(z) for z in chains["types"][start : start + n]],
+                result.cart_coords[start : start + n].numpy(),
+                coords_are_cartesian=True,
+            )
+        )
+        start += n
+    assert len(negatives) == 2
+    real = torch.stack([_energy_of(model, s) for s in crystals])
+    sample = torch.stack([_energy_of(model, s) for s in negatives])
+    regulariser = (real**2).mean() + (sample**2).mean()
+    reference = real.mean() - sample.mean() + CD_LAMBDA * regulariser
+    assert float(terms["loss"].detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
+    model.zero_grad()
+    reference.backward()
+    for got, want in zip(loss_grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    flipped = sample.mean() - real.mean() + CD_LAMBDA * regulariser
+    _assert_far(float(terms["loss"].detach()), float(flipped.detach()), "E(sample) − E(real)")

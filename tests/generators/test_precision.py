@@ -135,5 +135,7 @@ def test_bf16_keeps_continuousp_mcmc_in_float32(tmp_path: Path, precision: str) 
     assert set(chain) == {(torch.float32, False)}
     expected = (torch.bfloat16, True) if precision == "bf16" else (torch.float32, False)
     assert set(loss) == {expected}
-    changed = [not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True)]
+    changed = [
+        not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True)
+    ]
     assert any(changed)

@@ -1,5 +1,8 @@
 """Prefect UI artifacts: metrics table, per-structure table, ΔE histogram, store location.
 
+Where the relaxations ran at ``p ≠ 0`` the per-structure table and the histogram are of ΔH, the
+enthalpy ``H = E + pV`` per atom (the rows' ``energy_quantity``), and their labels say so.
+
 Prefect 3.8.8's ``create_image_artifact`` takes an image *URL* only, and a file path on the
 worker is not a URL the browser can open. The histogram is therefore published as a markdown
 artifact that embeds the PNG as a ``data:image/png;base64`` URI (the UI renders it), and the PNG
@@ -46,6 +49,44 @@ def _cell(value: Any) -> Any:
 def table_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
     """Keep ``columns`` of each row (missing ones ``None``), floats rounded to 4 decimals."""
     return [{c: _cell(row.get(c)) for c in columns} for row in rows]
+
+
+def energy_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Labels of the per-structure table and the histogram: ΔE, or ΔH at ``p ≠ 0``.
+
+    ΔH (enthalpy ``H = E + pV`` per atom) where any row's relaxation ran at ``p ≠ 0``, the rule of
+    the nightly table and the main job's report
+    (:func:`analysis.stability_experiment.energy_quantity`).
+
+    Parameters
+    ----------
+    rows
+        Per-structure rows of ``flows.tasks.analyze_task`` (``energy_quantity``,
+        ``pressure_gpa``).
+
+    Returns
+    -------
+    dict
+        ``quantity`` (``"E"`` or ``"H"``), ``table_description``, ``xlabel``, ``title`` (after
+        the run's prefix), ``heading`` (of the markdown artifact) and ``description`` (of the
+        histogram artifact).
+    """
+    from analysis.stability_experiment import energy_quantity, pressures
+
+    q = energy_quantity(rows)
+    drop = "energy drop"
+    if q == "H":
+        at = ", ".join(f"{p:g}" for p in pressures(rows) if p)
+        drop = f"enthalpy drop (H = E + pV per atom at {f'{at} GPa' if at else 'p ≠ 0'})"
+    return {
+        "quantity": q,
+        "table_description": f"Per-structure Δ{q} (meV/atom, initial − relaxed), RMSD and ΔV"
+        + ("" if q == "E" else f"; Δ{q} is the {drop}"),
+        "xlabel": f"Δ{q} = {q}(initial) − {q}(relaxed), meV/atom",
+        "title": f"Δ{q}",
+        "heading": f"Δ{q} histogram",
+        "description": f"Histogram of the {drop} on relaxation",
+    }
 
 
 def histogram_png(values: list[float], xlabel: str, title: str) -> bytes:
@@ -128,10 +169,11 @@ def publish_run_artifacts(
         for m in metrics
     ]
     create_table_artifact(metric_rows, key=keys["metrics"], description="Stability metrics")
+    labels = energy_labels(rows)
     create_table_artifact(
         table_rows(rows, PER_STRUCTURE_COLUMNS),
         key=keys["per_structure"],
-        description="Per-structure ΔE (meV/atom, initial − relaxed), RMSD and ΔV",
+        description=labels["table_description"],
     )
     values = [
         float(r["delta_e_mev_per_atom"])
@@ -139,7 +181,7 @@ def publish_run_artifacts(
         if r.get("delta_e_mev_per_atom") is not None
         and math.isfinite(float(r["delta_e_mev_per_atom"]))
     ]
-    png = histogram_png(values, "ΔE = E(initial) − E(relaxed), meV/atom", f"{prefix}: ΔE")
+    png = histogram_png(values, labels["xlabel"], f"{prefix}: {labels['title']}")
     report_dir.mkdir(parents=True, exist_ok=True)
     png_path = report_dir / "delta_e_histogram.png"
     png_path.write_bytes(png)
@@ -147,10 +189,10 @@ def publish_run_artifacts(
     rows_csv = write_csv(report_dir / "per_structure.csv", table_rows(rows, PER_STRUCTURE_COLUMNS))
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
     create_markdown_artifact(
-        f"### ΔE histogram ({len(values)} structures)\n\n![delta-e histogram]({data_uri})\n\n"
-        f"PNG file: `{png_path}`\n",
+        f"### {labels['heading']} ({len(values)} structures)\n\n"
+        f"![delta-e histogram]({data_uri})\n\nPNG file: `{png_path}`\n",
         key=keys["histogram"],
-        description="Histogram of the energy drop on relaxation",
+        description=labels["description"],
     )
     lines = ["### Where the documents are", "", "| store | type | location |", "|---|---|---|"]
     for role in ("docs", "data"):

@@ -331,6 +331,8 @@ def format_report(
         store are. Energy differences are ΔE, or ΔH (enthalpy ``E + pV`` per atom) where the
         relaxations ran at ``p ≠ 0``.
     """
+    from flows.artifacts import energy_labels
+
     energy = report_energy_quantity(result.get("rows", []), floor)
     lines = [
         "",
@@ -380,13 +382,14 @@ def format_report(
             + (f"  {row['error'][:60]}" if row.get("error") else "")
         )
     artifacts = result.get("artifacts", {})
+    histogram = energy_labels(result.get("rows", []))["heading"]  # the PNG's own quantity
     store = result.get("store", {})
     lines += [
         "",
         "where things are:",
         f"  metrics table          {artifacts.get('metrics_csv')}",
         f"  per-structure table    {artifacts.get('per_structure_csv')}",
-        f"  ΔE histogram (PNG)     {artifacts.get('histogram_png')}",
+        f"  {histogram + ' (PNG)':23s}{artifacts.get('histogram_png')}",
         f"  result store           {store.get('docs', {})}",
         f"  documents              {store.get('counts', {})}",
         "  list/export them with  .venv/bin/dftloop results list | export FILE.csv|FILE.extxyz",

@@ -642,8 +642,9 @@ def add_relax_outcome(row: dict[str, Any], analysis: dict[str, Any]) -> None:
     row
         The model's row; gets the :data:`STABILITY_METRIC_KEYS` there are, ``energy_quantity``
         (``"H"`` when the relaxations ran at ``p ≠ 0``: the ΔE figures are then ΔH, else
-        ``"E"``), ``n_relaxed`` (samples compared with a relaxed structure) and, when that is
-        not every sample, ``notes["relax"]`` from :func:`relax_outcome_note`.
+        ``"E"``), ``settings_hash`` (the relaxer settings the relaxations were looked up by,
+        as the ``test split`` row's), ``n_relaxed`` (samples compared with a relaxed structure)
+        and, when that is not every sample, ``notes["relax"]`` from :func:`relax_outcome_note`.
     analysis
         What ``flows.pipeline.analyze`` returned (``metrics``, ``rows``).
     """
@@ -653,6 +654,9 @@ def add_relax_outcome(row: dict[str, Any], analysis: dict[str, Any]) -> None:
     row.update({k: metrics[k] for k in STABILITY_METRIC_KEYS if k in metrics})
     rows = analysis["rows"]
     row["energy_quantity"] = energy_quantity(rows)
+    hashes = {r["settings_hash"] for r in rows if r.get("settings_hash")}
+    if len(hashes) == 1:
+        [row["settings_hash"]] = hashes
     row["n_relaxed"] = sum(1 for r in rows if _compared(r))
     note = relax_outcome_note(rows)
     if note:
@@ -671,13 +675,21 @@ def _sun_stage(
 
     The hull reference is the first ``sun_reference`` training structures relaxed with the same
     relaxer (``analysis.hull``: every element needs an elemental entry, so a dataset without
-    elemental structures gives no hull and the note says which element is missing). Novelty is
-    against the whole training split (one ``NoveltyReference`` per dataset and flow run, kept in
-    ``novelty_cache``).
+    elemental structures gives no hull and the note says which element is missing). Hull and
+    samples are compared as the stability experiment compares them
+    (:func:`analysis.hull_references.reference_hull`,
+    :func:`analysis.stability_rows.hull_energies`): by energy per atom at zero pressure, by
+    enthalpy ``H = E + pV`` per atom where the relaxations ran at ``p ≠ 0`` (carbon_24: 10 GPa),
+    so ``E_hull`` is then ``H_hull``. Novelty is against the whole training split (one
+    ``NoveltyReference`` per dataset and flow run, kept in ``novelty_cache``).
+
+    ``row`` gets ``sun_rate``, ``sun`` (the counts), ``sun_definition``, ``sun_energy_quantity``
+    (``"E"`` or ``"H"``) and ``sun_above_hull_eV`` (``{sample id: E_hull or H_hull}``, eV/atom,
+    ``None`` where there is none).
     """
     relaxer, relaxer_settings, cluster_kwargs = relax_spec
     try:
-        from analysis.hull import build_hull, energy_above_hull, reference_entries
+        from analysis.hull_references import reference_hull
         from analysis.sun import NoveltyReference, sun_flags, sun_rate
     except ImportError as exc:
         row["notes"]["sun_rate"] = f"analysis.sun / analysis.hull not available ({exc})"
@@ -690,6 +702,8 @@ def _sun_stage(
         return
     from pymatgen.core import Structure
 
+    from analysis.enthalpy import pressure_gpa, quantity_symbol
+    from analysis.stability_rows import hull_energies, usable, usable_energy
     from flows.hashing import structure_hash
     from flows.relax_stage import relax_samples
     from flows.store import Provenance, ResultStore
@@ -707,42 +721,32 @@ def _sun_stage(
         cluster_kwargs=cluster_kwargs,
     )
     settings_hash = describe_relaxer(relaxer, relaxer_settings)["settings_hash"]
-    ref_hashes = [(r.material_id, structure_hash(r.structure)) for r in refs]
+    ref_hashes = {r.material_id: structure_hash(r.structure) for r in refs}
     items, _ = load_sample_items(sample_dir)
     with ResultStore(home=home) as store:
-        ref_docs = store.get_relaxations([h for _, h in ref_hashes], settings_hash)
+        found = store.get_relaxations(list(ref_hashes.values()), settings_hash)
         docs = store.get_relaxations([structure_hash(s) for _, s in items], settings_hash)
-    ref_ok = [
-        (sid, ref_docs[h])
-        for sid, h in ref_hashes
-        if h in ref_docs and ref_docs[h].get("final_structure") and not ref_docs[h].get("error")
-    ]
-    try:
-        hull = build_hull(
-            reference_entries(
-                [Structure.from_dict(d["final_structure"]) for _, d in ref_ok],
-                [d.get("final_energy_per_atom_eV") for _, d in ref_ok],
-                ids=[sid for sid, _ in ref_ok],
-            )
-        )
-    except ValueError as exc:
+    ref_docs = {mid: found.get(h) for mid, h in ref_hashes.items()}
+    hull, hull_info = reference_hull([(r.material_id, r.structure) for r in refs], ref_docs)
+    n_ref = sum(1 for e in hull_info["entries"].values() if e["energy_per_atom_eV"] is not None)
+    if hull is None:
         row["notes"]["sun_rate"] = (
-            f"no reference hull from {len(ref_ok)} relaxed training structures: {exc}"
+            f"no reference hull from {n_ref} relaxed training structures: {hull_info['error']}"
         )
         return
-    ids, relaxed, e_hull, outside = [], [], [], 0
+    ids, relaxed, energies, used = [], [], [], []
     for sid, structure in items:
         doc = docs.get(structure_hash(structure))
-        if not doc or doc.get("error") or not doc.get("final_structure"):
+        if not usable(doc):
             continue
-        final = Structure.from_dict(doc["final_structure"])
         ids.append(sid)
-        relaxed.append(final)
-        try:
-            e_hull.append(energy_above_hull(final, doc["final_energy_per_atom_eV"], hull))
-        except ValueError:  # outside the reference's chemical system: stability unknown
-            e_hull.append(None)
-            outside += 1
+        relaxed.append(Structure.from_dict(doc["final_structure"]))
+        energies.append(usable_energy(doc, structure))
+        used.append(doc)
+    e_hull, reasons = hull_energies(relaxed, energies, hull)
+    outside = sum(1 for reason in reasons if reason is not None)
+    p_gpa = max((pressure_gpa(d) for d in [*used, *ref_docs.values()] if d), key=abs, default=0.0)
+    q = quantity_symbol(p_gpa)
     if dataset not in novelty_cache:
         train = load_split(dataset, "train", progress=False).records
         novelty_cache[dataset] = NoveltyReference(
@@ -752,11 +756,14 @@ def _sun_stage(
     summary = sun_rate(sun_flags(relaxed, e_hull, reference, ids=ids))
     row["sun_rate"] = summary["rate"]
     row["sun"] = {k: v for k, v in summary.items() if k != "thresholds"}
+    row["sun_energy_quantity"] = q
+    row["sun_above_hull_eV"] = dict(zip(ids, e_hull, strict=True))
+    enthalpy = f" (enthalpy H = E + pV per atom at {p_gpa:g} GPa)" if q == "H" else ""
     row["sun_definition"] = (
-        f"MatterGen S.U.N. over {summary['n']} relaxed samples: stable E_hull < "
-        f"{summary['thresholds'].get('stability_threshold_eV')} eV/atom against {len(ref_ok)} "
-        f"{dataset} training structures relaxed with {relaxer} ({outside} outside its chemical "
-        f"system: not stable); unique in the batch; novel against {reference.n_structures} "
-        "training structures (StructureMatcher defaults)"
+        f"MatterGen S.U.N. over {summary['n']} relaxed samples: stable {q}_hull < "
+        f"{summary['thresholds'].get('stability_threshold_eV')} eV/atom{enthalpy} against "
+        f"{n_ref} {dataset} training structures relaxed with {relaxer} ({outside} outside its "
+        "chemical system: not stable); unique in the batch; novel against "
+        f"{reference.n_structures} training structures (StructureMatcher defaults)"
     )
     row["notes"]["sun_rate"] = row["sun_definition"]

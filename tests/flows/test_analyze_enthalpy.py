@@ -1,6 +1,7 @@
-"""At p ≠ 0 the generate-and-relax analysis, the nightly table and the main job compare enthalpies
-per atom (ΔH, as the stability experiment and the dataset floor do) and say so in their headers;
-at p = 0 they compare energies exactly as before (ΔE)."""
+"""At p ≠ 0 the generate-and-relax analysis, the nightly table and its S.U.N. hull and the main job
+compare enthalpies per atom (ΔH, H_hull, as the stability experiment and the dataset floor do)
+and say so in their headers, artifacts and report lines; at p = 0 they compare energies exactly
+as before (ΔE, E_hull)."""
 
 from __future__ import annotations
 
@@ -209,3 +210,165 @@ def test_nightly_and_main_job_headers_name_the_quantity(
     assert f"per structure (Δ{symbol} = {symbol}(sample) − {symbol}(relaxed)" in report
     s0 = next(ln for ln in report.splitlines() if ln.strip().startswith("s0 "))
     assert f"Δ{symbol} {rows[0]['delta_e_mev_per_atom']:9.1f}" in s0
+    result["artifacts"] = {"histogram_png": "h.png"}
+    report = format_report(result, params, 1.0)
+    assert f"\n  Δ{symbol} histogram (PNG)     h.png\n" in report
+    assert f"Δ{other} histogram" not in report
+
+
+@pytest.mark.parametrize(("p_gpa", "symbol"), [(P_GPA, "H"), (0.0, "E")])
+def test_relaxation_artifacts_name_the_quantity(
+    harness: None, tmp_path: Path, p_gpa: float, symbol: str
+) -> None:
+    """The per-structure table, the histogram artifact and the PNG's labels say ΔH at 10 GPa."""
+    from prefect import flow
+
+    from analysis.stability import summarize_stability
+    from flows.artifacts import energy_labels, publish_run_artifacts
+
+    from .conftest import run_artifacts
+
+    rows = _analyze(tmp_path, p_gpa)
+    metrics = [m.to_dict() for m in summarize_stability(rows)]
+
+    @flow
+    def publish() -> dict[str, str]:
+        return publish_run_artifacts("t", metrics, rows, {}, tmp_path / "report")
+
+    state = publish(return_state=True)
+    keys = state.result()
+    artifacts = run_artifacts(str(state.state_details.flow_run_id))
+    table = artifacts[keys["per_structure"]].description
+    histogram = artifacts[keys["histogram"]]
+    assert table.startswith(f"Per-structure Δ{symbol} (meV/atom, initial − relaxed)")
+    assert str(histogram.data).startswith(f"### Δ{symbol} histogram (2 structures)")
+    labels = energy_labels(rows)
+    assert labels["title"] == f"Δ{symbol}"
+    assert labels["xlabel"] == f"Δ{symbol} = {symbol}(initial) − {symbol}(relaxed), meV/atom"
+    if symbol == "H":
+        assert table.endswith("; ΔH is the enthalpy drop (H = E + pV per atom at 10 GPa)")
+        assert histogram.description == (
+            "Histogram of the enthalpy drop (H = E + pV per atom at 10 GPa) on relaxation"
+        )
+    else:
+        assert table == "Per-structure ΔE (meV/atom, initial − relaxed), RMSD and ΔV"
+        assert histogram.description == "Histogram of the energy drop on relaxation"
+
+
+SUN_REFS = {0: (6.0, -9.0), 1: (8.0, -9.05)}
+"""Hull references (the first two carbon_24 training structures) after relaxation: volume per
+atom (Å³) and energy per atom (eV). By energy the hull is reference 1, by enthalpy at 10 GPa
+reference 0 (H/N = −8.62551 against −8.55068 eV)."""
+SUN_SAMPLES = {"a": (4.5, -8.93), "b": (10.0, -9.10), "c": (5.0, -8.97)}
+"""Relaxed samples: volume per atom (Å³), energy per atom (eV). ``a`` is 0.12 eV/atom above the
+hull by energy (not stable) but 0.024 below it by enthalpy at 10 GPa; ``b`` is 0.05 below it by
+energy and 0.150 above it by enthalpy (not stable); ``c`` is stable both ways (0.08 above by
+energy, 0.032 below by enthalpy)."""
+
+
+def _carbon(v_per_atom: float, shift: float = 0.0) -> Structure:
+    """Two carbon atoms in a cubic cell of ``2 v_per_atom`` Å³ (``shift``: a distinct input)."""
+    a = (2 * v_per_atom) ** (1 / 3)
+    return Structure(Lattice.cubic(a), ["C", "C"], [[0, 0, 0], [0.5, 0.5, 0.5 + shift]])
+
+
+def _carbon_result(sid: str, v_per_atom: float, e_per_atom: float, settings_hash: str) -> Any:
+    """A relaxation ending in :func:`_carbon` ``(v_per_atom)`` at ``e_per_atom`` eV/atom."""
+    from relax.base import RelaxResult
+
+    return RelaxResult(
+        structure_id=sid,
+        relaxer="chgnet",
+        settings_hash=settings_hash,
+        final_structure=_carbon(v_per_atom).as_dict(),
+        final_energy_eV=2 * e_per_atom,
+        final_energy_per_atom_eV=e_per_atom,
+        converged=True,
+    )
+
+
+def _sun_row(tmp_path: Path, p_gpa: float) -> dict[str, Any]:
+    """Store hand-made relaxations of the hull references and three samples at ``p_gpa``
+    (references with the relaxer's enthalpies, samples with the pressure only), then run the
+    nightly S.U.N. step on them (nothing is relaxed: every document is in the store)."""
+    from prefect import flow
+
+    from analysis.sun import NoveltyReference
+    from dftloop_io.samples import SampleRecord, write_chunk, write_index
+    from flows.hashing import structure_hash
+    from flows.nightly import _sun_stage
+    from flows.protocol_settings import stage_settings
+    from flows.store import Provenance, ResultStore
+    from flows.tasks import describe_relaxer
+    from generators.data import load_split
+
+    from .conftest import TINY_CHGNET
+
+    [settings] = stage_settings("carbon_24", {"pressure_gpa": p_gpa}, TINY_CHGNET)
+    settings_hash = describe_relaxer("chgnet", settings)["settings_hash"]
+    refs = load_split("carbon_24", "train", limit=len(SUN_REFS), progress=False).records
+    inputs = {sid: _carbon(7.0, 0.01 * (i + 1)) for i, sid in enumerate(SUN_SAMPLES)}
+    sample_dir = tmp_path / f"sun-samples-{p_gpa:g}"
+    chunk = write_chunk(sample_dir, 0, [SampleRecord(sid, s) for sid, s in inputs.items()])
+    index = {"model": "cdvae", "dataset": "carbon_24", "mode": "generate", "chunks": [chunk]}
+    write_index(sample_dir, index)
+    docs = [
+        (
+            structure_hash(refs[i].structure),
+            _carbon_result(refs[i].material_id, v, e, settings_hash).with_enthalpy(p_gpa, None),
+        )
+        for i, (v, e) in SUN_REFS.items()
+    ]
+    for sid, (v, e) in SUN_SAMPLES.items():
+        doc = _carbon_result(sid, v, e, settings_hash).model_copy(update={"pressure_gpa": p_gpa})
+        docs.append((structure_hash(inputs[sid]), doc))
+    home = str(tmp_path / "home")
+    prov = Provenance(model="cdvae", dataset="carbon_24", relaxer="chgnet")
+    with ResultStore(home=home) as store:
+        store.put_relaxations(docs, prov)
+    train = NoveltyReference([r.structure for r in refs], ids=[r.material_id for r in refs])
+
+    @flow
+    def sun() -> dict[str, Any]:
+        row: dict[str, Any] = {"model": "cdvae", "dataset": "carbon_24", "notes": {}}
+        spec = ("chgnet", settings, None)
+        _sun_stage(row, str(sample_dir), spec, home, len(SUN_REFS), {"carbon_24": train})
+        return row
+
+    return sun()
+
+
+def test_nightly_sun_compares_enthalpies_at_10_gpa(harness: None, tmp_path: Path) -> None:
+    """At 10 GPa the S.U.N. hull and the samples' distances to it are enthalpies per atom: the
+    reference on the hull changes, and a sample above the hull by energy is stable by enthalpy
+    and the other way round."""
+    row = _sun_row(tmp_path, P_GPA)
+    hull = min(_h(e, (2 * v) ** (1 / 3)) for v, e in SUN_REFS.values())
+    assert hull == pytest.approx(_h(SUN_REFS[0][1], 12 ** (1 / 3)))  # not the energy's minimum
+    by_hand = {sid: _h(e, (2 * v) ** (1 / 3)) - hull for sid, (v, e) in SUN_SAMPLES.items()}
+    assert by_hand == pytest.approx({"a": -0.02362, "b": 0.14966, "c": -0.03242}, abs=1e-5)
+    assert row["sun_energy_quantity"] == "H"
+    assert row["sun_above_hull_eV"] == pytest.approx(by_hand, rel=1e-6)
+    # stable (< 0.1 eV/atom) and strictly stable (<= 0): a and c, not b
+    assert row["sun"]["n"] == 3 and row["sun"]["n_stable"] == 2
+    assert row["sun"]["n_stable_strict"] == 2
+    assert (
+        "stable H_hull < 0.1 eV/atom (enthalpy H = E + pV per atom at 10 GPa) against 2 "
+        in (row["notes"]["sun_rate"])
+    )
+    assert "(0 outside its chemical system" in row["notes"]["sun_rate"]
+
+
+def test_nightly_sun_at_zero_pressure_compares_energies(harness: None, tmp_path: Path) -> None:
+    row = _sun_row(tmp_path, 0.0)
+    hull = min(e for _, e in SUN_REFS.values())
+    by_hand = {sid: e - hull for sid, (_, e) in SUN_SAMPLES.items()}
+    assert by_hand == pytest.approx({"a": 0.12, "b": -0.05, "c": 0.08})
+    assert row["sun_energy_quantity"] == "E"
+    assert row["sun_above_hull_eV"] == pytest.approx(by_hand, abs=1e-9)
+    # stable: b and c; strictly stable: b only
+    assert row["sun"]["n_stable"] == 2 and row["sun"]["n_stable_strict"] == 1
+    assert (
+        "stable E_hull < 0.1 eV/atom against 2 carbon_24 training structures"
+        in (row["notes"]["sun_rate"])
+    )

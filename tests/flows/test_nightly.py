@@ -59,8 +59,7 @@ def test_nightly_table_artifacts_and_docs_block(
     assert diffcsp["status"] == "partial: csp failed; generation, relax not run", diffcsp
     generate_dir = tmp_path / "checkpoints" / "diffcsp" / "perov_5" / "cpu-small-generate"
     assert diffcsp["notes"]["generation"] == (
-        f"not run: no checkpoint in {generate_dir} (run train-generator or pass "
-        "train_missing=true)"
+        f"not run: no checkpoint in {generate_dir} (run train-generator or pass train_missing=true)"
     )
     [report] = (tmp_path / "reports" / "nightly").glob("perov_5-cpu-small-*.json")
     assert [r["model"] for r in json.loads(report.read_text())] == list(GENERATORS)
@@ -87,6 +86,90 @@ def test_nightly_table_artifacts_and_docs_block(
     assert table.type == "table" and "match_rate_paper" in str(table.data)
     assert "52.02" in str(table.data) and "no checkpoint" in str(table.data)
     assert markdown.type == "markdown" and "| – / 52.02 | – / 0.0760 |" in str(markdown.data)
+
+
+def test_relaxing_nightly_appends_the_test_split_row_with_the_models_settings(
+    harness: None, tmp_path: Path
+) -> None:
+    """relax=True: the models' samples and as many random test-split structures are relaxed with
+    one relaxer setting (protocol included, one settings hash), and the ``test split`` row is in
+    the table beside the model's, its ΔH by hand from the stored relaxations.
+
+    Real throughout: the shipped DiffCSP perov_5 CSP checkpoint (50 sampling steps, 2 targets),
+    CHGNet with a few steps, the 10 GPa protocol given as an override so that the hash and the
+    enthalpies are tested (~20 s in the flow on the 2-core box).
+    """
+    from statistics import mean
+
+    from pymatgen.core import Structure
+
+    from analysis.enthalpy import EV_PER_GPA_A3
+    from flows.floor import floor_structures
+    from flows.hashing import structure_hash
+    from flows.nightly import nightly_benchmark
+    from flows.protocol_settings import stage_settings
+    from flows.store import ResultStore
+    from flows.tasks import describe_relaxer
+
+    from .conftest import TINY_CHGNET
+
+    p_gpa = 10.0
+    rows = nightly_benchmark(
+        dataset="perov_5",
+        scale="cpu-small",
+        n=2,
+        models=["diffcsp"],
+        generate=False,
+        eval_limit=2,
+        eval_coverage=False,
+        sample_steps=50,
+        relaxer_settings=TINY_CHGNET,
+        protocol={"pressure_gpa": p_gpa},
+        cluster_kwargs={"processes": False},
+        home=str(tmp_path),
+    )
+    assert [r["model"] for r in rows] == ["diffcsp", "test split"]
+    model, floor = rows
+    assert model["checkpoint"] == "diffcsp-perov5-csp" and model["relaxed_samples"] == "csp"
+    assert model["n_relaxed"] == 2 and floor["n_relaxed"] == 2 and floor["status"] == "ok"
+    assert floor["relaxer"] == model["relaxer"] == "chgnet"
+
+    # one settings hash, that of the models' stage at 10 GPa (not the dataset's 0 GPa one)
+    [settings] = stage_settings("perov_5", {"pressure_gpa": p_gpa}, TINY_CHGNET)
+    [at_zero] = stage_settings("perov_5", None, TINY_CHGNET)
+    expected = describe_relaxer("chgnet", settings)["settings_hash"]
+    assert expected != describe_relaxer("chgnet", at_zero)["settings_hash"]
+    assert model["settings_hash"] == floor["settings_hash"] == expected
+
+    # the floor's mean ΔH by hand: E/N + p V/N of the test structures as given and as relaxed,
+    # from the documents stored under that hash
+    items = floor_structures("perov_5", 2, split="test", selection="random", seed=0)
+    with ResultStore(home=str(tmp_path)) as store:
+        docs = store.get_relaxations([structure_hash(s) for _, s in items], expected)
+    by_hand = []
+    for _, structure in items:
+        doc = docs[structure_hash(structure)]
+        final = Structure.from_dict(doc["final_structure"])
+        pv0 = p_gpa * EV_PER_GPA_A3 * structure.volume / len(structure)
+        pv1 = p_gpa * EV_PER_GPA_A3 * final.volume / len(final)
+        h0, h1 = doc["initial_energy_per_atom_eV"] + pv0, doc["final_energy_per_atom_eV"] + pv1
+        by_hand.append(1000 * (h0 - h1))
+    assert floor["energy_quantity"] == model["energy_quantity"] == "H"
+    assert floor["mean_delta_e_mev_per_atom"] == pytest.approx(mean(by_hand), rel=1e-6)
+
+    # the markdown table (report file): the test split row with its ΔH, under a ΔH header
+    [report] = (tmp_path / "reports" / "nightly").glob("perov_5-cpu-small-*.md")
+    lines = report.read_text().splitlines()
+    header = [c.strip() for c in next(ln for ln in lines if ln.startswith("| model")).split("|")]
+    cells = [
+        c.strip() for c in next(ln for ln in lines if ln.startswith("| test split |")).split("|")
+    ]
+    assert cells[header.index("status")] == "ok" and cells[header.index("n")] == "2"
+    assert cells[header.index("ΔH meV/atom")] == f"{mean(by_hand):.1f}"
+    assert any(ln.startswith("- test split: relax: 2 random perov_5 test-split") for ln in lines)
+    [saved] = (tmp_path / "reports" / "nightly").glob("perov_5-cpu-small-*.json")
+    hashes = {r["model"]: r.get("settings_hash") for r in json.loads(saved.read_text())}
+    assert hashes == {"diffcsp": expected, "test split": expected}
 
 
 def test_row_status_and_the_relaxed_sample_set() -> None:
@@ -232,8 +315,9 @@ def test_reasons_are_grouped_by_kind_with_their_numbers_as_ranges() -> None:
 
 @pytest.mark.slow
 def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
-    """The S.U.N. glue: samples relaxed with CHGNet, a hull of 4 relaxed training structures,
-    novelty against a (small, prebuilt) training reference; thresholds written beside it.
+    """The S.U.N. glue: samples relaxed with CHGNet under carbon_24's protocol (10 GPa: ΔH and
+    H_hull), a hull of 4 relaxed training structures, novelty against a (small, prebuilt)
+    training reference; thresholds written beside it.
 
     Slow: 314 s (call) under `nice -n 10` at load average ~13 on the 2-core box (7 CHGNet
     relaxations of carbon_24 cells in the flow process).
@@ -242,6 +326,7 @@ def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
 
     from analysis.sun import NoveltyReference
     from flows.nightly import _relax_and_analyze, _sun_stage
+    from flows.protocol_settings import stage_settings
     from flows.smoke_model import sample_from_dataset
     from generators.data import load_split
 
@@ -254,7 +339,8 @@ def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
             [r.structure for r in train], ids=[r.material_id for r in train]
         )
     }
-    spec = ("chgnet", TINY_CHGNET, {"processes": False})
+    [settings] = stage_settings("carbon_24", None, TINY_CHGNET)  # 10 GPa, D3(BJ), as the flow
+    spec = ("chgnet", settings, {"processes": False})
 
     @flow
     def run() -> dict:
@@ -271,5 +357,9 @@ def test_sun_stage_on_relaxed_carbon(harness: None, tmp_path: Path) -> None:
     # val structures are not in the first 30 training structures; rattled copies differ
     assert row["sun"]["n_novel"] == 3 and row["sun"]["n_unique"] == 3
     note = row["notes"]["sun_rate"]
-    assert "stable E_hull < 0.1 eV/atom against 4 carbon_24 training structures" in note
+    assert row["energy_quantity"] == row["sun_energy_quantity"] == "H"
+    assert (
+        "stable H_hull < 0.1 eV/atom (enthalpy H = E + pV per atom at 10 GPa) against 4 "
+        "carbon_24 training structures" in note
+    )
     assert "relaxed with chgnet" in note and "novel against 30 training structures" in note

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from analysis.stability import compare_models
+from analysis.stability_limitations import row_counts
 from analysis.stability_rows import DATASET_LABEL, hull_energies, row_structure, values_of
 from analysis.structure_metrics import (
     carbon_hybridisation,
@@ -402,7 +403,9 @@ def summarise_rows(
         ``per_model`` (:func:`analysis.stability.summarize_by_model` over
         :data:`SUMMARY_KEYS`), ``structures`` (:func:`structure_summary`), ``comparisons``
         (:func:`model_comparisons`), ``energy_quantity`` and ``pressures_gpa`` per method
-        (``"force_field"``, ``"dft"``) and ``dft_cost`` (:func:`dft_cost_by_size`).
+        (``"force_field"``, ``"dft"``), ``dft_cost`` (:func:`dft_cost_by_size`) and ``counts``
+        (:func:`analysis.stability_limitations.row_counts`: structures, failures and DFT outcomes
+        per row).
     """
     from analysis.stability import summarize_by_model
 
@@ -418,4 +421,5 @@ def summarise_rows(
         },
         "pressures_gpa": {"force_field": pressures(rows), "dft": pressures(rows, "dft_")},
         "dft_cost": dft_cost_by_size(rows),
+        "counts": row_counts(rows, models),
     }

@@ -3,7 +3,8 @@
 The report directory holds ``rows.json`` (one row per generated or test-split structure),
 ``summary.json`` (per-model summaries, structure summaries, model differences, S.U.N. rates,
 reference hull, settings, timings, tables), ``report.md`` (the tables in markdown with the
-plots and the statements they support) and the PNG plots.
+plots, the statements they support and a "Limitations" section generated from the summary,
+:mod:`analysis.stability_limitations`) and the PNG plots.
 
 Column names say what was compared: ``ΔE`` where the relaxations ran at zero pressure, ``ΔH``
 (enthalpy ``H = E + pV`` per atom) where they ran at ``p ≠ 0``.
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from analysis.stability_limitations import limitations_lines
 from analysis.stability_rows import DFT_PATHS, public_row
 
 PAPER_DELTA_E_DIFFERENCE_MEV = -68.1
@@ -399,7 +401,7 @@ def _dft_text(summary: Mapping[str, Any]) -> str:
 def render_report(
     summary: Mapping[str, Any], tables: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> str:
-    """The ``report.md`` text: settings, tables, the paper's figure, power, plots, notes.
+    """The ``report.md`` text: settings, tables, the paper's figure, power, plots, limitations.
 
     Parameters
     ----------
@@ -491,6 +493,7 @@ def render_report(
     if not_started:
         lines += ["", "## DFT not started", ""]
         lines += [f"- {m}: {', '.join(ids)}" for m, ids in not_started.items()]
+    lines += ["", *limitations_lines(s)]
     lines += ["", "## Settings", "", "```json", json.dumps(s.get("settings"), indent=1), "```"]
     if s.get("model_errors"):
         lines += ["", "## Models that did not finish", ""]

@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 
 from analysis.dft_subset import DFT_SELECTIONS, select_for_dft
 from analysis.stability_rows import DATASET_LABEL, DFT_PATHS
+from flows.experiment_scope import describe_checkpoint, dft_subset_record, protocol_record
 from flows.experiment_steps import (
     DEFAULT_DFT_SETTINGS,
     ModelRun,
@@ -166,13 +167,44 @@ def _reference_hulls(
 
 def _choose_dft_subsets(
     runs: dict[str, ModelRun], k: int, selection: str, seed: int, max_sites: int | None
-) -> None:
-    """Step 4: the structures of each model (and of the floor) that get DFT."""
+) -> dict[str, dict[str, int]]:
+    """Step 4: the structures of each model (and of the floor) that get DFT.
+
+    Returns ``{model: {"n_candidates", "n_eligible", "n_chosen"}}``
+    (:func:`flows.experiment_scope.dft_subset_record`).
+    """
     from analysis.stability_experiment import dft_candidates
 
+    subsets = {}
     for model, mr in runs.items():
-        mr.chosen = select_for_dft(dft_candidates(mr.rows), k, selection, seed, max_sites=max_sites)
+        candidates = dft_candidates(mr.rows)
+        mr.chosen = select_for_dft(candidates, k, selection, seed, max_sites=max_sites)
+        subsets[model] = dft_subset_record(candidates, mr.chosen, max_sites)
         get_run_logger().info("%s: DFT for %s", model, ", ".join(mr.chosen))
+    return subsets
+
+
+def _checkpoint_records(
+    runs: dict[str, ModelRun], models: list[str], params: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The checkpoint of every sampled model, with its training budget (Limitations)."""
+    given = params["checkpoints"] or {}
+    out = {}
+    for model in models:
+        if model not in runs:
+            continue
+        try:
+            out[model] = describe_checkpoint(
+                model,
+                runs[model].checkpoint,
+                params["dataset"],
+                bool(given.get(model)),
+                params["train"],
+            )
+        except Exception as exc:  # an unreadable registry leaves the report standing
+            get_run_logger().warning("%s: checkpoint not described: %s", model, exc)
+            out[model] = {"source": "none", "note": f"not described: {exc}"}
+    return out
 
 
 @task(cache_policy=NO_CACHE, task_run_name="hull-and-sun")
@@ -449,6 +481,7 @@ def stability_experiment(
         "n_dataset": n_floor,
     }
     runs = _sample_models(models, params, timings, model_errors)
+    checkpoint_info = _checkpoint_records(runs, models, params)
     # 2. the force field on every structure
     ff_options = {
         "home": home,
@@ -466,8 +499,9 @@ def stability_experiment(
     )
     timings["reference"] = {"reference_s": time.perf_counter() - start}
     # 4-5. the DFT subsets, round robin over the models and the floor
+    dft_subsets: dict[str, dict[str, int]] = {}
     if dft_info is not None and dft_per_model > 0:
-        _choose_dft_subsets(runs, dft_per_model, dft_selection, seed, dft_max_sites)
+        dft_subsets = _choose_dft_subsets(runs, dft_per_model, dft_selection, seed, dft_max_sites)
         dft_rounds(
             runs,
             dft_spec,
@@ -496,6 +530,9 @@ def stability_experiment(
         **meta,
         "models_in_report": [m for m in report_models if m in runs],
         "dft_not_started": {m: sorted(mr.dft_not_started) for m, mr in runs.items()},
+        "checkpoints": checkpoint_info,
+        "dft_subsets": dft_subsets,
+        "protocol": protocol_record(spec, ff_info, dft_info),
         "dataset_floor": (
             {"label": DATASET_LABEL, "n": len(runs[DATASET_LABEL].items), "split": "test"}
             if DATASET_LABEL in runs

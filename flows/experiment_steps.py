@@ -96,6 +96,7 @@ class ModelRun:
     chosen: list[str] = field(default_factory=list)
     dft_not_started: dict[str, str] = field(default_factory=dict)
     unbuilt: list[dict[str, str]] = field(default_factory=list)
+    checkpoint: str | None = None
 
     @property
     def structures(self) -> dict[str, Structure]:
@@ -180,7 +181,7 @@ def sample_model(
         )
     prov = flow_run_provenance(sample_dir, {"n": n, "seed": seed, "experiment": run})
     hashes = {sid: structure_hash(s) for sid, s in items}
-    return ModelRun(model, sample_dir, items, prov, hashes, unbuilt=errors)
+    return ModelRun(model, sample_dir, items, prov, hashes, unbuilt=errors, checkpoint=checkpoint)
 
 
 def dataset_floor_run(dataset: str, n: int, seed: int, run: str) -> ModelRun:

@@ -88,6 +88,14 @@ def test_experiment_flow_end_to_end_then_rerun_skips(
     assert json.loads((report / "summary.json").read_text())["per_model"]["dataset"]
     text = (report / "report.md").read_text()
     assert "## Per model" in text and "Dataset floor (row `test split`): 4 structures" in text
+    limits = text[text.index("## Limitations") : text.index("## Settings")]
+    assert "There is no DFT subset: this run ran no DFT (`dft = none`)." in limits
+    assert "- `dataset`: no checkpoint (the smoke-test pseudo-model: rattled dataset" in limits
+    assert "- `dataset`: 4 structures generated, 4 rows: 4 with a force-field value, none" in limits
+    assert "- `test split`: 4 test-split structures drawn (random, seed 0), 4 rows" in limits
+    assert "Protocol (the `carbon_24` defaults where not overridden): pressure 10 GPa" in limits
+    assert "At p = 10 GPa (p ≠ 0) every energy compared is an enthalpy per atom" in limits
+    assert summary["dft_subsets"] == {} and summary["counts"]["test split"]["n_relaxed"] == 4
     pngs = sorted(p.name for p in report.glob("*.png"))
     assert pngs == ["delta_e_ff_histogram.png", "delta_e_vs_rmsd_ff.png", "distributions.png"]
     assert all((report / p).stat().st_size > 1000 for p in pngs)

@@ -9,8 +9,8 @@ reconstructed, >= 95 % of 100 generated structures valid). The slow tests fail b
 validity bar: at least 95 % and at least the validity of random coordinates in the generated
 cells with half of its invalid fraction removed (random coordinates in perov_5 cells are
 already 92.5 % valid; :mod:`memorisation_gates`). They fail below a hard reconstruction floor
-of 80 % and are marked ``xfail`` between it and the 90 % target, which seven of eight runs on
-this CPU reach (CDVAE 87.5-93.8 %, DP-CDVAE 93.8-96.9 %, four seeds each; docs/cdvae.md).
+of 80 % and are marked ``xfail`` between it and the 90 % target, which nine of ten runs on
+this CPU reach (CDVAE 87.5-100 %, DP-CDVAE 90.6-96.9 %, five runs each; docs/benchmarks.md).
 
 Environment of the slow test: ``DFTLOOP_MEMORISATION_DECODER=gemnet_t`` trains the narrow
 GemNet-T decoder instead of cpu-small's DimeNet++-style one;
@@ -115,7 +115,7 @@ def generated_structures(model, n: int) -> list:  # type: ignore[no-untyped-def]
 
 
 RECONSTRUCTION_FLOOR = 0.8
-"""The slow test fails below this reconstruction rate (measured 87.5-96.9 %, eight runs)."""
+"""The slow test fails below this reconstruction rate (measured 87.5-100 %, ten runs)."""
 RECONSTRUCTION_TARGET = 0.9
 VALIDITY_ABSOLUTE = 0.95
 
@@ -129,8 +129,8 @@ def memorisation_verdict(match: float, validity: float, random_validity: float) 
         match,
         RECONSTRUCTION_FLOOR,
         RECONSTRUCTION_TARGET,
-        "perov_5 runs of this setting on this CPU reconstruct CDVAE 87.5-93.8 % (3 of 4 seeds "
-        ">= 90 %), DP-CDVAE 93.8-96.9 % (2026-12-04, docs/cdvae.md)",
+        "perov_5 runs of this setting on this CPU reconstruct CDVAE 87.5-100 % (4 of 5 runs "
+        ">= 90 %), DP-CDVAE 90.6-96.9 % (docs/benchmarks.md)",
     )
 
 

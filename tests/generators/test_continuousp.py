@@ -593,11 +593,11 @@ def test_memorisation_on_perov5(tmp_path: Path) -> None:
     50 steps (the training chain), CSP with k = 4 chains of 1000 steps (ContinuouSP's sampling
     chain); both against the same sampling with an untrained energy.
 
-    Measured (docs/continuousp.md): 338 Adam steps in 15 min on one core, stay 8/8 (untrained
-    3/8); CSP 0/8 with 50-step chains, whose samples were 87.5 % valid against 90 % for random
-    coordinates in their cells (below the validity bar), and 0/8 with 1000-step chains from the
-    same trained energy, 31 of 32 samples valid. The CSP match rate is at chance level, so it
-    is reported, not asserted.
+    Measured (docs/continuousp.md): 293 Adam steps in 15 min on one core, stay 8/8 (untrained
+    3/8), CSP 2/8 with k = 4 (untrained 0/8), 0/8 with k = 1, 32/32 samples valid against
+    91.3 % for random coordinates in their cells. An earlier run with 50-step CSP chains (338
+    Adam steps): CSP 0/8, samples 87.5 % valid against 90 % (below the validity bar). The CSP
+    match rate is near chance level, so it is reported, not asserted.
 
     Asserted:
 

@@ -518,6 +518,10 @@ def train(
 ) -> TrainResult:
     """Train ``model_name`` on ``dataset`` with a named configuration.
 
+    The configuration's ``train.seed`` seeds the initial weights, the batch order and every
+    random draw of training, so the same configuration, data and code give the same weights
+    on the same hardware.
+
     Parameters
     ----------
     model_name, dataset, config_name
@@ -573,6 +577,7 @@ def train(
         print(f"skipped {material_id}: {reason}")
     if len(errors) > 20:
         print(f"... and {len(errors) - 20} more skipped crystals")
+    seed_everything(int(train_cfg["seed"]))  # the initial weights follow the seed
     model = build_model(model_name, config["model"])
     return fit(
         model,

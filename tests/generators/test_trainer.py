@@ -28,10 +28,11 @@ from generators.trainer import (
     fit,
     load_checkpoint,
     read_checkpoint,
+    train,
     validate_train_config,
 )
 
-from .conftest import tiny_config
+from .conftest import TINY_MODEL, tiny_config
 
 
 @pytest.mark.parametrize(
@@ -162,6 +163,32 @@ def test_resume_equals_uninterrupted_run(
     assert resumed.best_val == pytest.approx(full.best_val, rel=1e-6)
     for key, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+
+
+def test_train_seed_fixes_the_initial_weights(tmp_path: Path, data_dir: Path) -> None:
+    """``train.seed`` fixes the whole run, initial weights included, whatever state the
+    process's global generator is in (each new process starts from a random one)."""
+
+    def one_epoch(seed: int, name: str) -> dict[str, Tensor]:
+        torch.seed()  # a fresh process's random global state
+        result = train(
+            "diffcsp",
+            "perov_5",
+            "cpu-small",
+            tmp_path / name,
+            limit=8,
+            overrides={
+                "model": TINY_MODEL,
+                "train": {"batch_size": 4, "max_epochs": 1, "seed": seed, "val_split": None},
+            },
+            data_dir=data_dir,
+            progress=False,
+        )
+        return result.model.state_dict()
+
+    first, again, other = one_epoch(3, "a"), one_epoch(3, "b"), one_epoch(4, "c")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
 
 
 def _progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -29,9 +29,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from analysis.enthalpy import EV_PER_GPA_A3
 from analysis.stability_rows import DATASET_LABEL
 
-MEV_PER_GPA_A3 = 6.241509
+MEV_PER_GPA_A3 = 1000.0 * EV_PER_GPA_A3
 """meV in 1 GPa·Å³ (p·ΔV per atom)."""
 
 SELECTION_TEXT: dict[str, str] = {
@@ -183,7 +184,7 @@ def checkpoint_lines(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 budget.append(f"{training['epochs']} epochs")
             if training.get("cpu_minutes") is not None:
                 m = float(training["cpu_minutes"])
-                budget.append(f"{m / 60:.2g} CPU hours ({m:g} CPU minutes)")
+                budget.append(f"{m / 60:.3g} CPU hours ({m:g} CPU minutes)")
             if training.get("wall_minutes") is not None:
                 budget.append(f"{_g(training['wall_minutes'])} minutes wall")
             if training.get("device"):
@@ -206,7 +207,8 @@ def checkpoint_lines(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 )
                 + (f", {epochs} epochs" if epochs is not None else "")
                 + (f"; checkpoint `{ckpt}`" if ckpt else "")
-                + " (a finished checkpoint of the same configuration is reused)."
+                + " (a later run with the same configuration, overrides and data limit reuses"
+                " this checkpoint)."
             )
         elif source == "file":
             text = (
@@ -403,8 +405,8 @@ def power_line(s: Mapping[str, Any]) -> str:
     return (
         f"Power: “Model differences” holds {count}; each gives, for its ΔE/ΔH comparison, the "
         "smallest true difference detectable with 80 % power at that n and spread. A smaller "
-        "true difference would probably go undetected, so a comparison without significance "
-        "does not show that two rows are equal."
+        "true difference is detected with less than 80 % probability, so a comparison without "
+        "significance does not show that two rows are equal."
     )
 
 
@@ -421,8 +423,10 @@ def floor_line(s: Mapping[str, Any]) -> str:
         f"Floor: row `{floor.get('label')}` is {floor.get('n')} of the {s.get('dataset')} "
         f"dataset's own {floor.get('split', 'test')}-split structures through the same relaxer, "
         "settings and protocol. Its ΔE/ΔH is what the relaxer gives to structures that are "
-        "already minima of the dataset's method; a model's ΔE/ΔH above the floor's is what "
-        "the model adds."
+        "already minima of the dataset's method. It is a different set of structures "
+        "(compositions and cell sizes differ), so a model's mean minus the floor's, with its "
+        "interval under “Model differences”, says how much farther from the relaxer's minima "
+        "the model's structures lie than the dataset's own, not what the model alone adds."
     )
 
 

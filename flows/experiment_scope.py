@@ -97,6 +97,15 @@ def _trained_epochs(checkpoint: str) -> int | None:
     return max(epochs) if epochs else None
 
 
+def _run_config(checkpoint: str) -> dict[str, Any] | None:
+    """The resolved configuration (``config.json``) of the run a checkpoint was trained in."""
+    try:
+        config = json.loads((Path(checkpoint).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def describe_checkpoint(
     model: str,
     checkpoint: str | None,
@@ -126,7 +135,9 @@ def describe_checkpoint(
         ``source`` (``"registered"``, ``"file"``, ``"trained"`` or ``"none"``), ``checkpoint``,
         ``training`` (registered: the card's ``config_name``, ``epochs``, ``cpu_minutes``,
         ``wall_minutes``, ``device`` and network widths; trained: ``config_name``,
-        ``max_minutes``, ``overrides`` and the ``epochs`` of its ``metrics.jsonl``),
+        ``overrides``, the ``max_minutes`` of the run's ``config.json`` (the budget the
+        checkpoint was trained with, which can differ from this run's when a finished
+        checkpoint is reused) and the ``epochs`` of its ``metrics.jsonl``),
         ``paper_scale`` (:func:`paper_scale`) and ``note``.
     """
     from flows.smoke_model import SMOKE_MODEL
@@ -171,13 +182,18 @@ def describe_checkpoint(
     epochs = _trained_epochs(checkpoint)
     if epochs is not None:
         training["epochs"] = epochs
-    try:
-        from generators.configs import load_config
-
-        config = load_config(model, str(train.get("config")), dataset, train.get("overrides"))
+    config = _run_config(checkpoint)
+    if config is not None:  # the budget the checkpoint was trained with, not this run's
+        training["max_minutes"] = (config.get("train") or {}).get("max_minutes")
         training.update(_widths(config))
-    except Exception:  # an unknown configuration leaves the widths out
-        pass
+    else:
+        try:
+            from generators.configs import load_config
+
+            config = load_config(model, str(train.get("config")), dataset, train.get("overrides"))
+            training.update(_widths(config))
+        except Exception:  # an unknown configuration leaves the widths out
+            pass
     return {
         "source": "trained",
         "checkpoint": checkpoint,
@@ -236,7 +252,8 @@ def protocol_record(
     -------
     dict
         ``name`` (the dataset whose defaults apply), ``source`` (the convergence file of the
-        k-spacing and cutoffs, when the DFT stage uses its values), ``force_field`` and ``dft``
+        k-spacing and cutoffs, when the DFT stage is pw.x and uses its values; VASP takes its
+        input set's k-points and ENCUT), ``force_field`` and ``dft``
         (resolved protocol fields), ``dft_code`` and ``pseudopotentials``.
     """
     from relax.protocol import dataset_protocol, resolve_protocol
@@ -257,7 +274,8 @@ def protocol_record(
         defaults = dataset_protocol(resolved.name) if resolved.name != "default" else None
     except ValueError:
         return out
-    if defaults is not None and defaults.source and dft_protocol:
+    uses_cutoffs = "pw.x" in str(out["dft_code"] or "")  # VASP takes its input set's
+    if defaults is not None and defaults.source and dft_protocol and uses_cutoffs:
         same = all(
             dft_protocol.get(k) == getattr(defaults, k) for k in ("kspacing", "ecutwfc", "ecutrho")
         )

@@ -274,7 +274,7 @@ def test_limitations_state_checkpoint_sizes_subset_path_protocol_and_floor() -> 
     # the checkpoint: registered name, its training budget, the paper's scale, not the paper's
     assert (
         "- `cdvae`: registered checkpoint `cdvae-carbon24` (model zoo card), trained with the "
-        "`cpu` configuration, 40 epochs, 0.99 CPU hours (59.2 CPU minutes), 139.4 minutes wall, "
+        "`cpu` configuration, 40 epochs, 0.987 CPU hours (59.2 CPU minutes), 139.4 minutes wall, "
         "on cpu, 1 thread." in section
     )
     assert (
@@ -319,7 +319,8 @@ def test_limitations_state_checkpoint_sizes_subset_path_protocol_and_floor() -> 
     assert "1 Å³/atom of volume change is 62.4 meV/atom" in section
     assert "Power: “Model differences” holds 1 power statement; each gives" in section
     assert "Floor: row `test split` is 2 of the carbon_24 dataset's own test-split" in section
-    assert "above the floor's is what the model adds" in section
+    assert "a model's mean minus the floor's, with its interval under “Model differences”" in section
+    assert "not what the model alone adds" in section
 
 
 def test_limitations_of_a_run_without_dft_or_floor() -> None:

@@ -120,6 +120,23 @@ def test_user_card_paper_scale_files_and_trained_checkpoints(
         "the `cpu-small` configuration and a budget of 30 minutes (`train_max_minutes`), " in line
     )
     assert "3 epochs" in line and "not the paper's cdvae model" in line
+    # a reused checkpoint: its run's config.json, not this run's parameters, gives the budget
+    from generators.configs import deep_merge, load_config
+
+    resolved = deep_merge(
+        load_config("cdvae", "cpu-small", "carbon_24"), {"train": {"max_minutes": 12}}
+    )
+    run.joinpath("config.json").write_text(json.dumps(resolved))
+    reused = describe_checkpoint(
+        "cdvae",
+        str(run / "best.pt"),
+        "carbon_24",
+        False,
+        {"config": "cpu-small", "max_minutes": 600},
+    )
+    assert reused["training"]["max_minutes"] == 12
+    [line] = checkpoint_lines({"cdvae": reused})
+    assert "a budget of 12 minutes" in line and "600" not in line
 
 
 def test_dft_subset_record_counts_the_cap() -> None:
@@ -160,3 +177,7 @@ def test_protocol_record_from_the_relaxers_settings() -> None:
     record = protocol_record("carbon_24", ff_info, describe_relaxer(*spec))
     assert record["dft"]["kspacing"] == 0.3 and record["source"] is None
     assert protocol_record("carbon_24", ff_info, None)["dft"] is None
+    # VASP carries the protocol but takes k-points and ENCUT from its input set: no source
+    vasp = describe_relaxer("vasp", with_protocol(None, "carbon_24"))
+    record = protocol_record("carbon_24", ff_info, vasp)
+    assert record["dft"]["kspacing"] == 0.2 and record["source"] is None

@@ -319,7 +319,7 @@ def test_limitations_state_checkpoint_sizes_subset_path_protocol_and_floor() -> 
     assert "1 Å³/atom of volume change is 62.4 meV/atom" in section
     assert "Power: “Model differences” holds 1 power statement; each gives" in section
     assert "Floor: row `test split` is 2 of the carbon_24 dataset's own test-split" in section
-    assert "a model's mean minus the floor's, with its interval under “Model differences”" in section
+    assert "a model's mean minus the floor's, with its interval under" in section
     assert "not what the model alone adds" in section
 
 

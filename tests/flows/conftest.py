@@ -245,4 +245,3 @@ def no_shipped_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trained or passed."""
     monkeypatch.delenv("DFTLOOP_MODEL_REGISTRY", raising=False)
     monkeypatch.setattr("generators.model_zoo.REGISTRY_FILE", tmp_path / "no-registry.json")
-

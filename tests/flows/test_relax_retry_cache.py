@@ -65,8 +65,7 @@ def test_retry_failed_computes_a_cached_failure_again(
             tasks,
             "relax_per_item",
             lambda relaxer, pairs: [
-                RelaxResult.failure(sid, relaxer, "process killed", structure=s)
-                for sid, s in pairs
+                RelaxResult.failure(sid, relaxer, "process killed", structure=s) for sid, s in pairs
             ],
         )
         first = _relax_diamond(str(tmp_path), retry_failed=False)

@@ -292,8 +292,9 @@ def optimize_property_flow(
         10 GPa with DFT-D3(BJ); perov_5, mp_20, mpts_52: 0 GPa, no dispersion), a dataset name,
         or a dict of fields overriding the dataset's (e.g. ``{"pressure_gpa": 0}``). A
         ``protocol`` in ``relaxer_settings``, or a relaxer keyword of the same name (``fmax``,
-        ...), wins. The resolved protocol is part of the relaxations' settings hash and is
-        recorded as ``protocol`` in the result.
+        ...), wins. The resolved protocol is part of the relaxations' settings hash (its
+        fields are in the result's ``relax_stage.settings``); the result's ``protocol`` is
+        this specification as given.
     relax_per_start
         Relax only the ``k`` best-scored valid decoded crystals of each start (``None``: every
         valid one). The relaxed success rates then take each start's best over those ``k``.
@@ -431,7 +432,8 @@ def optimize_property_flow(
         "thresholds_source": source,
         "decoded": rates(decoded_scores),
         "relaxed": rates(relaxed_scores) if relax else None,
-        "paper": PAPER_SR.get(dataset),
+        # CDVAE's published rates, beside ours only when the thresholds are the paper's
+        "paper": PAPER_SR.get(dataset) if percentiles == "paper" else None,
         "starts": baseline,
         "valid_fraction": float(np.mean(valid)) if valid else 0.0,
         "predictor": {
@@ -452,6 +454,7 @@ def optimize_property_flow(
                 "dataset": dataset,
                 **settings,
                 "p": predictor_path,
+                "thresholds": thresholds,  # they change every success rate
                 # two protocols (or relaxers) give two records, not one overwriting the other
                 "relax": describe_relaxer(relaxer, relax_settings)["settings_hash"]
                 if relax

@@ -326,7 +326,13 @@ def delta_e_comparison(rows: Sequence[dict[str, Any]], dataset: str) -> str | No
     q = table_energy_quantity([by_model["dpcdvae"], by_model["cdvae"]])
     return (
         f"Δ{q}(DP-CDVAE) − Δ{q}(CDVAE), mean: ours {dp - cd:+.1f} meV/atom ({relaxed_with}); "
-        f"paper {paper.value:+.1f} meV/atom (DFT){where}."
+        f"paper {paper.value:+.1f} meV/atom (DFT){where}"
+        + (
+            " (the paper's figure is ΔE; its pressure and settings are not stated)"
+            if q == "H"
+            else ""
+        )
+        + "."
     )
 
 

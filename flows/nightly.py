@@ -744,7 +744,8 @@ def _sun_stage(
         energies.append(usable_energy(doc, structure))
         used.append(doc)
     e_hull, reasons = hull_energies(relaxed, energies, hull)
-    outside = sum(1 for reason in reasons if reason is not None)
+    no_energy = sum(1 for reason in reasons if reason == "no relaxed energy")
+    outside = sum(1 for reason in reasons if reason is not None) - no_energy
     p_gpa = max((pressure_gpa(d) for d in [*used, *ref_docs.values()] if d), key=abs, default=0.0)
     q = quantity_symbol(p_gpa)
     if dataset not in novelty_cache:
@@ -763,7 +764,8 @@ def _sun_stage(
         f"MatterGen S.U.N. over {summary['n']} relaxed samples: stable {q}_hull < "
         f"{summary['thresholds'].get('stability_threshold_eV')} eV/atom{enthalpy} against "
         f"{n_ref} {dataset} training structures relaxed with {relaxer} ({outside} outside its "
-        "chemical system: not stable); unique in the batch; novel against "
+        f"chemical system, {no_energy} without a relaxed energy: not stable); unique in the "
+        "batch; novel against "
         f"{reference.n_structures} training structures (StructureMatcher defaults)"
     )
     row["notes"]["sun_rate"] = row["sun_definition"]

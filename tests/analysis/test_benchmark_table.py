@@ -91,6 +91,12 @@ def test_markdown_notes_comparison_and_sources() -> None:
     assert "../" not in text and "metrics.md" not in text and "n.r." not in text
     carbon = render_markdown(ROWS, "carbon_24", "cpu-small")
     assert "paper -68.1 meV/atom (DFT)." in carbon
+    at_10_gpa = [{**r, "energy_quantity": "H"} for r in ROWS]
+    enthalpies = render_markdown(at_10_gpa, "carbon_24", "cpu-small")
+    assert "ΔH(DP-CDVAE) − ΔH(CDVAE), mean: ours -50.0 meV/atom" in enthalpies
+    assert "(DFT) (the paper's figure is ΔE; its pressure and settings are not stated)." in (
+        enthalpies
+    )
     assert _table(carbon)["cdvae"]["comp. valid %"] == "– / –"  # the paper prints a dash
 
 

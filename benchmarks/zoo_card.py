@@ -93,6 +93,38 @@ def _times(run: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every non-dict value of a nested dict."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def train_command(model: str, dataset: str, config: dict[str, Any]) -> str:
+    """The ``dftloop train`` command that rebuilds ``config`` (a run's resolved configuration).
+
+    Every model or train value that differs from the named configuration becomes a
+    ``--set section.key=value`` (JSON values, which ``--set`` reads as YAML).
+    """
+    from generators.configs import load_config
+
+    name = config.get("name")
+    base = load_config(model, name, dataset)
+    wanted = _leaves({"model": config["model"], "train": config["train"]})
+    named = _leaves({"model": base["model"], "train": base["train"]})
+    sets = [
+        "--set " + shlex.quote(f"{key}={json.dumps(value, separators=(',', ':'))}")
+        for key, value in sorted(wanted.items())
+        if key not in named or named[key] != value
+    ]
+    words = ["dftloop train", f"--model {model}", f"--dataset {dataset}", f"--config {name}"]
+    return " ".join([*words, *sets, "--out RUN_DIR"])
+
+
 def card_command(args: argparse.Namespace) -> None:
     """Export the checkpoint into generators/zoo and write the card's training record."""
     run = Path(args.run)
@@ -114,10 +146,9 @@ def card_command(args: argparse.Namespace) -> None:
         "best_val_loss": round(best["val"]["loss"], 5) if best else None,
         "dtype": args.dtype,
         "device": "cpu, 1 thread",
-        "command": (
-            f"dftloop train --model {args.model} --dataset {config['dataset']} "
-            f"--config {config.get('name')} --out RUN_DIR (resumed with --resume RUN_DIR/last.pt)"
-        ),
+        "command": train_command(args.model, config["dataset"], config),
+        "resume_command": train_command(args.model, config["dataset"], config)
+        + " --resume RUN_DIR/last.pt",
         **_times(run, records),
     }
     registry = _registry()

@@ -115,6 +115,11 @@ def metrics_table(cards: list) -> str:
     if any(command for _, command in trained):
         lines += ["", "Training commands:", ""]
         lines += [f"- {name}: `{command}`" for name, command in trained if command]
+        lines += [
+            "",
+            "An interrupted training continues with the same command and "
+            "`--resume RUN_DIR/last.pt` (the card's `resume_command`).",
+        ]
     return "\n".join(lines)
 
 

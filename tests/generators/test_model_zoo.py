@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import shlex
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,47 @@ def test_models_cli_lists_and_shows(
         "0.5",
         "0.5202",
     ]
+
+
+def _zoo_card_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_card.py"
+    spec = importlib.util.spec_from_file_location("zoo_card", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_card_training_commands_rebuild_the_recorded_configuration() -> None:
+    """The training command of a card, read back by ``dftloop train --set``, gives the run's
+    configuration: for a run with overrides and for every shipped card."""
+    from flows.commands.train import parse_overrides
+    from generators.configs import deep_merge, load_config
+
+    zoo_card = _zoo_card_module()
+
+    def rebuilt(command: str, model: str, name: str, dataset: str) -> dict:
+        words = shlex.split(command)
+        assert words[:2] == ["dftloop", "train"] and words[-2:] == ["--out", "RUN_DIR"]
+        assert words[words.index("--config") + 1] == name
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        merged = deep_merge(load_config(model, name, dataset), parse_overrides(sets))
+        return {"model": merged["model"], "train": merged["train"]}
+
+    run = deep_merge(
+        load_config("diffcsp", "cpu-fast", "mp_20"),
+        {"train": {"max_epochs": 60, "max_val_crystals": None, "lr": 3e-4, "betas": [0.8, 0.9]}},
+    )
+    command = zoo_card.train_command("diffcsp", "mp_20", run)
+    assert command.count("--set") == 4 and "--set train.max_val_crystals=null" in command
+    assert rebuilt(command, "diffcsp", "cpu-fast", "mp_20") == {
+        "model": run["model"],
+        "train": run["train"],
+    }
+    for card in list_models():
+        training = card.training
+        recorded = rebuilt(training["command"], card.model, training["config_name"], card.dataset)
+        assert recorded == training["config"], card.name
+        assert training["resume_command"] == training["command"] + " --resume RUN_DIR/last.pt"

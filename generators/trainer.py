@@ -520,7 +520,7 @@ def train(
 
     The configuration's ``train.seed`` seeds the initial weights, the batch order and every
     random draw of training, so the same configuration, data and code give the same weights
-    on the same hardware.
+    on the same machine and installation (other library builds can round differently).
 
     Parameters
     ----------

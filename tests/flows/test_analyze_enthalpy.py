@@ -13,8 +13,8 @@ from pymatgen.core import Lattice, Structure
 
 P_GPA = 10.0
 EV_PER_A3 = P_GPA / 160.21766208
-"""10 GPa in eV/Å³ (1 eV/Å³ = 160.21766208 GPa; the SI 2019 elementary charge that
-``analysis.enthalpy`` uses differs by 8e-9 relative, hence ``rel=1e-7`` below)."""
+"""10 GPa in eV/Å³ (1 eV/Å³ = 160.21766208 GPa, the CODATA 2014 value of ASE's units, which
+``analysis.enthalpy`` uses too; ``rel=1e-7`` below leaves room for float summation only)."""
 
 A_SAMPLE = {"s0": 4.0, "s1": 4.2}
 """Cubic cell edges (Å) of the two-atom samples."""

@@ -582,8 +582,8 @@ def test_memorisation_pipeline_reports_what_it_sampled(tmp_path: Path) -> None:
 
 
 STAY_FLOOR = 4
-"""Hard floor of the slow test's stay test: half of the 8 crystals (measured 5/8 in both runs
-of this setting, untrained 3/8 and 4/8; docs/continuousp.md)."""
+"""Hard floor of the slow test's stay test: half of the 8 crystals (measured 8/8, the untrained
+energy 3/8; docs/continuousp.md)."""
 
 
 @pytest.mark.slow

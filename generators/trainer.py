@@ -788,6 +788,17 @@ class _TrainingRun:
         stop_reason = "max_epochs"
         epoch = self.start_epoch - 1
         log = _ProgressLog(self, log_every_s)
+        if not self.val_data and self.train_cfg["early_stopping_patience"] is not None:
+            logger.warning(
+                "%s/%s: no validation split, so early stopping (patience %s) watches the "
+                "training loss; a loss whose weights change during training (DP-CDVAE's "
+                "mul_cost_coord_epoch) can stop it early: set "
+                "train.early_stopping_patience=null to train all %d epochs",
+                self.model.name,
+                self.dataset,
+                self.train_cfg["early_stopping_patience"],
+                self.max_epochs,
+            )
         bar = tqdm(
             total=self.max_epochs,
             initial=self.start_epoch - 1,

@@ -252,6 +252,32 @@ def test_progress_goes_to_the_trainer_logger(
     assert starts[-1].endswith("epochs 3-4, resumed after epoch 2")
 
 
+def test_early_stopping_without_validation_watches_the_training_loss_and_says_so(
+    tmp_path: Path, perov_val_data, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no validation split the training loss is watched: a loss that rises after epoch 1
+    (learning rate 0.5) stops a patience-2 run at epoch 3, with a warning at the start that
+    names the setting to change; with patience null the run trains every epoch."""
+    config = tiny_config(max_epochs=6, early_stopping_patience=2, lr=0.5, ema_decay=None)
+    train = perov_val_data[:8]
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="generators.trainer"):
+        result = fit(DiffCSP(config["model"]), config, train, [], tmp_path / "a", dataset="perov_5")
+    losses = [h["train"]["loss"] for h in result.history]
+    best = min(range(len(losses)), key=losses.__getitem__) + 1
+    assert result.stop_reason == "early_stopping" and result.epochs == best + 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no validation split, so early stopping (patience 2) watches the training loss" in w
+        and "train.early_stopping_patience=null to train all 6 epochs" in w
+        for w in warnings
+    ), warnings
+    config["train"]["early_stopping_patience"] = None
+    torch.manual_seed(0)
+    full = fit(DiffCSP(config["model"]), config, train, [], tmp_path / "b", dataset="perov_5")
+    assert full.epochs == 6 and full.stop_reason == "max_epochs"
+
+
 def test_weight_average_follows_its_formula_and_restores_the_model() -> None:
     layer = torch.nn.Linear(2, 1)
     with torch.no_grad():

@@ -31,6 +31,7 @@ from typing import Any
 
 from analysis.enthalpy import EV_PER_GPA_A3
 from analysis.stability_rows import DATASET_LABEL
+from analysis.training_budget import cpu_hours_text
 
 MEV_PER_GPA_A3 = 1000.0 * EV_PER_GPA_A3
 """meV in 1 GPa·Å³ (p·ΔV per atom)."""
@@ -185,6 +186,8 @@ def checkpoint_lines(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if training.get("cpu_minutes") is not None:
                 m = float(training["cpu_minutes"])
                 budget.append(f"{m / 60:.3g} CPU hours ({m:g} CPU minutes)")
+            elif cpu_hours_text(training) is not None:
+                budget.append(f"{cpu_hours_text(training)} (part of the run was not timed)")
             if training.get("wall_minutes") is not None:
                 budget.append(f"{_g(training['wall_minutes'])} minutes wall")
             if training.get("device"):

@@ -68,28 +68,53 @@ def _split_hash(dataset: str, splits: tuple[str, ...] = ("train", "val")) -> str
 
 
 def _times(run: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Wall minutes from driver.log segments, CPU minutes from time.log; else epoch seconds."""
-    out: dict[str, Any] = {}
+    """Wall and CPU minutes of a run, saying where they are incomplete.
+
+    ``epoch_minutes``: the sum of the epochs' own times (``metrics.jsonl``). With a
+    ``driver.log`` whose every segment has its end stamp, ``wall_minutes`` is the sum of the
+    segments; otherwise (a segment was stopped without one) the epoch sum. ``cpu_minutes`` is
+    GNU time's user + system over all segments when ``time.log`` has a record of each;
+    otherwise it is ``None`` and ``cpu_minutes_recorded`` holds the recorded part (a lower
+    bound; a one-thread training uses at most ``epoch_minutes`` of CPU in its epochs).
+    """
+    epoch_minutes = round(sum(float(r.get("seconds") or 0) for r in records) / 60, 1)
+    out: dict[str, Any] = {"epoch_minutes": epoch_minutes, "wall_minutes": epoch_minutes}
     driver, timing = run / "driver.log", run / "time.log"
+    segments = 1
     if driver.is_file():
         stamps = re.findall(r"^(start|end) (\S+)", driver.read_text(), flags=re.M)
-        wall, started = 0.0, None
+        wall, started, ended = 0.0, None, 0
         for kind, stamp in stamps:
             moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             if kind == "start":
                 started = moment
             elif started is not None:
                 wall += (moment - started).total_seconds()
-                started = None
-        out["wall_minutes"] = round(wall / 60, 1)
-        out["segments"] = sum(1 for kind, _ in stamps if kind == "start")
-    else:
-        out["wall_minutes"] = round(sum(float(r.get("seconds") or 0) for r in records) / 60, 1)
+                started, ended = None, ended + 1
+        segments = sum(1 for kind, _ in stamps if kind == "start")
+        out["segments"] = segments
+        if ended == segments:
+            out["wall_minutes"] = round(wall / 60, 1)
+        else:
+            out["wall_source"] = (
+                f"sum of the epochs' times: {segments - ended} of {segments} segments were "
+                "stopped without an end stamp"
+            )
     if timing.is_file():
         text = timing.read_text()
-        cpu = sum(float(x) for x in re.findall(r"User time \(seconds\): (\S+)", text))
+        users = re.findall(r"User time \(seconds\): (\S+)", text)
+        cpu = sum(float(x) for x in users)
         cpu += sum(float(x) for x in re.findall(r"System time \(seconds\): (\S+)", text))
-        out["cpu_minutes"] = round(cpu / 60, 1)
+        if len(users) >= segments:
+            out["cpu_minutes"] = round(cpu / 60, 1)
+        else:
+            out["cpu_minutes"] = None
+            out["cpu_minutes_recorded"] = round(cpu / 60, 1)
+            out["cpu_note"] = (
+                f"GNU time recorded {len(users)} of {segments} segments (the others were "
+                f"stopped before it could): at least {cpu / 60:.1f} CPU min; one thread uses "
+                f"at most the epochs' {epoch_minutes} min"
+            )
     return out
 
 
@@ -306,6 +331,10 @@ def evaluate_command(args: argparse.Namespace) -> None:
                 "measured": dt.date.today().isoformat(),
             }
         )
+    # the registry as it is now: other cards (or this card's training record) may have been
+    # written while this evaluation ran
+    registry = _registry()
+    card = next(c for c in registry["models"] if c["name"] == args.name)
     keep = [
         r
         for r in card.get("metrics", [])

@@ -162,7 +162,15 @@ def describe_checkpoint(
         t = card.training or {}
         training = {
             k: t[k]
-            for k in ("config_name", "epochs", "cpu_minutes", "wall_minutes", "device")
+            for k in (
+                "config_name",
+                "epochs",
+                "cpu_minutes",
+                "cpu_minutes_recorded",
+                "epoch_minutes",
+                "wall_minutes",
+                "device",
+            )
             if t.get(k) is not None
         }
         training.update(_widths(t.get("config") or {}))

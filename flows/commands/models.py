@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from analysis.training_budget import cpu_hours_text
+
 app = typer.Typer(name="models", help="Shipped and registered checkpoints.", no_args_is_help=True)
 
 
@@ -90,9 +92,8 @@ def metrics_table(cards: list) -> str:
     commands: dict[str, str] = {}
     for card in cards:
         training = card.training
-        cpu = training.get("cpu_minutes")
         budget = f"{training.get('epochs')} epochs, " + (
-            f"{cpu / 60:.1f} CPU h" if isinstance(cpu, int | float) else "CPU time not recorded"
+            cpu_hours_text(training) or "CPU time not recorded"
         )
         rows = card.metrics or [{"name": "not evaluated yet"}]
         for row in rows:

@@ -1,9 +1,12 @@
-"""Fixtures shared by every test folder: the ../shared paths and a single-threaded torch."""
+"""Fixtures shared by every test folder: the ../shared paths, the model-card script and a
+single-threaded torch."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -35,6 +38,17 @@ def pseudo_dir(shared_dir: Path) -> Path:
 def vasp_reference_dir(shared_dir: Path) -> Path:
     """Recorded VASP inputs/outputs and custodian error cases."""
     return shared_dir / "vasp_reference"
+
+
+@pytest.fixture(scope="session")
+def zoo_card() -> ModuleType:
+    """``benchmarks/zoo_card.py`` (the model-card script) loaded as a module."""
+    path = ROOT / "benchmarks" / "zoo_card.py"
+    spec = importlib.util.spec_from_file_location("zoo_card", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True, scope="session")

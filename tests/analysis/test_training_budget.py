@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -10,16 +9,6 @@ from types import ModuleType
 import pytest
 
 from analysis.training_budget import cpu_hours_text
-
-
-def _zoo_card() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_card.py"
-    spec = importlib.util.spec_from_file_location("zoo_card", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 GNU_TIME = "\tUser time (seconds): {u}\n\tSystem time (seconds): {s}\n\tExit status: 0\n"
 
@@ -35,20 +24,22 @@ def _run(tmp_path: Path, driver: str, times: list[tuple[float, float]]) -> Path:
 RECORDS = [{"epoch": e, "seconds": 600.0} for e in (1, 2, 3)]  # 30 min of epochs
 
 
-def test_complete_segments_give_exact_wall_and_cpu(tmp_path: Path) -> None:
+def test_complete_segments_give_exact_wall_and_cpu(tmp_path: Path, zoo_card: ModuleType) -> None:
     run = _run(
         tmp_path,
         "start 2026-01-01T00:00:00Z resume=none\nend 2026-01-01T00:20:00Z rc=0\n"
         "start 2026-01-01T01:00:00Z resume=x\nend 2026-01-01T01:13:00Z rc=0\n",
         [(900.0, 30.0), (570.0, 0.0)],
     )
-    times = _zoo_card()._times(run, RECORDS)
+    times = zoo_card._times(run, RECORDS)
     assert times["wall_minutes"] == 33.0 and times["segments"] == 2
     assert times["cpu_minutes"] == 25.0 and "cpu_minutes_recorded" not in times
     assert cpu_hours_text(times) == "0.4 CPU h"
 
 
-def test_a_segment_stopped_without_stamps_gives_bounds(tmp_path: Path) -> None:
+def test_a_segment_stopped_without_stamps_gives_bounds(
+    tmp_path: Path, zoo_card: ModuleType
+) -> None:
     """A segment killed with its GNU time wrapper leaves no end stamp and no time record:
     the wall time falls back to the epochs' times and the CPU time becomes a range."""
     run = _run(
@@ -57,7 +48,7 @@ def test_a_segment_stopped_without_stamps_gives_bounds(tmp_path: Path) -> None:
         "start 2026-01-01T01:00:00Z resume=x\nend 2026-01-01T01:13:00Z rc=0\n",
         [(570.0, 30.0)],
     )
-    times = _zoo_card()._times(run, RECORDS)
+    times = zoo_card._times(run, RECORDS)
     assert times["wall_minutes"] == 30.0 and "1 of 2 segments" in times["wall_source"]
     assert times["cpu_minutes"] is None and times["cpu_minutes_recorded"] == 10.0
     assert "GNU time recorded 1 of 2 segments" in times["cpu_note"]

@@ -10,6 +10,7 @@ import shlex
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -215,24 +216,11 @@ def test_models_cli_lists_and_shows(
     ]
 
 
-def _zoo_card_module():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_card.py"
-    spec = importlib.util.spec_from_file_location("zoo_card", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_card_training_commands_rebuild_the_recorded_configuration() -> None:
+def test_card_training_commands_rebuild_the_recorded_configuration(zoo_card: ModuleType) -> None:
     """The training command of a card, read back by ``dftloop train --set``, gives the run's
     configuration: for a run with overrides and for every shipped card."""
     from flows.commands.train import parse_overrides
     from generators.configs import deep_merge, load_config
-
-    zoo_card = _zoo_card_module()
 
     def rebuilt(command: str, model: str, name: str, dataset: str) -> dict:
         words = shlex.split(command)

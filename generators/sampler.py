@@ -391,7 +391,8 @@ def sample(
         k=k,
         split=split_name,
         extra_index={
-            "checkpoint": str(Path(checkpoint).resolve()),
+            "checkpoint": str(Path(meta["path"]).resolve()),
+            "checkpoint_name": None if Path(checkpoint).is_file() else str(checkpoint),
             "config": meta["config"].get("name"),
             "limit": limit,
         },

@@ -105,6 +105,28 @@ def test_a_registered_name_loads_like_a_path_and_a_corrupt_byte_is_caught(
         load_checkpoint("tiny-perov")
 
 
+def test_samples_of_a_registered_name_record_the_file_and_the_name(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from generators.sampler import sample
+
+    info = export_checkpoint(trained, tmp_path / "zoo" / "tiny.pt")
+    registry = _registry(
+        tmp_path / "zoo", _card("tiny-perov", info["sha256"], info["size_bytes"], file="tiny.pt")
+    )
+    monkeypatch.setenv("DFTLOOP_MODEL_REGISTRY", str(registry))
+    monkeypatch.chdir(tmp_path)  # a name must not be recorded as a path under the cwd
+    for checkpoint, out in (
+        ("tiny-perov", "by-name"),
+        (str(tmp_path / "zoo" / "tiny.pt"), "by-path"),
+    ):
+        sample(checkpoint, tmp_path / out, "csp", split="val", limit=2, steps=2, progress=False)
+        index = json.loads((tmp_path / out / "index.json").read_text())
+        assert index["checkpoint"] == str((tmp_path / "zoo" / "tiny.pt").resolve())
+        assert index["checkpoint_sha256"] == info["sha256"]
+        assert index["checkpoint_name"] == ("tiny-perov" if out == "by-name" else None)
+
+
 def test_unknown_name_says_what_is_registered(tmp_path: Path) -> None:
     registry = _registry(tmp_path, _card("only-one", "0" * 64, 1, url="http://127.0.0.1:9/x"))
     with pytest.raises(FileNotFoundError, match=r"neither a file nor a registered.*only-one"):

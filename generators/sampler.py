@@ -18,6 +18,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,10 @@ from generators.model_zoo import file_sha256
 from generators.models.base import CrystalGenerator, require_task
 
 MODES = ("generate", "csp", "reconstruct")
+MAX_VOLUME_PER_ATOM = 1000.0
+"""Å³ per atom above which a sample's cell counts as oversized (solids hold 5-100 Å³ per atom)."""
+
+logger = logging.getLogger(__name__)
 _RESUME_KEYS = (
     "model",
     "dataset",
@@ -75,6 +80,12 @@ class SamplingSummary:
         Samples of this call that could not be built (records with an error).
     seconds
         Wall time of this call.
+    oversized
+        Samples of this call whose cell holds more than :data:`MAX_VOLUME_PER_ATOM` per atom:
+        lattices the reverse process did not bring back from noise, the mark of a model
+        that has not learnt the noise at large diffusion times (often an undertrained
+        checkpoint). They are kept as sampled: the papers' validity check (shortest distance,
+        smallest volume) does not reject them, but they match no target.
     """
 
     out_dir: Path
@@ -83,6 +94,7 @@ class SamplingSummary:
     chunks_skipped: int
     failed: int
     seconds: float
+    oversized: int = 0
 
 
 @dataclass
@@ -241,7 +253,7 @@ def run_sampling(
     )
     device = model.device
     skipped = sum(1 for c in range(n_chunks) if chunk_name(c) in done)
-    written = failed = 0
+    written = failed = oversized = 0
     bar = tqdm(
         total=total,
         initial=min(total, skipped * chunk_size),
@@ -257,6 +269,18 @@ def run_sampling(
             generator = torch.Generator(device=device).manual_seed(chunk_seed(seed, chunk))
             records = _sample_chunk(model, mode, chunk, chunk_items, generator, device)
             failed += sum(r.error is not None for r in records)
+            big = count_oversized(records)
+            if big:
+                logger.warning(
+                    "%s chunk %d: %d of %d samples have more than %g Å³ per atom "
+                    "(a lattice not brought back from noise: is the checkpoint trained enough?)",
+                    model.name,
+                    chunk,
+                    big,
+                    len(records),
+                    MAX_VOLUME_PER_ATOM,
+                )
+            oversized += big
             index["chunks"].append(write_chunk(out, chunk, records))
             write_index(out, index)
             written += 1
@@ -265,7 +289,22 @@ def run_sampling(
                 on_chunk(chunk, records)
     finally:
         bar.close()
-    return SamplingSummary(out, total, written, skipped, failed, time.monotonic() - tic)
+    return SamplingSummary(out, total, written, skipped, failed, time.monotonic() - tic, oversized)
+
+
+def count_oversized(records: Sequence[SampleRecord], limit: float = MAX_VOLUME_PER_ATOM) -> int:
+    """Number of records whose structure has more than ``limit`` Å³ per atom.
+
+    Parameters
+    ----------
+    records
+        Sample records; those without a structure are not counted.
+    limit
+        Volume per atom, Å³.
+    """
+    return sum(
+        r.structure is not None and r.structure.volume / len(r.structure) > limit for r in records
+    )
 
 
 def _sample_chunk(

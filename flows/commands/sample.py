@@ -59,6 +59,7 @@ def sample(
     """Sample crystals from a checkpoint; exactly one of --n, --csp-split, --reconstruct."""
     from rich.console import Console
 
+    from generators.sampler import MAX_VOLUME_PER_ATOM
     from generators.sampler import sample as run_sampling
 
     console = Console(stderr=True)
@@ -100,6 +101,12 @@ def sample(
         f"{summary.chunks_skipped} resumed, {summary.failed} unbuildable, "
         f"{summary.seconds:.1f} s)"
     )
+    if summary.oversized:
+        console.print(
+            f"[yellow]warning:[/yellow] {summary.oversized} samples of this run have more than "
+            f"{MAX_VOLUME_PER_ATOM:g} Å³ per atom: the model did not bring their lattice back "
+            "from noise (an undertrained checkpoint?); they are kept as sampled"
+        )
     if evaluate:
         from dftloop_io.samples import read_index
         from flows.evaluation import evaluate_samples

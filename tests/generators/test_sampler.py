@@ -15,7 +15,15 @@ from dftloop_io.samples import read_index
 from generators.crystal import structures_to_batch
 from generators.models.base import CrystalGenerator
 from generators.models.diffcsp import DiffCSP
-from generators.sampler import chunk_seed, load_samples, plan_items, run_sampling, sample
+from generators.sampler import (
+    MAX_VOLUME_PER_ATOM,
+    chunk_seed,
+    count_oversized,
+    load_samples,
+    plan_items,
+    run_sampling,
+    sample,
+)
 from generators.trainer import fit, load_checkpoint
 
 from .conftest import tiny_config
@@ -208,6 +216,46 @@ def test_bad_items_become_error_records(tmp_path: Path, perov_val_records) -> No
     assert samples[2].structure is not None and samples[2].error is None
     assert samples[3].structure is None
     assert structures_to_batch([samples[2].structure]).num_atoms.item() == 5
+
+
+class Blown(CrystalGenerator):
+    """Returns the template with the first crystal's lattice vectors 20 times longer."""
+
+    name: ClassVar[str] = "blown"
+    supports: ClassVar[frozenset[str]] = frozenset({"csp"})
+
+    def sample_csp(self, template: Batch, generator: torch.Generator | None = None) -> Batch:
+        out = template.clone()
+        out.lattice[0] = out.lattice[0] * 20.0
+        return out
+
+
+def test_oversized_cells_are_counted_and_reported(
+    tmp_path: Path, perov_val_records, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cell of 8000 times the volume (perov_5: ~10^5 Å³ per atom) is counted and logged, the
+    unchanged ones (~12 Å³ per atom) are not; the samples are kept as sampled."""
+    records = perov_val_records[:3]
+    per_atom = [r.structure.volume / len(r.structure) for r in records]
+    assert max(per_atom) < 100 and min(per_atom) * 8000 > MAX_VOLUME_PER_ATOM
+    items = plan_items("csp", records=records, k=1)
+    with caplog.at_level("WARNING", logger="generators.sampler"):
+        summary = run_sampling(
+            Blown({}),
+            tmp_path,
+            "csp",
+            items,
+            dataset="perov_5",
+            checkpoint_sha256="x",
+            chunk_size=10,
+            progress=False,
+        )
+    assert summary.oversized == 1 and summary.failed == 0
+    assert "1 of 3 samples have more than 1000" in caplog.text
+    samples = load_samples(tmp_path)
+    assert samples[0].structure.volume == pytest.approx(8000 * records[0].structure.volume)
+    assert count_oversized(samples) == 1
+    assert count_oversized(samples, limit=per_atom[0] * 0.5) == 3
 
 
 def test_plan_items_rejects_bad_requests() -> None:

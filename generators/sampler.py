@@ -431,7 +431,7 @@ def sample(
         split=split_name,
         extra_index={
             "checkpoint": str(Path(meta["path"]).resolve()),
-            "checkpoint_name": None if Path(checkpoint).is_file() else str(checkpoint),
+            "checkpoint_name": meta.get("registry_name"),
             "config": meta["config"].get("name"),
             "limit": limit,
         },

@@ -84,14 +84,21 @@ def test_export_keeps_the_averaged_weights_only(trained: Path, tmp_path: Path) -
         export_checkpoint(trained, tmp_path / "x.pt", dtype="float16")
 
 
-def test_a_registered_name_loads_like_a_path_and_a_corrupt_byte_is_caught(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def tiny_registered(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``trained`` exported to ``tmp_path/zoo/tiny.pt`` and registered as ``tiny-perov``
+    (``DFTLOOP_MODEL_REGISTRY``); returns the export's info."""
     info = export_checkpoint(trained, tmp_path / "zoo" / "tiny.pt")
     registry = _registry(
         tmp_path / "zoo", _card("tiny-perov", info["sha256"], info["size_bytes"], file="tiny.pt")
     )
     monkeypatch.setenv("DFTLOOP_MODEL_REGISTRY", str(registry))
+    return info
+
+
+def test_a_registered_name_loads_like_a_path_and_a_corrupt_byte_is_caught(
+    tiny_registered: dict, tmp_path: Path
+) -> None:
     assert "tiny-perov" in [c.name for c in list_models()]
     by_name, meta = load_checkpoint("tiny-perov")
     by_path, _ = load_checkpoint(tmp_path / "zoo" / "tiny.pt")
@@ -106,15 +113,10 @@ def test_a_registered_name_loads_like_a_path_and_a_corrupt_byte_is_caught(
 
 
 def test_samples_of_a_registered_name_record_the_file_and_the_name(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_registered: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from generators.sampler import sample
 
-    info = export_checkpoint(trained, tmp_path / "zoo" / "tiny.pt")
-    registry = _registry(
-        tmp_path / "zoo", _card("tiny-perov", info["sha256"], info["size_bytes"], file="tiny.pt")
-    )
-    monkeypatch.setenv("DFTLOOP_MODEL_REGISTRY", str(registry))
     monkeypatch.chdir(tmp_path)  # a name must not be recorded as a path under the cwd
     for checkpoint, out in (
         ("tiny-perov", "by-name"),
@@ -123,7 +125,7 @@ def test_samples_of_a_registered_name_record_the_file_and_the_name(
         sample(checkpoint, tmp_path / out, "csp", split="val", limit=2, steps=2, progress=False)
         index = json.loads((tmp_path / out / "index.json").read_text())
         assert index["checkpoint"] == str((tmp_path / "zoo" / "tiny.pt").resolve())
-        assert index["checkpoint_sha256"] == info["sha256"]
+        assert index["checkpoint_sha256"] == tiny_registered["sha256"]
         assert index["checkpoint_name"] == ("tiny-perov" if out == "by-name" else None)
 
 

@@ -17,6 +17,7 @@ from generators.models.base import CrystalGenerator
 from generators.models.diffcsp import DiffCSP
 from generators.sampler import (
     MAX_VOLUME_PER_ATOM,
+    SamplingSummary,
     chunk_seed,
     count_oversized,
     load_samples,
@@ -190,6 +191,20 @@ class HalfBroken(CrystalGenerator):
         return out
 
 
+def _run_stub(model: CrystalGenerator, out: Path, items: list) -> SamplingSummary:
+    """CSP sampling of perov_5 ``items`` with a stand-in model, one chunk, no progress bar."""
+    return run_sampling(
+        model,
+        out,
+        "csp",
+        items,
+        dataset="perov_5",
+        checkpoint_sha256="x",
+        chunk_size=10,
+        progress=False,
+    )
+
+
 def test_bad_items_become_error_records(tmp_path: Path, perov_val_records) -> None:
     disordered = Structure(Lattice.cubic(4.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
 
@@ -199,16 +214,7 @@ def test_bad_items_become_error_records(tmp_path: Path, perov_val_records) -> No
 
     records = [Record(), *perov_val_records[:3]]
     items = plan_items("csp", records=records, k=1)
-    summary = run_sampling(
-        HalfBroken({}),
-        tmp_path,
-        "csp",
-        items,
-        dataset="perov_5",
-        checkpoint_sha256="x",
-        chunk_size=10,
-        progress=False,
-    )
+    summary = _run_stub(HalfBroken({}), tmp_path, items)
     samples = load_samples(tmp_path)
     assert len(samples) == 4 and summary.failed == 3
     assert samples[0].structure is None and "disordered" in samples[0].error
@@ -240,16 +246,7 @@ def test_oversized_cells_are_counted_and_reported(
     assert max(per_atom) < 100 and min(per_atom) * 8000 > MAX_VOLUME_PER_ATOM
     items = plan_items("csp", records=records, k=1)
     with caplog.at_level("WARNING", logger="generators.sampler"):
-        summary = run_sampling(
-            Blown({}),
-            tmp_path,
-            "csp",
-            items,
-            dataset="perov_5",
-            checkpoint_sha256="x",
-            chunk_size=10,
-            progress=False,
-        )
+        summary = _run_stub(Blown({}), tmp_path, items)
     assert summary.oversized == 1 and summary.failed == 0
     assert "1 of 3 samples have more than 1000" in caplog.text
     samples = load_samples(tmp_path)

@@ -51,7 +51,10 @@ def _registry() -> dict[str, Any]:
 
 def _save(registry: dict[str, Any]) -> None:
     registry["models"].sort(key=lambda c: c["name"])
-    REGISTRY_FILE.write_text(json.dumps(registry, indent=1, ensure_ascii=False) + "\n")
+    # write beside and rename, so that a process reading the registry never sees half a file
+    tmp = REGISTRY_FILE.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(registry, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(REGISTRY_FILE)
 
 
 def _split_hash(dataset: str, splits: tuple[str, ...] = ("train", "val")) -> str:

@@ -52,6 +52,15 @@ DEFAULT_MIN_DISTANCE = 0.5
 DEFAULT_MAX_ATOMS = 200
 """Structures with more sites than this are rejected (relaxers may set their own limit)."""
 
+MIN_VOLUME_PER_ATOM = 1.0
+"""Cells with less volume per atom than this (Å³) are rejected as collapsed.
+
+No solid comes near it (diamond has 5.7 Å³ per atom, and compression to hundreds of GPa leaves
+more than 2), while a generated cell of ~1 Å edges gives a force field's neighbour lists
+thousands of entries per atom and ties up a core for many minutes. A fixed physical bound, not a
+setting: it rejects only what no relaxer can treat as a crystal.
+"""
+
 
 def canonical_json(obj: Any) -> str:
     """Serialise ``obj`` to canonical JSON (sorted keys, no spaces).
@@ -343,6 +352,12 @@ def check_structure(
             f"atoms overlap: {volume / n:.3g} Å^3 per atom is below "
             f"{min_distance**3 / math.sqrt(2):.3g} Å^3, the densest packing of atoms "
             f"{min_distance:.3f} Å apart (a nearly flat or sheared cell)"
+        )
+    if volume / n < MIN_VOLUME_PER_ATOM:
+        return (
+            f"cell collapsed: {volume / n:.3g} Å^3 per atom is below {MIN_VOLUME_PER_ATOM:g} Å^3, "
+            f"denser than any solid (lattice lengths "
+            f"{', '.join(f'{x:.3g}' for x in structure.lattice.abc)} Å)"
         )
     if supported_elements is not None:
         species = {el.symbol for el in structure.composition.elements}

@@ -105,6 +105,19 @@ def test_sheared_near_zero_volume_cell_is_rejected_before_the_neighbour_search()
     assert check_structure(long_cell) is None  # sparse but legal: only the relaxer can judge
 
 
+def test_collapsed_cell_is_rejected_even_when_no_atoms_overlap() -> None:
+    # a ContinuouSP sample (LiSiNO2 in a 1.09 x 1.31 x 2.01 Å cell, 0.6 Å^3 per atom, closest
+    # pair 0.51 Å) passed the overlap checks and held CHGNet for over 15 minutes. One atom in a
+    # 0.85 Å cube: 0.61 Å^3 per atom, closest distance 0.85 Å (its own image).
+    collapsed = Structure(Lattice.cubic(0.85), ["Li"], [[0, 0, 0]])
+    reason = check_structure(collapsed)
+    assert reason is not None and reason.startswith("cell collapsed") and "0.614" in reason
+    # a two-atom cell at 2.2 Å^3 per atom (2.6x denser than diamond at 0 GPa) still passes
+    dense = diamond(a=(2 * 2.2) ** (1 / 3))
+    assert dense.volume / len(dense) == pytest.approx(2.2)
+    assert check_structure(dense) is None
+
+
 class MemoryHungryCheckRelaxer(EchoRelaxer):
     """The input check of structures with a lattice vector over 1e4 A runs out of memory."""
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from generators.registry import build_model
-from generators.trainer import read_checkpoint, save_checkpoint, seed_everything
+from generators.trainer import initial_model, read_checkpoint, save_checkpoint
 
 
 def untrained_checkpoint(name: str, out: Path) -> Path:
@@ -40,8 +39,7 @@ def untrained_checkpoint(name: str, out: Path) -> Path:
     """
     trained = read_checkpoint(name)
     config = trained["config"]
-    seed_everything(int(config["train"]["seed"]))  # as `dftloop train` before building the model
-    model = build_model(trained["model"], config["model"])
+    model = initial_model(trained["model"], config)  # the weights `dftloop train` starts from
     payload = {
         **trained,
         "epoch": 0,

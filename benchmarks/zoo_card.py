@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's code and registry, also from a git worktree
 
 from analysis.paper_numbers import GENERATION_METRICS  # noqa: E402
+from dftloop_io.samples import atomic_write_text  # noqa: E402
 from generators.model_zoo import export_checkpoint  # noqa: E402
 
 ZOO_DIR = REPO / "generators" / "zoo"
@@ -51,10 +52,8 @@ def _registry() -> dict[str, Any]:
 
 def _save(registry: dict[str, Any]) -> None:
     registry["models"].sort(key=lambda c: c["name"])
-    # write beside and rename, so that a process reading the registry never sees half a file
-    tmp = REGISTRY_FILE.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(registry, indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(REGISTRY_FILE)
+    # atomic, so that a process reading the registry never sees half a file
+    atomic_write_text(REGISTRY_FILE, json.dumps(registry, indent=1, ensure_ascii=False) + "\n")
 
 
 def _split_hash(dataset: str, splits: tuple[str, ...] = ("train", "val")) -> str:

@@ -76,17 +76,28 @@ class SampleRecord:
         )
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written).
+
+    A reader of ``path`` sees either the old or the new content; the temporary file is removed
+    if the write fails. The file keeps its permissions (a new file is readable by all, 0644).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream)
+        os.fchmod(handle, mode)  # mkstemp creates 0600
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write compact JSON to ``path`` atomically (see :func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(payload))
 
 
 def read_index(directory: str | Path) -> dict[str, Any]:
@@ -225,6 +236,7 @@ __all__ = [
     "UNREADABLE",
     "SampleRecord",
     "atomic_write_json",
+    "atomic_write_text",
     "chunk_name",
     "is_complete",
     "load_samples",

@@ -577,8 +577,7 @@ def train(
         print(f"skipped {material_id}: {reason}")
     if len(errors) > 20:
         print(f"... and {len(errors) - 20} more skipped crystals")
-    seed_everything(int(train_cfg["seed"]))  # the initial weights follow the seed
-    model = build_model(model_name, config["model"])
+    model = initial_model(model_name, config)
     return fit(
         model,
         config,
@@ -590,6 +589,25 @@ def train(
         resume_state=start_state,
         progress=progress,
     )
+
+
+def initial_model(model_name: str, config: dict[str, Any]) -> CrystalGenerator:
+    """The network :func:`train` starts from: built after seeding with ``config["train"]["seed"]``.
+
+    Parameters
+    ----------
+    model_name
+        Registered model name (``cdvae``, ``dpcdvae``, ``diffcsp``, ``continuousp``).
+    config
+        Full configuration with ``train.seed`` and the ``model`` section.
+
+    Returns
+    -------
+    CrystalGenerator
+        The model with the initial weights drawn from the seed (the same on every call).
+    """
+    seed_everything(int(config["train"]["seed"]))  # the initial weights follow the seed
+    return build_model(model_name, config["model"])
 
 
 def fit(
@@ -1181,6 +1199,7 @@ __all__ = [
     "choose_device",
     "evaluate_loss",
     "fit",
+    "initial_model",
     "load_checkpoint",
     "read_checkpoint",
     "train",

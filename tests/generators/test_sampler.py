@@ -11,7 +11,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
-from dftloop_io.samples import read_index
+from dftloop_io.samples import atomic_write_json, read_index
 from generators.crystal import structures_to_batch
 from generators.models.base import CrystalGenerator
 from generators.models.diffcsp import DiffCSP
@@ -280,3 +280,15 @@ def test_progress_option_reaches_the_models_chain_bar(
     assert bar not in capsys.readouterr().err
     run_sampling(model, tmp_path / "loud", "generate", items, progress=True, **kwargs)
     assert f"{model_name} {bar}" in capsys.readouterr().err
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    """A sample index or the model registry is never half-written: a payload that cannot be
+    serialised leaves the previous content and no temporary file behind."""
+    path = tmp_path / "index.json"
+    atomic_write_json(path, {"chunks": ["chunk_00000.json"]})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"chunks": [object()]})
+    assert json.loads(path.read_text()) == {"chunks": ["chunk_00000.json"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

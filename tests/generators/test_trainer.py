@@ -26,6 +26,7 @@ from generators.trainer import (
     TrainResult,
     evaluate_loss,
     fit,
+    initial_model,
     load_checkpoint,
     read_checkpoint,
     train,
@@ -189,6 +190,39 @@ def test_train_seed_fixes_the_initial_weights(tmp_path: Path, data_dir: Path) ->
     first, again, other = one_epoch(3, "a"), one_epoch(3, "b"), one_epoch(4, "c")
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+def test_untrained_baseline_weights_are_the_ones_train_starts_from(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``initial_model`` (what benchmarks/untrained_baseline.py writes) gives the weights that
+    ``train`` hands to the optimiser, whatever the global generator did in between."""
+    import generators.trainer as trainer
+
+    started: dict[str, Tensor] = {}
+
+    def capture(model: CrystalGenerator, config: dict[str, Any], *args: Any, **kwargs: Any):
+        started.update({k: v.clone() for k, v in model.state_dict().items()})
+        return config
+
+    monkeypatch.setattr(trainer, "fit", capture)
+    overrides = {"model": TINY_MODEL, "train": {"batch_size": 4, "seed": 5, "val_split": None}}
+    config = train(
+        "diffcsp",
+        "perov_5",
+        "cpu-small",
+        tmp_path / "run",
+        limit=8,
+        overrides=overrides,
+        data_dir=data_dir,
+        progress=False,
+    )
+    torch.seed()
+    baseline = initial_model("diffcsp", config).state_dict()
+    assert started.keys() == baseline.keys()
+    assert all(torch.equal(started[key], baseline[key]) for key in started)
+    other = initial_model("diffcsp", {**config, "train": {**config["train"], "seed": 6}})
+    assert not all(torch.equal(started[k], v) for k, v in other.state_dict().items())
 
 
 def _progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

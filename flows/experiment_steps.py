@@ -19,8 +19,8 @@ from analysis.stability_rows import DATASET_LABEL, dft_fields, structure_row, un
 from flows.hashing import structure_hash
 from flows.pipeline import sample_structures, train_generator
 from flows.relax_stage import flow_run_provenance, relax_samples, with_flow_run
-from flows.store import Provenance, ResultStore
-from flows.tasks import load_sample_items
+from flows.store import DONE_STATUSES, Provenance, ResultStore
+from flows.tasks import describe_relaxer, load_sample_items
 
 DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
     "espresso": {
@@ -286,6 +286,26 @@ def _accumulate(stages: dict[str, dict[str, Any]], key: str, stage: dict[str, An
     total["errors"] += stage["errors"]
 
 
+def _dft_not_in_store(
+    runs: dict[str, ModelRun],
+    spec: tuple[str, dict[str, Any]],
+    home: str | None,
+    retry_failed: bool,
+) -> dict[str, list[str]]:
+    """Each model's chosen structure ids without a finished DFT relaxation, in chosen order."""
+    settings_hash = describe_relaxer(spec[0], spec[1])["settings_hash"]
+    finished = set(DONE_STATUSES) - ({"failed"} if retry_failed else set())
+    with ResultStore(home=home) as store:
+        status = {
+            model: store.relaxation_status([mr.hashes[sid] for sid in mr.chosen], settings_hash)
+            for model, mr in runs.items()
+        }
+    return {
+        model: [sid for sid in mr.chosen if status[model].get(mr.hashes[sid]) not in finished]
+        for model, mr in runs.items()
+    }
+
+
 def dft_rounds(
     runs: dict[str, ModelRun],
     spec: tuple[str, dict[str, Any]],
@@ -302,15 +322,24 @@ def dft_rounds(
     """DFT-relax each model's chosen structures, ``dft_workers`` per model per round.
 
     Round robin, so that a run stopped early has DFT results for every model; each round's
-    results are in the store as soon as they finish (a rerun skips them). With ``max_minutes``,
-    no batch starts after that much wall time; its structures go to ``mr.dft_not_started``.
+    results are in the store as soon as they finish (a rerun skips them). Rounds are formed
+    from the structures the store does not have yet, so a resumed run keeps every worker busy
+    (already-relaxed structures only count as skipped). With ``max_minutes``, no batch starts
+    after that much wall time; its structures go to ``mr.dft_not_started``.
     """
     per_round = max(1, dft_workers)
-    n_rounds = max((len(mr.chosen) for mr in runs.values()), default=0)
+    todo = _dft_not_in_store(runs, spec, home, retry_failed)
     phase_start = time.perf_counter()
+    for model, mr in runs.items():
+        todo_ids = set(todo[model])
+        stored = [(sid, mr.structures[sid]) for sid in mr.chosen if sid not in todo_ids]
+        if stored:  # counted as skipped; nothing is submitted
+            stage = relax_samples(stored, spec[0], spec[1], mr.provenance, home=home)
+            _accumulate(stages, f"{model}:{spec[0]}", stage.as_dict())
+    n_rounds = max((len(ids) for ids in todo.values()), default=0)
     for first in range(0, n_rounds, per_round):
         for model, mr in runs.items():
-            batch = mr.chosen[first : first + per_round]
+            batch = todo[model][first : first + per_round]
             if not batch:
                 continue
             start = time.perf_counter()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pymatgen.core import Lattice, Structure
 
 from flows.experiment import ModelRun, add_dft_fields, dft_rounds
+from flows.relax_stage import StageSummary
 from flows.store import Provenance, ResultStore
+from flows.tasks import describe_relaxer
 
 
 def _model_run(model: str, ids: list[str]) -> ModelRun:
@@ -129,3 +132,31 @@ def test_the_floor_gets_dft_with_the_models_settings_hash(tmp_path: Path) -> Non
     other = _model_run("test split", ["t"])
     add_dft_fields(other, "another-hash", str(tmp_path))  # another protocol: nothing found
     assert other.rows[0]["dft_status"] == "not_relaxed"
+
+
+def test_a_resumed_run_fills_every_round_with_structures_still_to_relax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two DFT workers and the first chosen structure already in the store, the rerun
+    submits the other two together (old rounds: [stored, b] then [c], one worker idle)."""
+    import flows.experiment_steps as steps
+
+    spec = ("chgnet+espresso", {})
+    mr = _model_run("cdvae", ["a", "b", "c"])
+    settings_hash = describe_relaxer(*spec)["settings_hash"]
+    doc = {"structure_id": "a", "settings_hash": settings_hash, "status": "ok"}
+    with ResultStore(home=str(tmp_path)) as store:
+        store.put_relaxations([(mr.hashes["a"], doc)], Provenance(model="cdvae"))
+    calls: list[list[str]] = []
+
+    def record(items, relaxer, settings, provenance, **options):
+        calls.append([sid for sid, _ in items])
+        return StageSummary(relaxer, settings_hash, {}, n_input=len(items))
+
+    monkeypatch.setattr(steps, "relax_samples", record)
+    stages: dict = {}
+    steps.dft_rounds(
+        {"cdvae": mr}, spec, 2, str(tmp_path), "local", None, False, stages, {"cdvae": {}}, {}
+    )
+    assert calls == [["a"], ["b", "c"]]
+    assert stages["cdvae:chgnet+espresso"]["n_input"] == 3

@@ -102,12 +102,15 @@ def metrics_table(cards: list) -> str:
             task = "generation" if row.get("protocol") == "generation" else card.task
             command = row.get("command")
             ref = commands.setdefault(command, f"c{len(commands) + 1}") if command else ""
+            sampling = str(row.get("sampling_cpu_minutes", ""))
+            if row.get("sampling_note"):  # e.g. how a resumed sampling's time was measured
+                sampling += f" ({row['sampling_note']})"
             lines.append(
                 f"| {card.name} | {task} | {row['name']} | {row.get('n', '')} | "
                 f"{row.get('value', '')} | "
                 f"{paper if paper is not None else 'no published number'} | "
                 f"{row.get('paper_source') or ''} | {budget} | "
-                f"{row.get('sampling_cpu_minutes', '')} | {ref} |"
+                f"{sampling} | {ref} |"
             )
     if commands:
         lines += ["", "Commands of the rows (run from the repository root):", ""]

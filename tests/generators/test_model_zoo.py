@@ -200,7 +200,14 @@ def test_models_cli_lists_and_shows(
     card = _card("tiny-cli", info["sha256"], info["size_bytes"], file="tiny.pt")
     card["metrics"] = [
         {"name": "match_rate", "value": 0.5, "paper": 0.5202, "command": "dftloop sample A"},
-        {"name": "rmse", "value": 0.1, "paper": 0.076, "command": "dftloop sample A"},
+        {
+            "name": "rmse",
+            "value": 0.1,
+            "paper": 0.076,
+            "command": "dftloop sample A",
+            "sampling_cpu_minutes": 78.1,
+            "sampling_note": "extrapolated",
+        },
         {
             "name": "generation cov_recall",
             "value": 0.9,
@@ -238,6 +245,8 @@ def test_models_cli_lists_and_shows(
         "0.5",
         "0.5202",
     ]
+    # the sampling cell carries the note on how a resumed sampling's time was measured
+    assert rows[1].split("|")[-3].strip() == "78.1 (extrapolated)"
 
 
 def test_card_training_commands_rebuild_the_recorded_configuration(zoo_card: ModuleType) -> None:

@@ -548,6 +548,7 @@ NOT_RELAXED_LABELS: dict[str, str] = {
     "invalid_input": "rejected as invalid input",
     "failed": "failed",
     "unavailable": "not run (relaxer unavailable)",
+    "interrupted": "interrupted (the DFT code was stopped; a rerun relaxes it again)",
     "not_relaxed": "not in the store (crashed chunk; a rerun tries again)",
     "no_structure": "could not be built from the sample",
     "analysis_failed": "relaxed, but the comparison with the sample failed",

@@ -53,7 +53,8 @@ BATCH_SIZE = 500
 """Documents per write / per ``$in`` query."""
 
 DONE_STATUSES = frozenset({"ok", "not_converged", "invalid_input", "failed"})
-"""Relaxation statuses that count as finished (``unavailable``: the code was missing, retry)."""
+"""Relaxation statuses that count as finished; ``unavailable`` (the code was missing) and
+``interrupted`` (the DFT code was stopped from outside) are relaxed again by the next run."""
 
 RELAXATION_BLOB_FIELDS = ("forces", "stages")
 """Relaxation fields moved to the ``data`` additional store."""

@@ -37,7 +37,7 @@ from pymatgen.core import Structure
 
 from relax.protocol import ProtocolSpec, RelaxProtocol, enthalpy_eV, resolve_protocol
 
-Status = Literal["ok", "not_converged", "failed", "invalid_input", "unavailable"]
+Status = Literal["ok", "not_converged", "failed", "invalid_input", "unavailable", "interrupted"]
 """Outcome of one relaxation.
 
 ``ok``: converged; ``not_converged``: ran to its step/time limit, the result is usable but not a

@@ -30,6 +30,24 @@ class EspressoRunError(RuntimeError):
     """pw.x exited with a non-zero status."""
 
 
+class EspressoInterrupted(EspressoRunError):
+    """pw.x was stopped from outside (SIGTERM, SIGINT or SIGHUP): interrupted, not failed."""
+
+
+#: Signals by which a job is asked to stop (a batch system, a machine shutdown, Ctrl-C), as
+#: opposed to a crash of the code itself (SIGSEGV, SIGABRT) or the kernel's OOM kill (SIGKILL).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def stopped_from_outside(code: int) -> bool:
+    """Whether an exit status means "stopped by a stop signal".
+
+    ``subprocess`` reports a signal as ``-signum``; mpirun and shells exit with ``128 + signum``.
+    """
+    signum = -code if code < 0 else code - 128 if code > 128 else 0
+    return signum in STOP_SIGNALS
+
+
 def find_pw(pw_command: str = "pw.x") -> str | None:
     """Return the absolute path of ``pw_command`` if it can be run, else ``None``."""
     if os.sep in pw_command:
@@ -149,8 +167,10 @@ class TimedEspressoProfile(EspressoProfile):
         ------
         EspressoTimeout
             When the time limit is reached (the process group is killed first).
+        EspressoInterrupted
+            When pw.x was stopped by SIGTERM, SIGINT or SIGHUP (:func:`stopped_from_outside`).
         EspressoRunError
-            When pw.x exits with a non-zero status.
+            When pw.x exits with another non-zero status.
         """
         argv = self.get_command(inputfile)
         mode = "ab" if append else "wb"
@@ -172,6 +192,10 @@ class TimedEspressoProfile(EspressoProfile):
                 _kill_group(proc)
                 _kill_leftovers(directory)
                 raise
+        if code != 0 and stopped_from_outside(code):
+            raise EspressoInterrupted(
+                f"pw.x was stopped from outside (exit status {code}) before it finished"
+            )
         if code != 0:
             raise EspressoRunError(f"pw.x exited with status {code} ({' '.join(argv)})")
 

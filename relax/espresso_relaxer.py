@@ -27,7 +27,7 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
-from relax.base import DEFAULT_MAX_ATOMS, DEFAULT_MIN_DISTANCE, Relaxer, RelaxResult
+from relax.base import DEFAULT_MAX_ATOMS, DEFAULT_MIN_DISTANCE, Relaxer, RelaxResult, Status
 from relax.espresso_params import (
     MAGNETIC_ELEMENTS,
     PseudoLibrary,
@@ -35,6 +35,7 @@ from relax.espresso_params import (
     starting_magnetisation,
 )
 from relax.espresso_profile import (
+    EspressoInterrupted,
     EspressoMachine,
     EspressoRunError,
     EspressoTimeout,
@@ -409,10 +410,13 @@ class EspressoRelaxer(Relaxer):
         self, sid: str, structure: Structure, relaxed: RelaxResult
     ) -> RelaxResult:
         """Energies, forces and stress from SCFs at ``kspacing`` (relaxation on another grid)."""
-        if relaxed.status == "unavailable" or relaxed.final_structure is None:
+        if relaxed.status in ("unavailable", "interrupted") or relaxed.final_structure is None:
             return relaxed
         final = self._run_one(sid, relaxed.structure(), "scf")
         initial = self._run_one(sid, structure, "scf") if self.initial_single_point else None
+        stopped = [r for r in (final, initial) if r is not None and r.status == "interrupted"]
+        if stopped:  # an energy is missing because pw.x was stopped: not a result
+            return stopped[0]
         wall = relaxed.wall_time_s + final.wall_time_s + (initial.wall_time_s if initial else 0.0)
         extra = {
             **relaxed.extra,
@@ -508,6 +512,11 @@ class EspressoRelaxer(Relaxer):
             except EspressoTimeout as exc:
                 record["outcome"] = "timeout"
                 return self._fail(sid, structure, start, attempts, common, str(exc))
+            except EspressoInterrupted as exc:  # not a result: the store hands it out again
+                record["outcome"] = "interrupted"
+                return self._fail(
+                    sid, structure, start, attempts, common, str(exc), status="interrupted"
+                )
             except Exception as exc:  # writing the input or parsing failed
                 record["outcome"] = f"{type(exc).__name__}: {exc}"
                 return self._fail(sid, structure, start, attempts, common, record["outcome"])
@@ -560,6 +569,8 @@ class EspressoRelaxer(Relaxer):
         run_error = None
         try:
             profile.run(directory, inp.name, output.name, errorfile="espresso.err")
+        except EspressoInterrupted:
+            raise
         except EspressoRunError as exc:
             run_error = str(exc)
         text = output.read_text(errors="replace") if output.exists() else ""
@@ -646,6 +657,7 @@ class EspressoRelaxer(Relaxer):
         attempts: list[dict[str, Any]],
         common: dict[str, Any],
         reason: str,
+        status: Status = "failed",
     ) -> RelaxResult:
         scratch = common["extra"]["scratch_dir"]
         return RelaxResult.failure(
@@ -653,6 +665,7 @@ class EspressoRelaxer(Relaxer):
             self,
             f"{reason}; inputs and outputs kept in {scratch}",
             structure=structure,
+            status=status,
             wall_time_s=time.perf_counter() - start,
             dft_available=True,
             extra={**common["extra"], "attempts": attempts},

@@ -124,6 +124,9 @@ class TwoStageRelaxer(Relaxer):
         final: RelaxResult,
         share: float,
     ) -> RelaxResult:
+        if single is not None and single.status == "interrupted":
+            # the input's energy is missing because pw.x was stopped: not a result
+            final = single
         warnings = [f"{self.pre.name}: {w}" for w in pre.warnings] + list(final.warnings)
         stages = [pre]
         initial = initial_pa = None

@@ -5,6 +5,7 @@
     dftloop results list [--kind relaxation] [--model dataset] [--limit 20] [--home DIR]
     dftloop results export out.csv   [--kind analysis]     # one row per document, flat columns
     dftloop results export out.extxyz [--kind relaxation]  # relaxed structures (samples: generated)
+    dftloop results publish REPORT_DIR DEST                 # a report without this machine's paths
 
 The store is the one of :mod:`flows.store` (``DFTLOOP_HOME`` or ``JOBFLOW_CONFIG_FILE``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -163,6 +165,43 @@ def export_results(
         console.print(f"wrote {written} structures to {out} ({skipped} without structure skipped)")
     else:
         raise typer.BadParameter(f"unknown export format {out.suffix!r}; use .csv or .extxyz")
+
+
+@app.command("publish")
+def publish_command(
+    report: Annotated[Path, typer.Argument(help="Report directory (with report.md).")],
+    destination: Annotated[Path, typer.Argument(help="Directory to write the copy to.")],
+    home: HomeOption = None,
+) -> None:
+    """Copy a report to share or commit it: this machine's paths become variable names.
+
+    The project directory is written as ``$DFTLOOP_HOME`` and the DFT scratch folder as
+    ``$DFTLOOP_SCRATCH_DIR``; any other absolute path left in the text files is listed (exit
+    status 1), so that nothing of the machine is published unnoticed.
+    """
+    import tempfile
+
+    from dftloop_io.job_store import dftloop_home
+    from dftloop_io.publish import publish_report
+
+    scratch = os.environ.get("DFTLOOP_SCRATCH_DIR") or str(
+        Path(tempfile.gettempdir()) / "dftloop-espresso"
+    )
+    replacements = {
+        str(dftloop_home(home).resolve()): "$DFTLOOP_HOME",
+        str(Path(scratch).resolve()): "$DFTLOOP_SCRATCH_DIR",
+    }
+    try:
+        left = publish_report(report, destination, replacements)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console = Console()
+    console.print(f"wrote {destination}")
+    if left:
+        console.print("absolute paths left (edit them before publishing):")
+        for line in left:
+            console.print(f"  {line}", markup=False)
+        raise typer.Exit(1)
 
 
 def write_csv(path: Path, docs: list[dict[str, Any]]) -> int:

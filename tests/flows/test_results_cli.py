@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
+import pytest
 from ase.io import read
 from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
@@ -104,3 +106,40 @@ def test_results_list_and_export(tmp_path: Path) -> None:
         app, ["results", "export", str(tmp_path / "x.json"), "--home", str(tmp_path)]
     )
     assert res.exit_code != 0 and "unknown export format" in " ".join(res.output.split())
+
+
+def test_publish_replaces_the_machines_paths_and_lists_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    monkeypatch.setenv("DFTLOOP_SCRATCH_DIR", str(scratch))
+    report = home / "reports" / "experiment" / "run"
+    report.mkdir(parents=True)
+    (report / "report.md").write_text("ΔE in meV/atom, (V/N)^(1/3); ![plot](a.png)\n")
+    (report / "a.png").write_bytes(b"\x89PNG\r\n")
+    summary = {
+        "plots": {"ΔE": f"{report}/a.png"},
+        "error": f"x: pw.x failed; inputs and outputs kept in {scratch}/x-scf-1",
+    }
+    (report / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "docs" / "run"
+    result = CliRunner().invoke(
+        app, ["results", "publish", str(report), str(out), "--home", str(home)]
+    )
+    assert result.exit_code == 0, result.output
+    published = json.loads((out / "summary.json").read_text())
+    assert published == {
+        "plots": {"ΔE": "$DFTLOOP_HOME/reports/experiment/run/a.png"},
+        "error": "x: pw.x failed; inputs and outputs kept in $DFTLOOP_SCRATCH_DIR/x-scf-1",
+    }
+    assert (out / "report.md").read_text() == (report / "report.md").read_text()
+    assert (out / "a.png").read_bytes() == b"\x89PNG\r\n"
+    # a path outside the project and the scratch folder is listed, and the exit status says so
+    (report / "rows.json").write_text(json.dumps([{"sample_dir": "/data/elsewhere/samples"}]))
+    again = CliRunner().invoke(
+        app, ["results", "publish", str(report), str(out), "--home", str(home)]
+    )
+    assert again.exit_code == 1
+    assert "rows.json: /data/elsewhere/samples" in again.output
+    missing = CliRunner().invoke(app, ["results", "publish", str(out / "nope"), str(out)])
+    assert missing.exit_code == 2 and "no report.md" in missing.output

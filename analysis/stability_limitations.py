@@ -77,8 +77,10 @@ def row_counts(
         sample had no structure), ``n_relaxed`` (a force-field Δ value), ``n_ff_failed`` (the
         rest: relaxation failed, not stored or not comparable), ``n_dft_selected``,
         ``n_dft_values`` (a DFT Δ value), ``n_dft_not_started`` (``dft_status``
-        ``not_started``), ``n_dft_failed`` (selected, started, no value) and ``dft_paths``
-        (``{path: count}`` over the selected rows). Models without rows are left out.
+        ``not_started``), ``n_dft_interrupted`` (``dft_status`` ``interrupted``: the DFT code
+        was stopped from outside, a rerun relaxes it again), ``n_dft_failed`` (selected,
+        started, no value, not interrupted) and ``dft_paths`` (``{path: count}`` over the
+        selected rows). Models without rows are left out.
     """
     out: dict[str, dict[str, Any]] = {}
     for model in models:
@@ -90,6 +92,7 @@ def row_counts(
         selected = [r for r in mine if r.get("dft_selected")]
         values = sum(1 for r in selected if r.get("dft_delta_e_mev_per_atom") is not None)
         not_started = sum(1 for r in selected if r.get("dft_status") == "not_started")
+        interrupted = sum(1 for r in selected if r.get("dft_status") == "interrupted")
         paths = Counter(str(r["dft_path"]) for r in selected if r.get("dft_path"))
         out[model] = {
             "n_rows": len(mine),
@@ -99,7 +102,8 @@ def row_counts(
             "n_dft_selected": len(selected),
             "n_dft_values": values,
             "n_dft_not_started": not_started,
-            "n_dft_failed": len(selected) - values - not_started,
+            "n_dft_interrupted": interrupted,
+            "n_dft_failed": len(selected) - values - not_started - interrupted,
             "dft_paths": dict(sorted(paths.items())),
         }
     return out
@@ -304,6 +308,8 @@ def dft_lines(s: Mapping[str, Any]) -> list[str]:
             outcome = f"{c['n_dft_values']} with a DFT value"
             if c.get("n_dft_failed"):
                 outcome += f", {c['n_dft_failed']} failed"
+            if c.get("n_dft_interrupted"):
+                outcome += f", {c['n_dft_interrupted']} interrupted (relaxed again by a rerun)"
             if c.get("n_dft_not_started"):
                 outcome += f", {c['n_dft_not_started']} not started (time budget)"
             parts.append(outcome)

@@ -264,6 +264,7 @@ def test_limitations_state_checkpoint_sizes_subset_path_protocol_and_floor() -> 
         "n_dft_selected": 3,
         "n_dft_values": 1,
         "n_dft_not_started": 1,
+        "n_dft_interrupted": 0,
         "n_dft_failed": 1,
         "dft_paths": {"pre-relaxed": 3},
     }
@@ -349,3 +350,22 @@ def test_limitations_of_a_run_without_dft_or_floor() -> None:
     assert "At 0 GPa the energies compared are energies per atom (ΔE)." in section
     assert "Floor: this run has no dataset floor" in section
     assert "the report makes no power statement" in section
+
+
+def test_an_interrupted_dft_relaxation_is_counted_apart_from_failures() -> None:
+    from analysis.stability_limitations import row_counts
+
+    def row(status: str, value: float | None = None) -> dict:
+        return {
+            "model": "cdvae",
+            "delta_e_mev_per_atom": 1.0,
+            "dft_selected": True,
+            "dft_path": "pre-relaxed",
+            "dft_status": status,
+            "dft_delta_e_mev_per_atom": value,
+        }
+
+    rows = [row("ok", 5.0), row("interrupted"), row("interrupted"), row("failed")]
+    counts = row_counts(rows, ["cdvae"])["cdvae"]
+    outcome = counts["n_dft_values"], counts["n_dft_interrupted"], counts["n_dft_failed"]
+    assert outcome == (1, 2, 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 TEXT_SUFFIXES = (".md", ".json", ".csv", ".txt")
 COPIED_SUFFIXES = (*TEXT_SUFFIXES, ".png", ".svg", ".pdf")
 
-# a path of at least two components that starts a token: "/root/x", not "meV/atom" or "1/3"
+# a path of at least two components at the start of a token; not "meV/atom" or "1/3"
 _ABSOLUTE_PATH = re.compile(r"(?<![\w$.)])/(?:[\w.+-]+/)+[\w.+-]*")
 
 
@@ -34,7 +34,7 @@ def publish_report(
         Directory to write (created; files of the same name are overwritten).
     replacements
         ``{absolute path prefix: placeholder}``, applied to the text files, longest prefix
-        first (e.g. ``{"/data/me/project": "$DFTLOOP_HOME"}``).
+        first (e.g. ``{str(project_dir): "$DFTLOOP_HOME"}``).
 
     Returns
     -------

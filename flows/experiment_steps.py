@@ -19,7 +19,7 @@ from analysis.stability_rows import DATASET_LABEL, dft_fields, structure_row, un
 from flows.hashing import structure_hash
 from flows.pipeline import sample_structures, train_generator
 from flows.relax_stage import flow_run_provenance, relax_samples, with_flow_run
-from flows.store import DONE_STATUSES, Provenance, ResultStore
+from flows.store import Provenance, ResultStore
 from flows.tasks import describe_relaxer, load_sample_items
 
 DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
@@ -294,15 +294,11 @@ def _dft_not_in_store(
 ) -> dict[str, list[str]]:
     """Each model's chosen structure ids without a finished DFT relaxation, in chosen order."""
     settings_hash = describe_relaxer(spec[0], spec[1])["settings_hash"]
-    finished = set(DONE_STATUSES) - ({"failed"} if retry_failed else set())
+    hashes = [mr.hashes[sid] for mr in runs.values() for sid in mr.chosen]
     with ResultStore(home=home) as store:
-        status = {
-            model: store.relaxation_status([mr.hashes[sid] for sid in mr.chosen], settings_hash)
-            for model, mr in runs.items()
-        }
+        todo = store.unfinished_hashes(hashes, settings_hash, retry_failed=retry_failed)
     return {
-        model: [sid for sid in mr.chosen if status[model].get(mr.hashes[sid]) not in finished]
-        for model, mr in runs.items()
+        model: [sid for sid in mr.chosen if mr.hashes[sid] in todo] for model, mr in runs.items()
     }
 
 

@@ -401,6 +401,17 @@ class ResultStore:
         found = self.get_many(list(ids), properties=["doc_id", "status"])
         return {ids[i]: d.get("status", "ok") for i, d in found.items()}
 
+    def unfinished_hashes(
+        self, struct_hashes: Sequence[str], settings_hash: str, *, retry_failed: bool = False
+    ) -> set[str]:
+        """The structure hashes without a finished relaxation with these settings.
+
+        Finished: :data:`DONE_STATUSES`; with ``retry_failed``, ``failed`` counts as unfinished.
+        """
+        done = self.relaxation_status(struct_hashes, settings_hash)
+        finished = DONE_STATUSES - ({"failed"} if retry_failed else set())
+        return {h for h in struct_hashes if done.get(h) not in finished}
+
     def pending_relaxations(
         self,
         items: Sequence[tuple[str, Any]],
@@ -431,11 +442,10 @@ class ResultStore:
                 hashes.append(structure_hash(structure))
             except (ValueError, AttributeError, TypeError):
                 hashes.append(f"unhashable:{sid}")
-        done = self.relaxation_status(hashes, settings_hash)
-        finished = set(DONE_STATUSES) - ({"failed"} if retry_failed else set())
+        todo = self.unfinished_hashes(hashes, settings_hash, retry_failed=retry_failed)
         pending, seen = [], set()
         for (sid, structure), h in zip(items, hashes, strict=True):
-            if h in seen or done.get(h) in finished:
+            if h in seen or h not in todo:
                 continue
             seen.add(h)
             pending.append((sid, structure))

@@ -30,7 +30,7 @@ class EspressoRunError(RuntimeError):
     """pw.x exited with a non-zero status."""
 
 
-class EspressoInterrupted(EspressoRunError):
+class EspressoInterrupted(RuntimeError):
     """pw.x was stopped from outside (SIGTERM, SIGINT or SIGHUP): interrupted, not failed."""
 
 
@@ -192,7 +192,7 @@ class TimedEspressoProfile(EspressoProfile):
                 _kill_group(proc)
                 _kill_leftovers(directory)
                 raise
-        if code != 0 and stopped_from_outside(code):
+        if stopped_from_outside(code):
             raise EspressoInterrupted(
                 f"pw.x was stopped from outside (exit status {code}) before it finished"
             )

@@ -208,8 +208,9 @@ class EspressoRelaxer(Relaxer):
             self.machine.timeout_s = float(timeout_s)
         if pw_command is not None:
             self.machine.pw_command = pw_command
-        root = scratch_dir or _env_scratch() or Path(tempfile.gettempdir()) / "dftloop-espresso"
-        self.scratch_root = Path(root).expanduser().resolve()
+        self.scratch_root = (
+            Path(scratch_dir).expanduser().resolve() if scratch_dir else default_scratch_root()
+        )
         self.keep_scratch = bool(keep_scratch)
         self.progress = progress
 
@@ -569,8 +570,6 @@ class EspressoRelaxer(Relaxer):
         run_error = None
         try:
             profile.run(directory, inp.name, output.name, errorfile="espresso.err")
-        except EspressoInterrupted:
-            raise
         except EspressoRunError as exc:
             run_error = str(exc)
         text = output.read_text(errors="replace") if output.exists() else ""
@@ -672,10 +671,15 @@ class EspressoRelaxer(Relaxer):
         )
 
 
-def _env_scratch() -> str | None:
+def default_scratch_root() -> Path:
+    """pw.x's scratch folder when none is given (absolute).
+
+    ``$DFTLOOP_SCRATCH_DIR``, else the system temporary folder / ``dftloop-espresso``.
+    """
     import os
 
-    return os.environ.get(SCRATCH_ENV) or None
+    root = os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / "dftloop-espresso"
+    return Path(root).expanduser().resolve()
 
 
 def _safe(structure_id: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -179,17 +178,13 @@ def publish_command(
     ``$DFTLOOP_SCRATCH_DIR``; any other absolute path left in the text files is listed (exit
     status 1), so that nothing of the machine is published unnoticed.
     """
-    import tempfile
-
     from dftloop_io.job_store import dftloop_home
     from dftloop_io.publish import publish_report
+    from relax.espresso_relaxer import SCRATCH_ENV, default_scratch_root
 
-    scratch = os.environ.get("DFTLOOP_SCRATCH_DIR") or str(
-        Path(tempfile.gettempdir()) / "dftloop-espresso"
-    )
     replacements = {
         str(dftloop_home(home).resolve()): "$DFTLOOP_HOME",
-        str(Path(scratch).resolve()): "$DFTLOOP_SCRATCH_DIR",
+        str(default_scratch_root()): f"${SCRATCH_ENV}",
     }
     try:
         left = publish_report(report, destination, replacements)

@@ -9,19 +9,12 @@ import signal
 from pathlib import Path
 
 import pytest
-from pymatgen.core import Lattice, Structure
 
 from flows.hashing import structure_hash
 from flows.store import Provenance, ResultStore
 from relax import get_relaxer
 from relax.espresso_profile import stopped_from_outside
-
-
-def diamond() -> Structure:
-    h = 3.57 / 2
-    return Structure(
-        Lattice([[0, h, h], [h, 0, h], [h, h, 0]]), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]]
-    )
+from relax.prototypes import diamond
 
 
 def stand_in_pw(tmp_path: Path, body: str) -> str:

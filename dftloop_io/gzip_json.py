@@ -18,6 +18,8 @@ from typing import Any
 def write_gzip_json(path: Path, payload: object) -> None:
     """Write ``payload`` as gzipped JSON through a temporary file and an atomic rename.
 
+    The gzip header carries no time stamp, so the same payload gives the same bytes.
+
     Parameters
     ----------
     path
@@ -34,7 +36,7 @@ def write_gzip_json(path: Path, payload: object) -> None:
     try:
         with (
             os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) as gz,
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5, mtime=0) as gz,
         ):
             gz.write(json.dumps(payload).encode())
         os.chmod(tmp, 0o644)

@@ -59,6 +59,12 @@ DONE_STATUSES = frozenset({"ok", "not_converged", "invalid_input", "failed"})
 RELAXATION_BLOB_FIELDS = ("forces", "stages")
 """Relaxation fields moved to the ``data`` additional store."""
 
+BLOB_FIELDS: dict[str, tuple[str, ...]] = {
+    "relaxation": RELAXATION_BLOB_FIELDS,
+    "property_optimization": ("rows",),
+}
+"""Fields of each document kind kept in the ``data`` additional store."""
+
 
 def code_version() -> str:
     """Return the code version: ``git describe`` of the checkout, else the package version."""
@@ -500,6 +506,79 @@ class ResultStore:
             out[ids[doc_id]] = doc
         return out
 
+    # -- moving documents between stores --------------------------------------------------
+    def export_documents(
+        self, kind: Kind | str, criteria: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Return documents of one kind with their blobs inlined, sorted by ``doc_id``.
+
+        The output is what :meth:`import_documents` takes, in this store or another one.
+
+        Parameters
+        ----------
+        kind
+            Document kind.
+        criteria
+            Further Mongo-style criteria.
+
+        Returns
+        -------
+        list of dict
+        """
+        docs = self.query(kind, criteria, load_blobs=True)
+        return sorted(docs, key=lambda d: d["doc_id"])
+
+    def import_documents(self, docs: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """Add exported documents, never losing what this store holds.
+
+        A document whose ``doc_id`` is new is added (its blob fields go to the ``data`` store
+        again). One whose ``doc_id`` exists is kept as it is, except a relaxation that is not
+        finished here (``interrupted``, ``unavailable``) while the imported one is finished
+        (:data:`DONE_STATUSES`): that one is replaced.
+
+        Parameters
+        ----------
+        docs
+            Documents of :meth:`export_documents`, each with ``doc_id`` and ``kind``.
+
+        Returns
+        -------
+        dict
+            Counts ``added``, ``replaced`` and ``kept``.
+
+        Raises
+        ------
+        ValueError
+            When a document has no ``doc_id`` or no ``kind``.
+        """
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for doc in docs:
+            if not doc.get("doc_id") or not doc.get("kind"):
+                raise ValueError(f"not a store document (no doc_id or kind): {str(doc)[:120]}")
+            by_kind.setdefault(doc["kind"], []).append(dict(doc))
+        counts = {"added": 0, "replaced": 0, "kept": 0}
+        for kind, group in by_kind.items():
+            existing = self.get_many([d["doc_id"] for d in group], properties=["doc_id", "status"])
+            todo = []
+            for doc in group:
+                old = existing.get(doc["doc_id"])
+                if old is None:
+                    counts["added"] += 1
+                elif (
+                    kind == "relaxation"
+                    and old.get("status") not in DONE_STATUSES
+                    and doc.get("status") in DONE_STATUSES
+                ):
+                    counts["replaced"] += 1
+                else:
+                    counts["kept"] += 1
+                    continue
+                doc.pop("_id", None)
+                todo.append(doc)
+            if todo:
+                self._put(kind, todo, BLOB_FIELDS.get(kind, ()))
+        return counts
+
     # -- property optimisation -------------------------------------------------------------
     def put_property_optimization(self, doc: dict[str, Any], provenance: Provenance) -> str:
         """Store one property-optimisation run (``kind="property_optimization"``).
@@ -517,7 +596,7 @@ class ResultStore:
             The ``doc_id``.
         """
         d = jsanitize({**doc, "provenance": provenance.as_dict()}, strict=False)
-        return self._put("property_optimization", [d], ("rows",))[0]
+        return self._put("property_optimization", [d], BLOB_FIELDS["property_optimization"])[0]
 
     # -- analyses --------------------------------------------------------------------------
     def put_analyses(self, docs: Iterable[dict[str, Any]], provenance: Provenance) -> list[str]:

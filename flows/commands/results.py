@@ -5,6 +5,8 @@
     dftloop results list [--kind relaxation] [--model dataset] [--limit 20] [--home DIR]
     dftloop results export out.csv   [--kind analysis]     # one row per document, flat columns
     dftloop results export out.extxyz [--kind relaxation]  # relaxed structures (samples: generated)
+    dftloop results export docs.json.gz --kind sample --kind relaxation  # whole documents
+    dftloop results import docs.json.gz                     # into this store; keeps what it has
     dftloop results publish REPORT_DIR DEST                 # a report without this machine's paths
 
 The store is the one of :mod:`flows.store` (``DFTLOOP_HOME`` or ``JOBFLOW_CONFIG_FILE``).
@@ -51,6 +53,25 @@ HomeOption = Annotated[
     Path | None, typer.Option(help="Project directory (default DFTLOOP_HOME or ./dftloop-runs).")
 ]
 KindOption = Annotated[str, typer.Option(help="Document kind: sample, relaxation or analysis.")]
+KindsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kind",
+        help="Document kind: sample, relaxation or analysis (repeat for a .json.gz export; "
+        "default relaxation).",
+    ),
+]
+RelaxerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--relaxer",
+        help="Only relaxations and analyses of this relaxer, e.g. chgnet+espresso (repeat).",
+    ),
+]
+
+DOCUMENTS_FORMAT = "dftloop-store-documents"
+"""The ``format`` field of a .json.gz export."""
+DOCUMENTS_VERSION = 1
 ModelOption = Annotated[str | None, typer.Option(help="Only documents of this model.")]
 
 
@@ -65,8 +86,13 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _criteria(model: str | None) -> dict[str, Any]:
-    return {"provenance.model": model} if model else {}
+def _criteria(
+    model: str | None, relaxers: list[str] | None = None, kind: str = "relaxation"
+) -> dict[str, Any]:
+    criteria: dict[str, Any] = {"provenance.model": model} if model else {}
+    if relaxers and kind in ("relaxation", "analysis"):
+        criteria["provenance.relaxer"] = {"$in": list(relaxers)}
+    return criteria
 
 
 def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -135,35 +161,122 @@ def list_results(
 
 @app.command("export")
 def export_results(
-    out: Annotated[Path, typer.Argument(help="Output file: .csv or .extxyz (.xyz).")],
-    kind: KindOption = "relaxation",
+    out: Annotated[Path, typer.Argument(help="Output file: .csv, .extxyz (.xyz) or .json.gz.")],
+    kind: KindsOption = None,
     model: ModelOption = None,
+    relaxer: RelaxerOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Export documents to CSV (flat columns) or extended XYZ (one frame per structure).
+    """Export documents to CSV, extended XYZ or whole documents (.json.gz).
 
-    For extxyz, relaxations give their relaxed structure, samples their generated structure and
-    analyses are not exportable (no structure). Documents without a structure are skipped and
-    counted.
+    CSV writes flat columns, one row per document. extxyz writes one frame per structure:
+    relaxations give their relaxed structure, samples their generated structure, analyses are
+    not exportable (no structure); documents without a structure are skipped and counted.
+    .json.gz writes the documents whole, blobs included, of every ``--kind`` given:
+    ``dftloop results import`` adds them to another store, so that a run resumes there (or its
+    report is written again) without computing them again.
     """
     from flows.store import ResultStore
 
-    _check_kind(kind)
+    kinds = [_check_kind(k) for k in (kind or ["relaxation"])]
     console = Console()
-    with ResultStore(home=home) as store:
-        docs = store.query(kind, _criteria(model))
-    suffix = out.suffix.lower()
+    suffix = "".join(out.suffixes[-2:]).lower() if out.name.endswith(".gz") else out.suffix.lower()
+    if suffix not in (".csv", ".extxyz", ".xyz", ".json.gz"):
+        raise typer.BadParameter(f"unknown export format {suffix!r}; use .csv, .extxyz or .json.gz")
+    if suffix != ".json.gz" and len(kinds) > 1:
+        raise typer.BadParameter(f"{suffix} takes one --kind; .json.gz takes several")
     out.parent.mkdir(parents=True, exist_ok=True)
+    with ResultStore(home=home) as store:
+        if suffix == ".json.gz":
+            docs = [
+                doc
+                for k in kinds
+                for doc in store.export_documents(k, _criteria(model, relaxer, k))
+            ]
+        else:
+            docs = store.query(kinds[0], _criteria(model, relaxer, kinds[0]))
     if suffix == ".csv":
         n = write_csv(out, docs)
-        console.print(f"wrote {n} {kind} rows to {out}")
-    elif suffix in (".extxyz", ".xyz"):
-        if kind == "analysis":
-            raise typer.BadParameter("analysis documents have no structure; export them as CSV")
-        written, skipped = write_extxyz(out, docs, kind)
-        console.print(f"wrote {written} structures to {out} ({skipped} without structure skipped)")
+        console.print(f"wrote {n} {kinds[0]} rows to {out}")
+    elif suffix == ".json.gz":
+        write_documents(out, docs)
+        counts = ", ".join(f"{k}={sum(d['kind'] == k for d in docs)}" for k in kinds)
+        console.print(f"wrote {len(docs)} documents ({counts}) to {out}")
     else:
-        raise typer.BadParameter(f"unknown export format {out.suffix!r}; use .csv or .extxyz")
+        if kinds[0] == "analysis":
+            raise typer.BadParameter("analysis documents have no structure; export them as CSV")
+        written, skipped = write_extxyz(out, docs, kinds[0])
+        console.print(f"wrote {written} structures to {out} ({skipped} without structure skipped)")
+
+
+@app.command("import")
+def import_results(
+    source: Annotated[Path, typer.Argument(help="A .json.gz file of dftloop results export.")],
+    home: HomeOption = None,
+) -> None:
+    """Add the documents of a .json.gz export to this store.
+
+    Documents the store already has are kept (a relaxation that is not finished here, e.g.
+    ``interrupted``, is replaced by a finished one from the file); the counts are printed.
+    """
+    from flows.store import ResultStore
+
+    try:
+        docs = read_documents(source)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with ResultStore(home=home) as store:
+        counts = store.import_documents(docs)
+    Console().print(
+        f"{source}: {len(docs)} documents; added {counts['added']}, "
+        f"replaced {counts['replaced']} unfinished, kept {counts['kept']} already stored"
+    )
+
+
+def write_documents(path: Path, docs: list[dict[str, Any]]) -> None:
+    """Write store documents (blobs inlined) as a gzipped JSON file :func:`read_documents` reads.
+
+    Parameters
+    ----------
+    path
+        Destination (``.json.gz``); written atomically, with the same bytes for the same
+        documents.
+    docs
+        Documents of :meth:`flows.store.ResultStore.export_documents`.
+    """
+    from monty.json import jsanitize
+
+    from dftloop_io.gzip_json import write_gzip_json
+
+    payload = {
+        "format": DOCUMENTS_FORMAT,
+        "version": DOCUMENTS_VERSION,
+        "documents": jsanitize(docs, strict=False),
+    }
+    write_gzip_json(path, payload)
+
+
+def read_documents(path: Path) -> list[dict[str, Any]]:
+    """Read the documents of a file written by :func:`write_documents`.
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, not gzipped JSON, or not a dftloop documents export.
+    """
+    from dftloop_io.gzip_json import read_gzip_json
+
+    payload = read_gzip_json(path)
+    if payload is None:
+        raise ValueError(f"{path}: missing, truncated or not gzipped JSON")
+    if not isinstance(payload, dict) or payload.get("format") != DOCUMENTS_FORMAT:
+        raise ValueError(f"{path}: not a dftloop results export (no format {DOCUMENTS_FORMAT!r})")
+    if payload.get("version") != DOCUMENTS_VERSION:
+        raise ValueError(
+            f"{path}: export version {payload.get('version')!r}; this dftloop reads "
+            f"version {DOCUMENTS_VERSION}"
+        )
+    return list(payload["documents"])
 
 
 @app.command("publish")

@@ -143,3 +143,98 @@ def test_publish_replaces_the_machines_paths_and_lists_the_rest(
     assert "rows.json: /data/elsewhere/samples" in again.output
     missing = CliRunner().invoke(app, ["results", "publish", str(out / "nope"), str(out)])
     assert missing.exit_code == 2 and "no report.md" in missing.output
+
+
+def test_json_export_and_import_move_documents_with_their_blobs(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    _fill(source)
+    s1 = Structure(Lattice.cubic(4.0), ["C"], [[0, 0, 0]])
+    forces = [[0.125, -0.5, 0.0]]
+    with ResultStore(home=source) as store:
+        store.put_relaxations(
+            [
+                (
+                    structure_hash(s1),
+                    {
+                        "structure_id": "dft",
+                        "relaxer": "chgnet+espresso",
+                        "settings_hash": "d",
+                        "status": "ok",
+                        "final_energy_eV": -250.5,
+                        "forces": forces,
+                    },
+                )
+            ],
+            Provenance(model="cdvae", relaxer="chgnet+espresso"),
+        )
+    bundle = tmp_path / "docs.json.gz"
+    both_kinds = ["--kind", "sample", "--kind", "relaxation"]
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["results", "export", str(bundle), *both_kinds, "--home", str(source)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "6 documents (sample=3, relaxation=3)" in " ".join(res.output.split())
+    first = bundle.read_bytes()
+    runner.invoke(
+        app,
+        ["results", "export", str(bundle), *both_kinds, "--home", str(source)],
+    )
+    assert bundle.read_bytes() == first  # same documents, same bytes (no gzip time stamp)
+
+    # the target already has a finished relaxation of "a" (kept) and an interrupted one of
+    # "b" (the source's finished one replaces it)
+    with ResultStore(home=source) as store:
+        a, b = sorted(store.query("relaxation", {"relaxer": "chgnet"}), key=lambda d: d["doc_id"])
+    by_id = {a["structure_id"]: a, b["structure_id"]: b}
+    with ResultStore(home=target) as store:
+        store.put_relaxations(
+            [
+                (by_id["a"]["structure_hash"], {**by_id["a"], "final_energy_eV": -1.0}),
+                (by_id["b"]["structure_hash"], {**by_id["b"], "status": "interrupted"}),
+            ],
+            Provenance(model="dataset", relaxer="chgnet"),
+        )
+    res = runner.invoke(app, ["results", "import", str(bundle), "--home", str(target)])
+    assert res.exit_code == 0, res.output
+    assert "added 4, replaced 1 unfinished, kept 1" in " ".join(res.output.split())
+    with ResultStore(home=target) as store:
+        docs = {d["structure_id"]: d for d in store.query("relaxation", load_blobs=True)}
+        assert store.count("sample") == 3
+    assert docs["a"]["final_energy_eV"] == -1.0  # what the target had is not overwritten
+    assert docs["b"]["status"] == "failed"  # the source's finished status
+    assert docs["dft"]["forces"] == forces  # the blob came along and is in the data store
+    with ResultStore(home=target) as store:
+        [raw] = store.query("relaxation", {"structure_id": "dft"})
+    assert raw["forces"]["store"] == "data"
+    again = runner.invoke(app, ["results", "import", str(bundle), "--home", str(target)])
+    assert "added 0, replaced 0 unfinished, kept 6" in " ".join(again.output.split())
+
+    # only the DFT relaxer's documents
+    dft_only = tmp_path / "dft.json.gz"
+    res = runner.invoke(
+        app,
+        ["results", "export", str(dft_only), "--relaxer", "chgnet+espresso", "--home", str(source)],
+    )
+    assert "1 documents (relaxation=1)" in " ".join(res.output.split())
+
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(b"not gzip")
+    res = runner.invoke(app, ["results", "import", str(bad), "--home", str(target)])
+    assert res.exit_code == 2 and "not gzipped JSON" in " ".join(res.output.split())
+    res = runner.invoke(
+        app,
+        [
+            "results",
+            "export",
+            str(tmp_path / "two.csv"),
+            "--kind",
+            "sample",
+            "--kind",
+            "relaxation",
+            "--home",
+            str(source),
+        ],
+    )
+    assert res.exit_code == 2 and "takes one --kind" in " ".join(res.output.split())

@@ -36,8 +36,8 @@ from flows.experiment_steps import (
     ModelRun,
     add_dft_fields,
     dataset_floor_run,
+    dft_queue,
     dft_relaxer_spec,
-    dft_rounds,
     force_field_rows,
     relax_references,
     sample_model,
@@ -58,8 +58,8 @@ __all__ = [
     "DEFAULT_MODELS",
     "ModelRun",
     "add_dft_fields",
+    "dft_queue",
     "dft_relaxer_spec",
-    "dft_rounds",
     "stability_experiment",
 ]
 
@@ -392,7 +392,7 @@ def stability_experiment(
     workers, dft_workers
         Dask worker processes of the force-field and of the DFT stage (``cluster="local"``).
     dft_max_minutes
-        Wall-time budget of the DFT phase: no new round starts once it is used up; the chosen
+        Wall-time budget of the DFT phase: no relaxation starts once it is used up; the chosen
         structures not started are rows with ``dft_status`` ``"not_started"``. A rerun with a
         larger budget continues where this one stopped.
     cluster, cluster_kwargs
@@ -498,11 +498,11 @@ def stability_experiment(
         dataset, reference_structures, n_reference, ref_stages, home, cluster, dft_kwargs
     )
     timings["reference"] = {"reference_s": time.perf_counter() - start}
-    # 4-5. the DFT subsets, round robin over the models and the floor
+    # 4-5. the DFT subsets: one queue, taking turns over the models and the floor
     dft_subsets: dict[str, dict[str, int]] = {}
     if dft_info is not None and dft_per_model > 0:
         dft_subsets = _choose_dft_subsets(runs, dft_per_model, dft_selection, seed, dft_max_sites)
-        dft_rounds(
+        dft_queue(
             runs,
             dft_spec,
             dft_workers,

@@ -18,9 +18,15 @@ from pymatgen.core import Structure
 from analysis.stability_rows import DATASET_LABEL, dft_fields, structure_row, unbuilt_row
 from flows.hashing import structure_hash
 from flows.pipeline import sample_structures, train_generator
-from flows.relax_stage import flow_run_provenance, relax_samples, with_flow_run
+from flows.relax_stage import (
+    QueueGroup,
+    flow_run_provenance,
+    relax_samples,
+    run_relax_queue,
+    with_flow_run,
+)
 from flows.store import Provenance, ResultStore
-from flows.tasks import describe_relaxer, load_sample_items
+from flows.tasks import load_sample_items
 
 DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
     "espresso": {
@@ -33,17 +39,6 @@ DEFAULT_DFT_SETTINGS: dict[str, dict[str, Any]] = {
 2400 s per pw.x calculation (``timeout_s`` is a machine setting, not in the settings hash).
 k-spacing, cutoffs, pressure and dispersion come from the relaxation protocol (the dataset's
 converged settings where they exist, :mod:`relax.protocol`) unless ``dft_settings`` names them."""
-
-
-COUNTS: tuple[str, ...] = (
-    "n_input",
-    "n_skipped",
-    "n_submitted",
-    "n_stored",
-    "n_ok",
-    "n_errors",
-    "n_crashed_chunks",
-)
 
 
 def dft_relaxer_spec(
@@ -275,34 +270,7 @@ def add_dft_fields(
             row.update(dft_status="not_relaxed", dft_error=f"{sid}: no DFT result in the store")
 
 
-def _accumulate(stages: dict[str, dict[str, Any]], key: str, stage: dict[str, Any]) -> None:
-    """Add a stage summary (one DFT round) to the running total under ``key``."""
-    if key not in stages:
-        stages[key] = {**stage, "errors": list(stage["errors"])}
-        return
-    total = stages[key]
-    for name in COUNTS:
-        total[name] += stage[name]
-    total["errors"] += stage["errors"]
-
-
-def _dft_not_in_store(
-    runs: dict[str, ModelRun],
-    spec: tuple[str, dict[str, Any]],
-    home: str | None,
-    retry_failed: bool,
-) -> dict[str, list[str]]:
-    """Each model's chosen structure ids without a finished DFT relaxation, in chosen order."""
-    settings_hash = describe_relaxer(spec[0], spec[1])["settings_hash"]
-    hashes = [mr.hashes[sid] for mr in runs.values() for sid in mr.chosen]
-    with ResultStore(home=home) as store:
-        todo = store.unfinished_hashes(hashes, settings_hash, retry_failed=retry_failed)
-    return {
-        model: [sid for sid in mr.chosen if mr.hashes[sid] in todo] for model, mr in runs.items()
-    }
-
-
-def dft_rounds(
+def dft_queue(
     runs: dict[str, ModelRun],
     spec: tuple[str, dict[str, Any]],
     dft_workers: int,
@@ -315,53 +283,51 @@ def dft_rounds(
     model_errors: dict[str, str],
     max_minutes: float | None = None,
 ) -> None:
-    """DFT-relax each model's chosen structures, ``dft_workers`` per model per round.
+    """DFT-relax each model's chosen structures through one queue of ``dft_workers``.
 
-    Round robin, so that a run stopped early has DFT results for every model; each round's
-    results are in the store as soon as they finish (a rerun skips them). Rounds are formed
-    from the structures the store does not have yet, so a resumed run keeps every worker busy
-    (already-relaxed structures only count as skipped). With ``max_minutes``, no batch starts
-    after that much wall time; its structures go to ``mr.dft_not_started``.
+    The structures the store does not have yet take turns over the models (first of each
+    model, then the second, ...), so a run stopped early has DFT results for every model;
+    ``dft_workers`` relaxations run at once and the next one starts as soon as any finishes
+    (:func:`flows.relax_stage.run_relax_queue`). Each result is in the store as soon as it
+    finishes and carries its own model's provenance; a rerun skips it. With ``max_minutes``, no
+    relaxation starts after that much wall time; its structure goes to
+    ``mr.dft_not_started``. ``timings[model]["dft_s"]`` is the sum of the model's relaxations'
+    wall times.
     """
-    per_round = max(1, dft_workers)
-    todo = _dft_not_in_store(runs, spec, home, retry_failed)
-    phase_start = time.perf_counter()
+    groups = [
+        QueueGroup(
+            model,
+            [(sid, mr.structures[sid], mr.hashes[sid]) for sid in mr.chosen],
+            mr.provenance,
+        )
+        for model, mr in runs.items()
+    ]
+    try:
+        outcome = run_relax_queue(
+            groups,
+            spec[0],
+            spec[1],
+            home=home,
+            chunk_size=1,
+            cluster=cluster,
+            cluster_kwargs=cluster_kwargs,
+            retry_failed=retry_failed,
+            in_flight=max(1, dft_workers),
+            max_seconds=None if max_minutes is None else 60.0 * max_minutes,
+        )
+    except Exception as exc:  # reported; the rows say "not relaxed"
+        get_run_logger().error("DFT: %s: %s", type(exc).__name__, exc)
+        for model in runs:
+            model_errors[f"{model} DFT"] = f"{type(exc).__name__}: {exc}"
+        return
     for model, mr in runs.items():
-        todo_ids = set(todo[model])
-        stored = [(sid, mr.structures[sid]) for sid in mr.chosen if sid not in todo_ids]
-        if stored:  # counted as skipped; nothing is submitted
-            stage = relax_samples(stored, spec[0], spec[1], mr.provenance, home=home)
-            _accumulate(stages, f"{model}:{spec[0]}", stage.as_dict())
-    n_rounds = max((len(ids) for ids in todo.values()), default=0)
-    for first in range(0, n_rounds, per_round):
-        for model, mr in runs.items():
-            batch = todo[model][first : first + per_round]
-            if not batch:
-                continue
-            start = time.perf_counter()
-            if max_minutes is not None and start - phase_start >= 60.0 * max_minutes:
-                reason = f"not started: the DFT budget of {max_minutes:g} min was used up"
-                mr.dft_not_started.update(dict.fromkeys(batch, reason))
-                continue
-            try:
-                stage = relax_samples(
-                    [(sid, mr.structures[sid]) for sid in batch],
-                    spec[0],
-                    spec[1],
-                    mr.provenance,
-                    home=home,
-                    chunk_size=1,
-                    cluster=cluster,
-                    cluster_kwargs=cluster_kwargs,
-                    retry_failed=retry_failed,
-                )
-            except Exception as exc:  # reported; the rows say "not relaxed"
-                get_run_logger().error("%s DFT: %s: %s", model, type(exc).__name__, exc)
-                model_errors[f"{model} DFT"] = f"{type(exc).__name__}: {exc}"
-                continue
+        summary = outcome.summaries[model]
+        stages[f"{model}:{spec[0]}"] = summary.as_dict()
+        reason = f"not started: the DFT budget of {max_minutes:g} min was used up"
+        mr.dft_not_started.update(dict.fromkeys(outcome.not_started[model], reason))
+        if summary.n_submitted:
             t = timings.setdefault(model, {})
-            t["dft_s"] = t.get("dft_s", 0.0) + time.perf_counter() - start
-            _accumulate(stages, f"{model}:{spec[0]}", stage.as_dict())
+            t["dft_s"] = t.get("dft_s", 0.0) + outcome.seconds[model]
 
 
 def relax_references(

@@ -10,7 +10,9 @@ flight. A chunk that crashes (after its Prefect retry) is not written, so a reru
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -75,7 +77,8 @@ def run_relax_stage(
 ) -> StageSummary:
     """Relax ``items`` that the store does not have yet; store results chunk by chunk.
 
-    Must be called inside a flow run.
+    Must be called inside a flow run. One group of :func:`run_relax_queue`, every chunk
+    submitted at once.
 
     Parameters
     ----------
@@ -101,62 +104,172 @@ def run_relax_stage(
     StageSummary
         Counts of skipped, submitted, stored and failed relaxations.
     """
-    logger = get_run_logger()
-    info = describe_relaxer(relaxer, relaxer_settings)
-    prov = Provenance(**{**asdict(provenance), "relaxer": relaxer})
-    prov.relaxer_settings = info["settings"]
-    summary = StageSummary(relaxer, info["settings_hash"], info["settings"], n_input=len(items))
-    source = {sid: src for sid, _, src in items}
-    with ResultStore(home=home) as store:
-        pending = store.pending_relaxations(
-            [(sid, s) for sid, s, _ in items], info["settings_hash"], retry_failed=retry_failed
-        )
-    summary.n_skipped = len(items) - len(pending)
-    summary.n_submitted = len(pending)
-    logger.info(
-        "%s: %d structures, %d already in the store, %d to relax",
+    outcome = run_relax_queue(
+        [QueueGroup("", items, provenance)],
         relaxer,
-        len(items),
-        summary.n_skipped,
-        len(pending),
+        relaxer_settings,
+        home=home,
+        chunk_size=chunk_size,
+        cluster=cluster,
+        cluster_kwargs=cluster_kwargs,
+        retry_failed=retry_failed,
     )
-    if not pending:
-        return summary
-    chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
-    width = max(1, int(math.log10(len(chunks))) + 1)
+    return outcome.summaries[""]
+
+
+@dataclass
+class QueueGroup:
+    """Structures of one provenance (one model's, say) in a :func:`run_relax_queue`."""
+
+    name: str
+    items: list[tuple[str, Structure, str]]
+    """``(structure_id, structure to relax, source hash)``."""
+    provenance: Provenance
+
+
+@dataclass
+class QueueOutcome:
+    """What :func:`run_relax_queue` did, by group name."""
+
+    summaries: dict[str, StageSummary]
+    not_started: dict[str, list[str]]
+    """Structure ids left out because the time budget was used up."""
+    seconds: dict[str, float]
+    """Sum over the group's chunks of the wall time from submission to result."""
+
+
+def run_relax_queue(
+    groups: list[QueueGroup],
+    relaxer: str,
+    relaxer_settings: dict[str, Any] | None,
+    *,
+    home: str | None = None,
+    chunk_size: int = 4,
+    cluster: str = "local",
+    cluster_kwargs: dict[str, Any] | None = None,
+    retry_failed: bool = False,
+    in_flight: int | None = None,
+    max_seconds: float | None = None,
+) -> QueueOutcome:
+    """Relax several groups' structures through one queue; store each with its own provenance.
+
+    Must be called inside a flow run. The chunks the store does not have yet are queued round
+    robin over the groups (first chunk of each group, then the second, ...), so a run stopped
+    early has results for every group. At most ``in_flight`` chunks run at once; the next one
+    is submitted as soon as any finishes, so a worker never waits for a slower structure of
+    another chunk. Each chunk's results are written as soon as it finishes.
+
+    Parameters
+    ----------
+    groups
+        The groups, in the order their chunks take turns.
+    relaxer, relaxer_settings, home, chunk_size, cluster, cluster_kwargs, retry_failed
+        As :func:`run_relax_stage`.
+    in_flight
+        Chunks running at once (the number of workers); ``None`` submits every chunk at once.
+    max_seconds
+        Wall-time budget from the call: no chunk is submitted after it; those chunks'
+        structure ids are in :attr:`QueueOutcome.not_started`. ``None``: no budget.
+
+    Returns
+    -------
+    QueueOutcome
+        Per group: the stage summary, what was not started, the chunks' wall time.
+    """
+    logger = get_run_logger()
+    start = time.perf_counter()
+    info = describe_relaxer(relaxer, relaxer_settings)
+    outcome = QueueOutcome({}, {}, {})
+    provenances: dict[str, Provenance] = {}
+    pending_counts: dict[str, int] = {}
+    queues: list[list[tuple[QueueGroup, list[tuple[str, Structure]]]]] = []
+    for group in groups:
+        summary = StageSummary(
+            relaxer, info["settings_hash"], info["settings"], n_input=len(group.items)
+        )
+        with ResultStore(home=home) as store:
+            pending = store.pending_relaxations(
+                [(sid, s) for sid, s, _ in group.items],
+                info["settings_hash"],
+                retry_failed=retry_failed,
+            )
+        summary.n_skipped = len(group.items) - len(pending)
+        logger.info(
+            "%s: %d structures, %d already in the store, %d to relax",
+            _label(relaxer, group.name),
+            len(group.items),
+            summary.n_skipped,
+            len(pending),
+        )
+        prov = Provenance(**{**asdict(group.provenance), "relaxer": relaxer})
+        prov.relaxer_settings = info["settings"]
+        provenances[group.name] = prov
+        pending_counts[group.name] = len(pending)
+        outcome.summaries[group.name] = summary
+        outcome.not_started[group.name] = []
+        outcome.seconds[group.name] = 0.0
+        queues.append(
+            [(group, pending[i : i + chunk_size]) for i in range(0, len(pending), chunk_size)]
+        )
+    order = [chunk for turn in zip_longest(*queues) for chunk in turn if chunk is not None]
+    if not order:
+        return outcome
+    if max_seconds is not None and max_seconds <= 0:
+        _leave_out(order, outcome)
+        return outcome
+    sources = {(group.name, sid): src for group in groups for sid, _, src in group.items}
+    width = max(1, int(math.log10(len(order))) + 1)
+    limit = len(order) if in_flight is None else max(1, in_flight)
     ledger = ledger_path(home)
     # a retry must really run: without refresh_cache Prefect would replay the cached failure
     chunk_task = relax_chunk.with_options(refresh_cache=True) if retry_failed else relax_chunk
     with build_task_runner(cluster, cluster_kwargs) as runner:
-        futures = {}
-        for number, chunk in enumerate(chunks):
-            payload = [(sid, s.as_dict()) for sid, s in chunk]
-            future = runner.submit(
-                chunk_task,
-                parameters={
-                    "relaxer_name": relaxer,
-                    "relaxer_settings": relaxer_settings,
-                    "items": payload,
-                    "label": f"{number:0{width}d}of{len(chunks)}",
-                    "ledger": ledger,
-                },
-            )
-            futures[future] = chunk
-        done = 0
-        for future in as_completed(list(futures)):
-            chunk = futures[future]
-            done += 1
+        running: dict[Any, tuple[QueueGroup, list[tuple[str, Structure]], float]] = {}
+        submitted = 0
+        while submitted < len(order) or running:
+            while submitted < len(order) and len(running) < limit:
+                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                    _leave_out(order[submitted:], outcome)
+                    logger.info(
+                        "%s: time budget of %.0f s used up; %d chunks not started",
+                        relaxer,
+                        max_seconds,
+                        len(order) - submitted,
+                    )
+                    submitted = len(order)
+                    break
+                group, chunk = order[submitted]
+                future = runner.submit(
+                    chunk_task,
+                    parameters={
+                        "relaxer_name": relaxer,
+                        "relaxer_settings": relaxer_settings,
+                        "items": [(sid, s.as_dict()) for sid, s in chunk],
+                        "label": f"{submitted:0{width}d}of{len(order)}",
+                        "ledger": ledger,
+                    },
+                )
+                running[future] = (group, chunk, time.perf_counter())
+                outcome.summaries[group.name].n_submitted += len(chunk)
+                submitted += 1
+            if not running:
+                break
+            future = next(iter(as_completed(list(running))))
+            group, chunk, submitted_at = running.pop(future)
+            outcome.seconds[group.name] += time.perf_counter() - submitted_at
+            summary = outcome.summaries[group.name]
+            label = _label(relaxer, group.name)
             try:
                 results = future.result()
             except Exception as exc:  # a crashed chunk is retried by the next run
                 summary.n_crashed_chunks += 1
                 ids = ", ".join(sid for sid, _ in chunk)
                 summary.errors.append(f"chunk [{ids}] crashed: {type(exc).__name__}: {exc}")
-                logger.error("%s: chunk [%s] crashed: %s", relaxer, ids, exc)
+                logger.error("%s: chunk [%s] crashed: %s", label, ids, exc)
                 continue
             entries = []
             for (sid, structure), result in zip(chunk, results, strict=True):
-                result["source_structure_hash"] = source.get(sid)
+                result["source_structure_hash"] = sources.get((group.name, sid))
                 entries.append((structure_hash(structure), result))
                 if result.get("error"):
                     summary.n_errors += 1
@@ -164,17 +277,26 @@ def run_relax_stage(
                 else:
                     summary.n_ok += 1
             with ResultStore(home=home) as store:
-                store.put_relaxations(entries, prov)
+                store.put_relaxations(entries, provenances[group.name])
             summary.n_stored += len(entries)
             logger.info(
-                "%s: chunk %d/%d stored (%d/%d structures)",
-                relaxer,
-                done,
-                len(chunks),
+                "%s: stored %d/%d structures",
+                label,
                 summary.n_stored,
-                len(pending),
+                pending_counts[group.name],
             )
-    return summary
+    return outcome
+
+
+def _label(relaxer: str, group: str) -> str:
+    return f"{relaxer} ({group})" if group else relaxer
+
+
+def _leave_out(
+    chunks: list[tuple[QueueGroup, list[tuple[str, Structure]]]], outcome: QueueOutcome
+) -> None:
+    for group, chunk in chunks:
+        outcome.not_started[group.name].extend(sid for sid, _ in chunk)
 
 
 def with_flow_run(provenance: Provenance) -> Provenance:

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from flows.experiment import ModelRun, add_dft_fields, dft_rounds
-from flows.relax_stage import StageSummary
+from flows.experiment import ModelRun, add_dft_fields, dft_queue
+from flows.hashing import structure_hash
 from flows.store import Provenance, ResultStore
 from flows.tasks import describe_relaxer
 
 
+@pytest.fixture(autouse=True)
+def _no_flow_run_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These calls run outside a flow run; the queue logs to a plain logger."""
+    import flows.relax_stage
+
+    monkeypatch.setattr(flows.relax_stage, "get_run_logger", lambda: logging.getLogger("test"))
+
+
 def _model_run(model: str, ids: list[str]) -> ModelRun:
+    size = 0.01 * len(model)  # every model's cells differ from the others'
     items = [
-        (sid, Structure(Lattice.cubic(3.0 + i), ["C"], [[0, 0, 0]])) for i, sid in enumerate(ids)
+        (sid, Structure(Lattice.cubic(3.0 + i + size), ["C"], [[0, 0, 0]]))
+        for i, sid in enumerate(ids)
     ]
     mr = ModelRun(model, "unused", items, Provenance(model=model))
-    mr.hashes = {sid: f"{model}-{sid}" for sid in ids}
+    mr.hashes = {sid: structure_hash(s) for sid, s in items}
     mr.rows = [{"model": model, "structure_id": sid} for sid in ids]
     mr.chosen = list(ids)
     return mr
@@ -29,8 +40,8 @@ def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
     stages: dict = {}
     timings: dict = {"cdvae": {}, "dpcdvae": {}}
     errors: dict = {}
-    # a zero budget is used up before the first round: nothing may be submitted
-    dft_rounds(
+    # a zero budget is used up before the first relaxation: nothing may be submitted
+    dft_queue(
         runs,
         ("chgnet+espresso", {}),
         1,
@@ -43,7 +54,11 @@ def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
         errors,
         max_minutes=0.0,
     )
-    assert stages == {} and errors == {}
+    assert errors == {}
+    assert {k: v["n_submitted"] for k, v in stages.items()} == {
+        "cdvae:chgnet+espresso": 0,
+        "dpcdvae:chgnet+espresso": 0,
+    }
     assert "dft_s" not in timings["cdvae"]
     assert set(runs["cdvae"].dft_not_started) == {"0-0", "0-1"}
     assert set(runs["dpcdvae"].dft_not_started) == {"0-3"}
@@ -63,21 +78,22 @@ def test_rows_without_budget_stop_are_not_relaxed(tmp_path: Path) -> None:
 
 def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> None:
     mr = _model_run("cdvae", ["0-0", "0-1"])
+    settings_hash = describe_relaxer("chgnet+espresso", {})["settings_hash"]
     generated = mr.structures["0-0"]
     relaxed = generated.copy()
     relaxed.scale_lattice(generated.volume * 0.9)
     doc = {
         "structure_id": "0-0",
-        "settings_hash": "settings-hash",
+        "settings_hash": settings_hash,
         "status": "ok",
         "initial_energy_per_atom_eV": -9.0,
         "final_energy_per_atom_eV": -9.5,
         "final_structure": relaxed.as_dict(),
     }
     with ResultStore(home=str(tmp_path)) as store:
-        store.put_relaxations([("cdvae-0-0", doc)], Provenance(model="cdvae"))
-    # a rerun whose budget is spent: both chosen structures are "not started" by this run
-    dft_rounds(
+        store.put_relaxations([(mr.hashes["0-0"], doc)], Provenance(model="cdvae"))
+    # a rerun whose budget is spent: the stored structure is not among those "not started"
+    dft_queue(
         {"cdvae": mr},
         ("chgnet+espresso", {}),
         1,
@@ -90,8 +106,8 @@ def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> 
         {},
         max_minutes=0.0,
     )
-    assert set(mr.dft_not_started) == {"0-0", "0-1"}
-    add_dft_fields(mr, "settings-hash", str(tmp_path))
+    assert set(mr.dft_not_started) == {"0-1"}
+    add_dft_fields(mr, settings_hash, str(tmp_path))
     done, waiting = mr.rows
     assert done["dft_status"] == "ok"
     assert abs(done["dft_delta_e_mev_per_atom"] - 500.0) < 1e-6
@@ -132,31 +148,3 @@ def test_the_floor_gets_dft_with_the_models_settings_hash(tmp_path: Path) -> Non
     other = _model_run("test split", ["t"])
     add_dft_fields(other, "another-hash", str(tmp_path))  # another protocol: nothing found
     assert other.rows[0]["dft_status"] == "not_relaxed"
-
-
-def test_a_resumed_run_fills_every_round_with_structures_still_to_relax(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With two DFT workers and the first chosen structure already in the store, the rerun
-    submits the other two together (old rounds: [stored, b] then [c], one worker idle)."""
-    import flows.experiment_steps as steps
-
-    spec = ("chgnet+espresso", {})
-    mr = _model_run("cdvae", ["a", "b", "c"])
-    settings_hash = describe_relaxer(*spec)["settings_hash"]
-    doc = {"structure_id": "a", "settings_hash": settings_hash, "status": "ok"}
-    with ResultStore(home=str(tmp_path)) as store:
-        store.put_relaxations([(mr.hashes["a"], doc)], Provenance(model="cdvae"))
-    calls: list[list[str]] = []
-
-    def record(items, relaxer, settings, provenance, **options):
-        calls.append([sid for sid, _ in items])
-        return StageSummary(relaxer, settings_hash, {}, n_input=len(items))
-
-    monkeypatch.setattr(steps, "relax_samples", record)
-    stages: dict = {}
-    steps.dft_rounds(
-        {"cdvae": mr}, spec, 2, str(tmp_path), "local", None, False, stages, {"cdvae": {}}, {}
-    )
-    assert calls == [["a"], ["b", "c"]]
-    assert stages["cdvae:chgnet+espresso"]["n_input"] == 3

@@ -384,13 +384,20 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_positions: float = 10_000.0) -
         Embedding size (even).
     max_positions
         P, the longest period (10,000 in both papers).
+
+    Returns
+    -------
+    Tensor
+        [B, dim] in the default floating dtype (float32 unless a caller, e.g. a float64 check,
+        changed it), whatever the dtype of ``t``.
     """
     if dim % 2 or dim < 4:
         raise ValueError(f"the time embedding dimension must be even and >= 4, got {dim}")
     half = dim // 2
     scale = math.log(max_positions) / (half - 1)
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
-    args = t.float().unsqueeze(-1) * freqs
+    dtype = torch.get_default_dtype()
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=dtype) * -scale)
+    args = t.to(dtype).unsqueeze(-1) * freqs
     return torch.cat([args.sin(), args.cos()], dim=-1)
 
 

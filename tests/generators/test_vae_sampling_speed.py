@@ -6,13 +6,13 @@ Two kinds of check:
   translations that can reach the cutoff) and GemNet-T's triplet gather against
   straightforward references written here: every translation of a large box, and a
   per-triplet Python loop;
-* short fixed-seed sampling chains (CDVAE: 2 noise levels × 3 Langevin steps; DP-CDVAE: 6
+* short fixed-seed sampling chains (CDVAE: 2 noise levels × 3 Langevin steps; DP-CDVAE: 2
   reverse steps) of small untrained models with both decoders (DimeNet++-style and GemNet-T),
   compared with **numbers recorded from the code before the speed work** (commit 73365c3) with
-  the same seed and weights. Recorded values are the point here: the test says that the
-  outputs did not change. They depend on the models' initialisation order and the random
-  streams of torch; if a deliberate model change moves them, re-record them with
-  :func:`short_chain` on the code before that change.
+  the same seed and weights, all in float64 so that they hold on any CPU. Recorded values are
+  the point here: the test says that the outputs did not change. They depend on the models'
+  initialisation order and the random streams of torch; if a deliberate model change moves
+  them, re-record them with :func:`short_chain` on the code before that change.
 """
 
 from __future__ import annotations
@@ -124,115 +124,126 @@ def short_chain(model_name: str, decoder: str) -> tuple[Tensor, Tensor]:
     ``cpu-small`` carbon_24 networks (seed 0), with the DimeNet++-style decoder
     (``dimenet_pp``) or a small GemNet-T (``gemnet_t``, scale factors set to 0.7, 0.75, ...);
     CDVAE runs 2 noise levels (levels 0 and 25: σ = 10 and 0.295 Å) × 3 Langevin steps,
-    DP-CDVAE 6 strided reverse steps. Returns the fractional coordinates and atom types.
+    DP-CDVAE 2 strided reverse steps. Everything runs in float64 (weights, inputs, the
+    chain): in float32 the chains of these untrained networks amplify the last-bit differences
+    between CPUs' kernels (AVX2 or AVX-512 matrix products) past any tolerance; in float64 the
+    outputs agree across thread counts and kernel choices to 1e-12. Returns the fractional
+    coordinates and atom types.
     """
-    config = load_config(model_name, "cpu-small", "carbon_24")["model"]
-    if decoder == "gemnet_t":
-        config["decoder"] = dict(GEMNET_SMALL)
-    torch.manual_seed(0)
-    model = build_model(model_name, config)
-    model.eval()
-    model.progress = False
-    if decoder == "gemnet_t":
-        for k, factor in enumerate(model.decoder.scale_factors()):
-            factor.scale.fill_(0.7 + 0.05 * k)
-    if model_name == "cdvae":
-        model.sigmas = model.sigmas[[0, 25]].clone()
-        model.configure_sampling(steps_per_level=3)
-    else:
-        model.configure_sampling(steps=6)
-    generator = torch.Generator().manual_seed(1)
-    z = torch.randn(len(NUM_ATOMS), model.latent_dim, generator=generator)
-    types = torch.full((int(NUM_ATOMS.sum()),), 6, dtype=torch.long)
-    with torch.no_grad():
-        return model.sample_structure(z, NUM_ATOMS, LATTICES, types, generator)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        config = load_config(model_name, "cpu-small", "carbon_24")["model"]
+        if decoder == "gemnet_t":
+            config["decoder"] = dict(GEMNET_SMALL)
+        torch.manual_seed(0)
+        model = build_model(model_name, config)
+        model.eval()
+        model.progress = False
+        if decoder == "gemnet_t":
+            for k, factor in enumerate(model.decoder.scale_factors()):
+                factor.scale.fill_(0.7 + 0.05 * k)
+        if model_name == "cdvae":
+            model.sigmas = model.sigmas[[0, 25]].clone()
+            model.configure_sampling(steps_per_level=3)
+        else:
+            model.configure_sampling(steps=2)
+        generator = torch.Generator().manual_seed(1)
+        z = torch.randn(len(NUM_ATOMS), model.latent_dim, generator=generator)
+        types = torch.full((int(NUM_ATOMS.sum()),), 6, dtype=torch.long)
+        with torch.no_grad():
+            return model.sample_structure(z, NUM_ATOMS, LATTICES.double(), types, generator)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 RECORDED: dict[tuple[str, str], tuple[list[list[float]], list[int]]] = {
     ("cdvae", "dimenet_pp"): (
         [
-            [0.6289757, 0.2094376, 0.6132930],
-            [0.6439392, 0.4387122, 0.8501054],
-            [0.5268090, 0.3982932, 0.6973905],
-            [0.7210652, 0.8094316, 0.2935752],
-            [0.0996821, 0.2009947, 0.3689127],
-            [0.9938641, 0.2315260, 0.0336933],
-            [0.1348915, 0.0787072, 0.8710413],
-            [0.2589878, 0.0682798, 0.8161506],
-            [0.9999830, 0.6835136, 0.0185838],
-            [0.0325518, 0.1563079, 0.0033372],
-            [0.9207579, 0.5256636, 0.7580918],
-            [0.2515764, 0.1200176, 0.9096271],
-            [0.9103047, 0.9577259, 0.8551295],
+            [0.0154861506, 0.1294030464, 0.3550387333],
+            [0.0330428284, 0.0888800010, 0.9991223059],
+            [0.0687696573, 0.8164696220, 0.8508945278],
+            [0.4257959346, 0.9774693993, 0.8217618883],
+            [0.3575413160, 0.0086234698, 0.8570317433],
+            [0.5929210545, 0.5294424767, 0.8320551497],
+            [0.2320875281, 0.1992558266, 0.2761257689],
+            [0.6705048642, 0.7463924321, 0.5609508743],
+            [0.0212596345, 0.4214272536, 0.8285081543],
+            [0.9953909616, 0.5404311366, 0.0991582188],
+            [0.5962664563, 0.8411767941, 0.2405610928],
+            [0.4491554034, 0.0580259168, 0.7173796878],
+            [0.9879980136, 0.0720034605, 0.6218300439],
         ],
-        [70, 20, 70, 20, 70, 59, 19, 59, 70, 19, 35, 99, 35],
+        [81, 81, 81, 81, 81, 81, 4, 81, 81, 81, 4, 81, 4],
     ),
     ("cdvae", "gemnet_t"): (
         [
-            [0.6660357, 0.2698183, 0.6117770],
-            [0.6049874, 0.3985006, 0.8476902],
-            [0.5324894, 0.3965593, 0.6842409],
-            [0.7277442, 0.8025366, 0.3105458],
-            [0.0266033, 0.5748402, 0.4707523],
-            [0.8061737, 0.2813967, 0.8724278],
-            [0.0072598, 0.2089909, 0.9454239],
-            [0.4780834, 0.9731624, 0.8646887],
-            [0.8270867, 0.6282318, 0.2839053],
-            [0.1075207, 0.8720983, 0.9426042],
-            [0.9242171, 0.5271539, 0.7606302],
-            [0.2528204, 0.1220494, 0.9128905],
-            [0.9084839, 0.9575494, 0.8560415],
+            [0.8868680566, 0.8113174430, 0.2088333626],
+            [0.9858920860, 0.6962432798, 0.1545935063],
+            [0.1243071463, 0.5693135564, 0.8430566241],
+            [0.4883148098, 0.9719770012, 0.9287487396],
+            [0.3526139373, 0.0181882726, 0.8423225374],
+            [0.5973633494, 0.5259641408, 0.8264523560],
+            [0.2295080497, 0.2043044167, 0.2820712565],
+            [0.6488671757, 0.7578597185, 0.5634351499],
+            [0.0213884124, 0.4262985927, 0.8146316142],
+            [0.9871343433, 0.5490073887, 0.1033793024],
+            [0.6182189735, 0.8461906146, 0.2179153501],
+            [0.4204718666, 0.0241089370, 0.7176013192],
+            [0.9936306428, 0.1127526154, 0.6427689792],
         ],
-        [78, 82, 82, 78, 82, 82, 32, 82, 32, 82, 13, 2, 38],
+        [83, 83, 83, 83, 27, 27, 27, 27, 27, 27, 85, 85, 85],
     ),
     ("dpcdvae", "dimenet_pp"): (
         [
-            [0.8497083, 0.2081034, 0.4842094],
-            [0.7922397, 0.1139990, 0.4086227],
-            [0.2218293, 0.7895233, 0.6006849],
-            [0.1362226, 0.8883744, 0.5064828],
-            [0.7755591, 0.9771070, 0.2301953],
-            [0.5937705, 0.1057921, 0.8771119],
-            [0.9534775, 0.7265466, 0.1261610],
-            [0.0908993, 0.7898328, 0.6245561],
-            [0.2850431, 0.2203149, 0.9855576],
-            [0.3012504, 0.1804064, 0.1564181],
-            [0.7495946, 0.1167629, 0.7175441],
-            [0.9700108, 0.6619246, 0.9017614],
-            [0.2803946, 0.2213124, 0.3806944],
+            [0.7933183713, 0.6260775333, 0.8783899787],
+            [0.9293776064, 0.7371571361, 0.7886695948],
+            [0.2700056291, 0.8864196506, 0.4524761189],
+            [0.0072983932, 0.7503456799, 0.8804643076],
+            [0.8150760445, 0.0776153569, 0.6587199203],
+            [0.2384528009, 0.1132604949, 0.9542624895],
+            [0.6705044352, 0.9901424752, 0.3220338827],
+            [0.2978289498, 0.9556641331, 0.0772477534],
+            [0.2440029763, 0.0580270380, 0.9165068085],
+            [0.7341347933, 0.8052905019, 0.0712291457],
+            [0.1025717847, 0.1101521193, 0.2849480691],
+            [0.3161714163, 0.7350327746, 0.7401940072],
+            [0.5812567990, 0.1548151061, 0.9748579237],
         ],
-        [22, 22, 22, 22, 22, 22, 22, 22, 1, 1, 95, 30, 66],
+        [81, 6, 95, 6, 81, 65, 27, 65, 65, 6, 17, 14, 47],
     ),
     ("dpcdvae", "gemnet_t"): (
         [
-            [0.0059197, 0.8458771, 0.7779157],
-            [0.7231009, 0.8454187, 0.5078642],
-            [0.1440451, 0.4943145, 0.2748570],
-            [0.1269343, 0.8143897, 0.4393631],
-            [0.7224296, 0.2935309, 0.6669973],
-            [0.2060395, 0.5366756, 0.9955709],
-            [0.9732448, 0.2977298, 0.7613066],
-            [0.1694013, 0.3168524, 0.0988530],
-            [0.0985671, 0.5886366, 0.5560769],
-            [0.8303173, 0.9665748, 0.9211953],
-            [0.1198062, 0.7258037, 0.8537909],
-            [0.8640817, 0.8482043, 0.3709925],
-            [0.0161121, 0.4259920, 0.7752165],
+            [0.3215909145, 0.7664111689, 0.0237479533],
+            [0.8506688987, 0.2783926635, 0.4118645177],
+            [0.9570907689, 0.8108028990, 0.7595898414],
+            [0.8706494179, 0.1443932686, 0.8047976875],
+            [0.0741958460, 0.1546561520, 0.0803273580],
+            [0.5991372493, 0.4226719506, 0.7189859215],
+            [0.2273041338, 0.1572897046, 0.1415562598],
+            [0.4296352803, 0.7511927688, 0.3461098592],
+            [0.8805923759, 0.6217607945, 0.7004486354],
+            [0.7891351146, 0.8924286294, 0.0125719660],
+            [0.0621361490, 0.8314635217, 0.8819981083],
+            [0.7681224166, 0.1394162557, 0.9160783160],
+            [0.1697414345, 0.0291202226, 0.2019235757],
         ],
-        [13, 13, 79, 13, 64, 88, 64, 70, 64, 64, 64, 60, 69],
+        [7, 53, 7, 7, 23, 38, 4, 89, 38, 23, 95, 18, 95],
     ),
 }
-""":func:`short_chain` run on the code before the speed work (73365c3): fractional
-coordinates (7 decimals) and atom types."""
+""":func:`short_chain` (float64) run on the code before the speed work (73365c3, whose
+``sinusoidal_embedding`` then computed in float32 whatever the default dtype: that one line was
+given the default dtype for the recording): fractional coordinates (10 decimals) and atom
+types."""
 
 
 @pytest.mark.parametrize("decoder", ["dimenet_pp", "gemnet_t"])
 @pytest.mark.parametrize("model_name", ["cdvae", "dpcdvae"])
 def test_fixed_seed_chain_is_unchanged(model_name: str, decoder: str) -> None:
-    """The short chain gives the recorded coordinates (to float32 rounding) and types."""
+    """The short chain gives the recorded coordinates (to 1e-8) and types."""
     frac, types = short_chain(model_name, decoder)
     recorded_frac, recorded_types = RECORDED[(model_name, decoder)]
     difference = frac.double() - torch.tensor(recorded_frac, dtype=torch.float64)
     difference = difference - torch.round(difference)  # the same point modulo 1
-    assert float(difference.abs().max()) < 1e-5
+    assert float(difference.abs().max()) < 1e-8
     assert types.tolist() == recorded_types

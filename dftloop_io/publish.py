@@ -21,6 +21,32 @@ COPIED_SUFFIXES = (*TEXT_SUFFIXES, ".png", ".svg", ".pdf")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w$.)])/(?:[\w.+-]+/)+[\w.+-]*")
 
 
+def replace_prefixes(text: str, replacements: Mapping[str, str]) -> str:
+    """Replace every ``{prefix: placeholder}`` of ``replacements`` in ``text``, longest first.
+
+    Parameters
+    ----------
+    text
+        Any text (a report file, a JSON document).
+    replacements
+        ``{absolute path prefix: placeholder}`` (or the reverse, to expand placeholders); empty
+        keys are ignored and a trailing ``/`` of a key is dropped.
+
+    Returns
+    -------
+    str
+    """
+    ordered = sorted(((str(k).rstrip("/"), v) for k, v in replacements.items() if k), key=len)
+    for prefix, placeholder in reversed(ordered):
+        text = text.replace(prefix, placeholder)
+    return text
+
+
+def absolute_paths(text: str) -> list[str]:
+    """The distinct absolute paths (two components or more) found in ``text``, sorted."""
+    return sorted(set(_ABSOLUTE_PATH.findall(text)))
+
+
 def publish_report(
     source: str | Path, destination: str | Path, replacements: Mapping[str, str]
 ) -> list[str]:
@@ -50,7 +76,6 @@ def publish_report(
     if not (source / "report.md").is_file():
         raise FileNotFoundError(f"{source} is not a report directory (no report.md)")
     destination.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(((str(k).rstrip("/"), v) for k, v in replacements.items() if k), key=len)
     left: list[str] = []
     for path in sorted(source.iterdir()):
         if not path.is_file() or path.suffix.lower() not in COPIED_SUFFIXES:
@@ -59,12 +84,10 @@ def publish_report(
         if path.suffix.lower() not in TEXT_SUFFIXES:
             shutil.copyfile(path, target)
             continue
-        text = path.read_text(encoding="utf-8")
-        for prefix, placeholder in reversed(ordered):  # longest first
-            text = text.replace(prefix, placeholder)
+        text = replace_prefixes(path.read_text(encoding="utf-8"), replacements)
         target.write_text(text, encoding="utf-8")
-        left += [f"{path.name}: {found}" for found in sorted(set(_ABSOLUTE_PATH.findall(text)))]
+        left += [f"{path.name}: {found}" for found in absolute_paths(text)]
     return left
 
 
-__all__ = ["publish_report"]
+__all__ = ["absolute_paths", "publish_report", "replace_prefixes"]

@@ -231,6 +231,73 @@ def load_samples(directory: str | Path) -> list[SampleRecord]:
     return records
 
 
+def pack_directory(directory: str | Path) -> dict[str, Any]:
+    """A finished sample directory as one JSON-serialisable dict (:func:`unpack_directory`).
+
+    Parameters
+    ----------
+    directory
+        The sample directory; every chunk its index lists must be readable JSON.
+
+    Returns
+    -------
+    dict
+        ``{"name": directory name, "index": index, "chunks": {file name: rows}}``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the directory has no readable index or a listed chunk cannot be read.
+    """
+    directory = Path(directory)
+    index = read_index(directory)
+    chunks = {name: json.loads((directory / name).read_text()) for name in index.get("chunks", [])}
+    return {"name": directory.name, "index": index, "chunks": chunks}
+
+
+def unpack_directory(packed: dict[str, Any], parent: str | Path) -> bool:
+    """Write a :func:`pack_directory` dict as ``parent/<name>`` unless that one is complete.
+
+    The chunk files are written first and the index last, so an interrupted unpacking leaves a
+    directory the sampler treats as unfinished.
+
+    Parameters
+    ----------
+    packed
+        The packed directory.
+    parent
+        Where sample directories live (``$DFTLOOP_HOME/samples``).
+
+    Returns
+    -------
+    bool
+        ``True`` if the directory was written, ``False`` if a complete one was there already.
+
+    Raises
+    ------
+    ValueError
+        If the name is not a plain directory name or a chunk name is not one of this format.
+    """
+    name = str(packed.get("name", ""))
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"not a sample directory name: {name!r}")
+    directory = Path(parent) / name
+    try:
+        if is_complete(read_index(directory)):
+            return False
+    except (FileNotFoundError, ValueError):
+        pass
+    directory.mkdir(parents=True, exist_ok=True)
+    for chunk, rows in packed.get("chunks", {}).items():
+        if not (
+            chunk.startswith("chunk_") and chunk.endswith(".json") and Path(chunk).name == chunk
+        ):
+            raise ValueError(f"{name}: not a chunk file name: {chunk!r}")
+        atomic_write_json(directory / chunk, rows)
+    write_index(directory, packed["index"])
+    return True
+
+
 __all__ = [
     "FORMAT",
     "UNREADABLE",
@@ -240,8 +307,10 @@ __all__ = [
     "chunk_name",
     "is_complete",
     "load_samples",
+    "pack_directory",
     "read_index",
     "record_from_row",
+    "unpack_directory",
     "write_chunk",
     "write_index",
 ]

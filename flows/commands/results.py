@@ -172,9 +172,13 @@ def export_results(
     CSV writes flat columns, one row per document. extxyz writes one frame per structure:
     relaxations give their relaxed structure, samples their generated structure, analyses are
     not exportable (no structure); documents without a structure are skipped and counted.
-    .json.gz writes the documents whole, blobs included, of every ``--kind`` given:
-    ``dftloop results import`` adds them to another store, so that a run resumes there (or its
-    report is written again) without computing them again.
+    .json.gz writes the documents whole, blobs included, of every ``--kind`` given, and with
+    ``--kind sample`` the sample directories the samples came from: ``dftloop results import``
+    adds them to another store and project directory, so that a run resumes there (or its
+    report is written again) without sampling or relaxing them again. Paths under the project
+    directory, the DFT scratch folder and the dftloop checkout are written as
+    ``$DFTLOOP_HOME``, ``$DFTLOOP_SCRATCH_DIR`` and ``$DFTLOOP_ROOT``; other absolute paths are
+    listed.
     """
     from flows.store import ResultStore
 
@@ -199,9 +203,17 @@ def export_results(
         n = write_csv(out, docs)
         console.print(f"wrote {n} {kinds[0]} rows to {out}")
     elif suffix == ".json.gz":
-        write_documents(out, docs)
+        sample_dirs = _packed_sample_dirs(docs)
+        left = write_documents(out, docs, sample_dirs, machine_paths(home))
         counts = ", ".join(f"{k}={sum(d['kind'] == k for d in docs)}" for k in kinds)
-        console.print(f"wrote {len(docs)} documents ({counts}) to {out}")
+        console.print(
+            f"wrote {len(docs)} documents ({counts}) and {len(sample_dirs)} sample "
+            f"directories to {out}"
+        )
+        if left:
+            console.print("absolute paths of this machine left in the file:")
+            for path in left:
+                console.print(f"  {path}", markup=False)
     else:
         if kinds[0] == "analysis":
             raise typer.BadParameter("analysis documents have no structure; export them as CSV")
@@ -218,22 +230,65 @@ def import_results(
 
     Documents the store already has are kept (a relaxation that is not finished here, e.g.
     ``interrupted``, is replaced by a finished one from the file); the counts are printed.
+    Sample directories in the file are written under ``samples/`` of the project directory
+    unless a complete one of the same name is there. ``$DFTLOOP_HOME``,
+    ``$DFTLOOP_SCRATCH_DIR`` and ``$DFTLOOP_ROOT`` become this machine's paths.
     """
+    from dftloop_io.job_store import dftloop_home
+    from dftloop_io.samples import unpack_directory
     from flows.store import ResultStore
 
+    expansions = {placeholder: path for path, placeholder in machine_paths(home).items()}
     try:
-        docs = read_documents(source)
+        docs, sample_dirs = read_documents(source, expansions)
+        written = [unpack_directory(d, dftloop_home(home) / "samples") for d in sample_dirs]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with ResultStore(home=home) as store:
         counts = store.import_documents(docs)
     Console().print(
         f"{source}: {len(docs)} documents; added {counts['added']}, "
-        f"replaced {counts['replaced']} unfinished, kept {counts['kept']} already stored"
+        f"replaced {counts['replaced']} unfinished, kept {counts['kept']} already stored; "
+        f"{sum(written)} of {len(sample_dirs)} sample directories written "
+        "(the others were complete here)"
     )
 
 
-def write_documents(path: Path, docs: list[dict[str, Any]]) -> None:
+def machine_paths(home: Path | None) -> dict[str, str]:
+    """Paths of the machine and their placeholders, ``{absolute path: placeholder}``.
+
+    The project directory, the DFT scratch folder and the dftloop checkout: what
+    :func:`write_documents` and ``results publish`` replace.
+    """
+    from dftloop_io.job_store import dftloop_home
+    from relax.espresso_relaxer import SCRATCH_ENV, default_scratch_root
+
+    return {
+        str(dftloop_home(home).resolve()): "$DFTLOOP_HOME",
+        str(default_scratch_root()): f"${SCRATCH_ENV}",
+        str(Path(__file__).resolve().parents[2]): "$DFTLOOP_ROOT",
+    }
+
+
+def _packed_sample_dirs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sample directories named by sample documents' provenance that exist here, packed."""
+    from dftloop_io.samples import pack_directory
+
+    names = {
+        str(((d.get("provenance") or {}).get("config") or {}).get("sample_dir") or "")
+        for d in docs
+        if d.get("kind") == "sample"
+    }
+    names.discard("")
+    return [pack_directory(name) for name in sorted(names) if (Path(name) / "index.json").is_file()]
+
+
+def write_documents(
+    path: Path,
+    docs: list[dict[str, Any]],
+    sample_dirs: list[dict[str, Any]] | None = None,
+    replacements: dict[str, str] | None = None,
+) -> list[str]:
     """Write store documents (blobs inlined) as a gzipped JSON file :func:`read_documents` reads.
 
     Parameters
@@ -243,21 +298,49 @@ def write_documents(path: Path, docs: list[dict[str, Any]]) -> None:
         documents.
     docs
         Documents of :meth:`flows.store.ResultStore.export_documents`.
+    sample_dirs
+        Packed sample directories (:func:`dftloop_io.samples.pack_directory`).
+    replacements
+        ``{absolute path prefix: placeholder}`` applied to the whole file
+        (:func:`machine_paths`).
+
+    Returns
+    -------
+    list of str
+        Absolute paths still in the file after the replacements.
     """
     from monty.json import jsanitize
 
     from dftloop_io.gzip_json import write_gzip_json
+    from dftloop_io.publish import absolute_paths, replace_prefixes
 
     payload = {
         "format": DOCUMENTS_FORMAT,
         "version": DOCUMENTS_VERSION,
         "documents": jsanitize(docs, strict=False),
+        "sample_dirs": sample_dirs or [],
     }
-    write_gzip_json(path, payload)
+    text = replace_prefixes(json.dumps(payload), replacements or {})
+    write_gzip_json(path, json.loads(text))
+    return absolute_paths(text)
 
 
-def read_documents(path: Path) -> list[dict[str, Any]]:
-    """Read the documents of a file written by :func:`write_documents`.
+def read_documents(
+    path: Path, expansions: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read the documents and sample directories of a file written by :func:`write_documents`.
+
+    Parameters
+    ----------
+    path
+        The file.
+    expansions
+        ``{placeholder: absolute path}`` to put this machine's paths back.
+
+    Returns
+    -------
+    tuple
+        ``(documents, packed sample directories)``.
 
     Raises
     ------
@@ -265,6 +348,7 @@ def read_documents(path: Path) -> list[dict[str, Any]]:
         When the file is missing, not gzipped JSON, or not a dftloop documents export.
     """
     from dftloop_io.gzip_json import read_gzip_json
+    from dftloop_io.publish import replace_prefixes
 
     payload = read_gzip_json(path)
     if payload is None:
@@ -276,7 +360,9 @@ def read_documents(path: Path) -> list[dict[str, Any]]:
             f"{path}: export version {payload.get('version')!r}; this dftloop reads "
             f"version {DOCUMENTS_VERSION}"
         )
-    return list(payload["documents"])
+    if expansions:
+        payload = json.loads(replace_prefixes(json.dumps(payload), expansions))
+    return list(payload["documents"]), list(payload.get("sample_dirs") or [])
 
 
 @app.command("publish")
@@ -287,20 +373,15 @@ def publish_command(
 ) -> None:
     """Copy a report to share or commit it: this machine's paths become variable names.
 
-    The project directory is written as ``$DFTLOOP_HOME`` and the DFT scratch folder as
-    ``$DFTLOOP_SCRATCH_DIR``; any other absolute path left in the text files is listed (exit
-    status 1), so that nothing of the machine is published unnoticed.
+    The project directory is written as ``$DFTLOOP_HOME``, the DFT scratch folder as
+    ``$DFTLOOP_SCRATCH_DIR`` and the dftloop checkout as ``$DFTLOOP_ROOT``; any other absolute
+    path left in the text files is listed (exit status 1), so that nothing of the machine is
+    published unnoticed.
     """
-    from dftloop_io.job_store import dftloop_home
     from dftloop_io.publish import publish_report
-    from relax.espresso_relaxer import SCRATCH_ENV, default_scratch_root
 
-    replacements = {
-        str(dftloop_home(home).resolve()): "$DFTLOOP_HOME",
-        str(default_scratch_root()): f"${SCRATCH_ENV}",
-    }
     try:
-        left = publish_report(report, destination, replacements)
+        left = publish_report(report, destination, machine_paths(home))
     except FileNotFoundError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

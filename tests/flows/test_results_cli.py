@@ -238,3 +238,54 @@ def test_json_export_and_import_move_documents_with_their_blobs(tmp_path: Path) 
         ],
     )
     assert res.exit_code == 2 and "takes one --kind" in " ".join(res.output.split())
+
+
+def test_samples_travel_with_their_directory_and_without_the_machines_paths(
+    tmp_path: Path,
+) -> None:
+    import gzip
+
+    from dftloop_io.samples import (
+        SampleRecord,
+        chunk_name,
+        load_samples,
+        write_chunk,
+        write_index,
+    )
+
+    source, target = tmp_path / "machine-a", tmp_path / "machine-b"
+    sample_dir = source / "samples" / "cdvae-carbon_24-0123456789ab"
+    sample_dir.mkdir(parents=True)
+    structure = Structure(Lattice.cubic(3.57), ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    records = [SampleRecord(sample_id="0-0", structure=structure)]
+    write_chunk(sample_dir, 0, records)
+    write_index(
+        sample_dir, {"model": "cdvae", "total": 1, "chunk_size": 1, "chunks": [chunk_name(0)]}
+    )
+    prov = Provenance(model="cdvae", dataset="carbon_24", config={"sample_dir": str(sample_dir)})
+    with ResultStore(home=source) as store:
+        store.put_samples(records, prov)
+    bundle = tmp_path / "samples.json.gz"
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["results", "export", str(bundle), "--kind", "sample", "--home", str(source)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "1 documents (sample=1) and 1 sample directories" in " ".join(res.output.split())
+    text = gzip.decompress(bundle.read_bytes()).decode()
+    assert str(source) not in text and "$DFTLOOP_HOME/samples/cdvae-carbon_24" in text
+
+    res = runner.invoke(app, ["results", "import", str(bundle), "--home", str(target)])
+    assert res.exit_code == 0, res.output
+    assert "1 of 1 sample directories written" in " ".join(res.output.split())
+    copied = target / "samples" / sample_dir.name
+    [loaded] = load_samples(copied)
+    assert loaded.sample_id == "0-0" and loaded.structure == structure
+    with ResultStore(home=target) as store:
+        [doc] = store.query("sample")
+    assert doc["provenance"]["config"]["sample_dir"] == str(copied.resolve())
+    # a second import leaves the complete directory alone
+    (copied / chunk_name(0)).write_text("[]")
+    again = runner.invoke(app, ["results", "import", str(bundle), "--home", str(target)])
+    assert "0 of 1 sample directories written" in " ".join(again.output.split())
+    assert json.loads((copied / chunk_name(0)).read_text()) == []

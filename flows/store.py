@@ -128,12 +128,20 @@ class Provenance:
         return jsanitize(asdict(self), strict=False)
 
     def sample_set(self) -> str:
-        """Return a short hash of the fields that define a set of samples."""
+        """Return a short hash of the fields that define a set of samples.
+
+        A ``sample_dir`` in the config enters by its name only (``<model>-<dataset>-<hash>``,
+        itself a hash of what was sampled), so the same samples in another project directory
+        or on another machine keep their document ids.
+        """
+        config = dict(self.config)
+        if config.get("sample_dir"):
+            config["sample_dir"] = Path(str(config["sample_dir"])).name
         key = {
             "model": self.model,
             "checkpoint_sha256": self.checkpoint_sha256,
             "dataset": self.dataset,
-            "config": self.config,
+            "config": config,
         }
         return dict_hash(key)[:16]
 

@@ -172,8 +172,8 @@ def export_results(
     CSV writes flat columns, one row per document. extxyz writes one frame per structure:
     relaxations give their relaxed structure, samples their generated structure, analyses are
     not exportable (no structure); documents without a structure are skipped and counted.
-    .json.gz writes the documents whole, blobs included, of every ``--kind`` given, and with
-    ``--kind sample`` the sample directories the samples came from: ``dftloop results import``
+    .json.gz writes the documents whole, blobs included, of every ``--kind`` given, and the
+    sample directories the documents' structures came from: ``dftloop results import``
     adds them to another store and project directory, so that a run resumes there (or its
     report is written again) without sampling or relaxing them again. Paths under the project
     directory, the DFT scratch folder and the dftloop checkout are written as
@@ -271,13 +271,15 @@ def machine_paths(home: Path | None) -> dict[str, str]:
 
 
 def _packed_sample_dirs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sample directories named by sample documents' provenance that exist here, packed."""
+    """The sample directories named in the documents' provenance that exist here, packed.
+
+    Samples, and the relaxations and analyses of samples, name the directory they came from.
+    """
     from dftloop_io.samples import pack_directory
 
     names = {
         str(((d.get("provenance") or {}).get("config") or {}).get("sample_dir") or "")
         for d in docs
-        if d.get("kind") == "sample"
     }
     names.discard("")
     return [pack_directory(name) for name in sorted(names) if (Path(name) / "index.json").is_file()]

@@ -284,6 +284,20 @@ def test_samples_travel_with_their_directory_and_without_the_machines_paths(
     with ResultStore(home=target) as store:
         [doc] = store.query("sample")
     assert doc["provenance"]["config"]["sample_dir"] == str(copied.resolve())
+    # the same samples stored from the new project directory keep their document ids
+    with ResultStore(home=target) as store:
+        moved = Provenance(**{**prov.__dict__, "config": {"sample_dir": str(copied)}})
+        store.put_samples(records, moved)
+        assert store.count("sample") == 1
+    # relaxations alone carry the directory their structures came from
+    with ResultStore(home=source) as store:
+        store.put_relaxations(
+            [(structure_hash(structure), {"structure_id": "0-0", "settings_hash": "h"})],
+            Provenance(**{**prov.__dict__, "relaxer": "chgnet"}),
+        )
+    relaxations = tmp_path / "relaxations.json.gz"
+    res = runner.invoke(app, ["results", "export", str(relaxations), "--home", str(source)])
+    assert "1 documents (relaxation=1) and 1 sample directories" in " ".join(res.output.split())
     # a second import leaves the complete directory alone
     (copied / chunk_name(0)).write_text("[]")
     again = runner.invoke(app, ["results", "import", str(bundle), "--home", str(target)])

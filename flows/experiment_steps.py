@@ -323,8 +323,9 @@ def dft_queue(
     for model, mr in runs.items():
         summary = outcome.summaries[model]
         stages[f"{model}:{spec[0]}"] = summary.as_dict()
-        reason = f"not started: the DFT budget of {max_minutes:g} min was used up"
-        mr.dft_not_started.update(dict.fromkeys(outcome.not_started[model], reason))
+        if outcome.not_started[model]:  # only a budget leaves structures out
+            reason = f"not started: the DFT budget of {max_minutes:g} min was used up"
+            mr.dft_not_started.update(dict.fromkeys(outcome.not_started[model], reason))
         if summary.n_submitted:
             t = timings.setdefault(model, {})
             t["dft_s"] = t.get("dft_s", 0.0) + outcome.seconds[model]

@@ -181,18 +181,20 @@ def run_relax_queue(
     info = describe_relaxer(relaxer, relaxer_settings)
     outcome = QueueOutcome({}, {}, {})
     provenances: dict[str, Provenance] = {}
-    pending_counts: dict[str, int] = {}
     queues: list[list[tuple[QueueGroup, list[tuple[str, Structure]]]]] = []
-    for group in groups:
-        summary = StageSummary(
-            relaxer, info["settings_hash"], info["settings"], n_input=len(group.items)
-        )
-        with ResultStore(home=home) as store:
-            pending = store.pending_relaxations(
+    with ResultStore(home=home) as store:
+        pendings = [
+            store.pending_relaxations(
                 [(sid, s) for sid, s, _ in group.items],
                 info["settings_hash"],
                 retry_failed=retry_failed,
             )
+            for group in groups
+        ]
+    for group, pending in zip(groups, pendings, strict=True):
+        summary = StageSummary(
+            relaxer, info["settings_hash"], info["settings"], n_input=len(group.items)
+        )
         summary.n_skipped = len(group.items) - len(pending)
         logger.info(
             "%s: %d structures, %d already in the store, %d to relax",
@@ -204,7 +206,6 @@ def run_relax_queue(
         prov = Provenance(**{**asdict(group.provenance), "relaxer": relaxer})
         prov.relaxer_settings = info["settings"]
         provenances[group.name] = prov
-        pending_counts[group.name] = len(pending)
         outcome.summaries[group.name] = summary
         outcome.not_started[group.name] = []
         outcome.seconds[group.name] = 0.0
@@ -283,7 +284,7 @@ def run_relax_queue(
                 "%s: stored %d/%d structures",
                 label,
                 summary.n_stored,
-                pending_counts[group.name],
+                summary.n_input - summary.n_skipped,
             )
     return outcome
 

@@ -68,11 +68,11 @@ RelaxerOption = Annotated[
         help="Only relaxations and analyses of this relaxer, e.g. chgnet+espresso (repeat).",
     ),
 ]
+ModelOption = Annotated[str | None, typer.Option(help="Only documents of this model.")]
 
 DOCUMENTS_FORMAT = "dftloop-store-documents"
 """The ``format`` field of a .json.gz export."""
 DOCUMENTS_VERSION = 1
-ModelOption = Annotated[str | None, typer.Option(help="Only documents of this model.")]
 
 
 def register(parent: typer.Typer) -> None:
@@ -278,8 +278,7 @@ def _packed_sample_dirs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from dftloop_io.samples import pack_directory
 
     names = {
-        str(((d.get("provenance") or {}).get("config") or {}).get("sample_dir") or "")
-        for d in docs
+        str(((d.get("provenance") or {}).get("config") or {}).get("sample_dir") or "") for d in docs
     }
     names.discard("")
     return [pack_directory(name) for name in sorted(names) if (Path(name) / "index.json").is_file()]

@@ -148,3 +148,27 @@ def test_the_floor_gets_dft_with_the_models_settings_hash(tmp_path: Path) -> Non
     other = _model_run("test split", ["t"])
     add_dft_fields(other, "another-hash", str(tmp_path))  # another protocol: nothing found
     assert other.rows[0]["dft_status"] == "not_relaxed"
+
+
+def test_without_budget_a_finished_phase_lists_nothing_as_not_started(tmp_path: Path) -> None:
+    """No ``max_minutes`` (the default): the phase ends without a budget message."""
+    mr = _model_run("cdvae", ["0-0"])
+    settings_hash = describe_relaxer("chgnet+espresso", {})["settings_hash"]
+    doc = {"structure_id": "0-0", "settings_hash": settings_hash, "status": "ok"}
+    with ResultStore(home=str(tmp_path)) as store:
+        store.put_relaxations([(mr.hashes["0-0"], doc)], Provenance(model="cdvae"))
+    stages: dict = {}
+    dft_queue(
+        {"cdvae": mr},
+        ("chgnet+espresso", {}),
+        2,
+        str(tmp_path),
+        "local",
+        None,
+        False,
+        stages,
+        {"cdvae": {}},
+        {},
+    )
+    assert mr.dft_not_started == {}
+    assert stages["cdvae:chgnet+espresso"]["n_skipped"] == 1

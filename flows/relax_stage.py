@@ -10,6 +10,7 @@ flight. A chunk that crashes (after its Prefect retry) is not written, so a reru
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
@@ -226,6 +227,7 @@ def run_relax_queue(
     chunk_task = relax_chunk.with_options(refresh_cache=True) if retry_failed else relax_chunk
     with build_task_runner(cluster, cluster_kwargs) as runner:
         running: dict[Any, tuple[QueueGroup, list[tuple[str, Structure]], float]] = {}
+        chunk_seconds: list[float] = []
         submitted = 0
         while submitted < len(order) or running:
             while submitted < len(order) and len(running) < limit:
@@ -280,13 +282,56 @@ def run_relax_queue(
             with ResultStore(home=home) as store:
                 store.put_relaxations(entries, provenances[group.name])
             summary.n_stored += len(entries)
+            chunk_seconds.append(time.perf_counter() - submitted_at)
             logger.info(
-                "%s: stored %d/%d structures",
+                "%s: stored %d/%d structures (%s, %.1f min); %s",
                 label,
                 summary.n_stored,
                 summary.n_input - summary.n_skipped,
+                ", ".join(sid for sid, _ in chunk),
+                chunk_seconds[-1] / 60.0,
+                queue_progress(chunk_seconds, len(order) - submitted, len(running), limit),
             )
     return outcome
+
+
+def queue_progress(
+    chunk_seconds: list[float], n_waiting: int, n_running: int, n_workers: int
+) -> str:
+    """Describe what is left in a relaxation queue and estimate its wall time.
+
+    The estimate takes the median wall time of the chunks finished so far for every chunk
+    left, counts a running chunk as half done, and spreads the work over ``n_workers``.
+
+    Parameters
+    ----------
+    chunk_seconds
+        Wall time (submission to result) of each finished chunk, seconds.
+    n_waiting
+        Chunks not submitted yet.
+    n_running
+        Chunks submitted and not finished.
+    n_workers
+        Chunks that run at once.
+
+    Returns
+    -------
+    str
+        For example ``"queue: 2 running, 4 waiting, about 50 min left (median chunk
+        20.0 min over 3)"``.
+    """
+    head = f"queue: {n_running} running, {n_waiting} waiting"
+    if not chunk_seconds or n_waiting + n_running == 0:
+        return head
+    median = statistics.median(chunk_seconds) / 60.0
+    left = median * (n_waiting + 0.5 * n_running) / max(1, n_workers)
+    if left < 10:
+        when = f"{left:.1f} min"
+    elif left < 120:
+        when = f"{left:.0f} min"
+    else:
+        when = f"{left / 60.0:.1f} h"
+    return f"{head}, about {when} left (median chunk {median:.1f} min over {len(chunk_seconds)})"
 
 
 def _label(relaxer: str, group: str) -> str:

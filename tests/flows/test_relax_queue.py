@@ -140,3 +140,29 @@ def test_spent_budget_builds_no_runner(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(stage, "get_run_logger", lambda: logging.getLogger("test"))
     outcome = stage.run_relax_queue(_groups(), *SPEC, home=str(tmp_path), max_seconds=0.0)
     assert outcome.not_started == {"model a": ["a0", "a1", "a2"], "model b": ["b0"]}
+
+
+def test_queue_progress_estimates_from_the_median_chunk() -> None:
+    # median of 10, 20 and 90 min is 20; 4 waiting and 2 running (counted half) on 2 workers:
+    # 20 * (4 + 1) / 2 = 50 min
+    text = stage.queue_progress([600.0, 1200.0, 5400.0], 4, 2, 2)
+    assert text == "queue: 2 running, 4 waiting, about 50 min left (median chunk 20.0 min over 3)"
+    # 15 h of work on one worker is given in hours
+    assert "about 15.0 h left" in stage.queue_progress([3600.0], 15, 0, 1)
+    assert stage.queue_progress([], 3, 1, 2) == "queue: 1 running, 3 waiting"
+    assert stage.queue_progress([60.0], 0, 0, 2) == "queue: 0 running, 0 waiting"
+
+
+def test_each_stored_chunk_logs_its_time_and_what_is_left(
+    tmp_path: Path, scripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    # one worker, 10 s per chunk: after the first of four chunks three wait, 0.5 min left
+    scripted(["a0", "b0", "a1", "a2"])
+    with caplog.at_level(logging.INFO, logger="test"):
+        stage.run_relax_queue(_groups(), *SPEC, home=str(tmp_path), chunk_size=1, in_flight=1)
+    stored = [r.getMessage() for r in caplog.records if "stored" in r.getMessage()]
+    assert stored[0] == (
+        "chgnet+espresso (model a): stored 1/3 structures (a0, 0.2 min); queue: 0 running, "
+        "3 waiting, about 0.5 min left (median chunk 0.2 min over 1)"
+    )
+    assert stored[-1].endswith("queue: 0 running, 0 waiting")

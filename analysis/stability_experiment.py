@@ -403,10 +403,12 @@ def summarise_rows(
         ``per_model`` (:func:`analysis.stability.summarize_by_model` over
         :data:`SUMMARY_KEYS`), ``structures`` (:func:`structure_summary`), ``comparisons``
         (:func:`model_comparisons`), ``energy_quantity`` and ``pressures_gpa`` per method
-        (``"force_field"``, ``"dft"``), ``dft_cost`` (:func:`dft_cost_by_size`) and ``counts``
+        (``"force_field"``, ``"dft"``), ``dft_cost`` (:func:`dft_cost_by_size`),
+        ``method_agreement`` (:func:`analysis.method_agreement.dft_vs_force_field`) and ``counts``
         (:func:`analysis.stability_limitations.row_counts`: structures, failures and DFT outcomes
         per row).
     """
+    from analysis.method_agreement import dft_vs_force_field
     from analysis.stability import summarize_by_model
 
     per_model = summarize_by_model(rows, keys=SUMMARY_KEYS, seed=seed)
@@ -421,5 +423,6 @@ def summarise_rows(
         },
         "pressures_gpa": {"force_field": pressures(rows), "dft": pressures(rows, "dft_")},
         "dft_cost": dft_cost_by_size(rows),
+        "method_agreement": dft_vs_force_field(rows, present),
         "counts": row_counts(rows, models),
     }

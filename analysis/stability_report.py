@@ -330,6 +330,41 @@ def dft_cost_table(cost: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def method_agreement_table(
+    agreement: Sequence[Mapping[str, Any]], quantity: str = "E"
+) -> list[dict[str, Any]]:
+    """Rows of the report's DFT-against-force-field table.
+
+    Parameters
+    ----------
+    agreement
+        Output of :func:`analysis.method_agreement.dft_vs_force_field`.
+    quantity
+        ``"E"`` or ``"H"``: the energy quantity both columns hold.
+
+    Returns
+    -------
+    list of dict
+        Per row label: pairs, the two means, the mean difference with its t-interval, how many
+        structures DFT puts higher, the sign test and Spearman's ρ.
+    """
+    d = f"Δ{quantity}"
+    return [
+        {
+            "model": a["model"],
+            "n pairs": a["n"],
+            f"mean {d} force field": _num(a["mean_force_field"], 1),
+            f"mean {d} DFT": _num(a["mean_dft"], 1),
+            "DFT − force field": _num(a["mean_difference"], 1),
+            "ci95_t": _interval(a.get("t_low"), a.get("t_high")),
+            "DFT larger": f"{a['n_dft_larger']} of {a['n']}",
+            "p (sign test)": _num(a.get("sign_test_p"), 2),
+            "Spearman ρ": _num(a.get("spearman"), 2),
+        }
+        for a in agreement
+    ]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render table rows as a markdown table (empty string for no rows)."""
     if not rows:
@@ -466,6 +501,19 @@ def render_report(
     statements = s.get("power") or []
     if statements:
         lines += ["Power:", "", *statements, ""]
+    if tables.get("method_agreement"):
+        lines += [
+            "## DFT against the force field",
+            "",
+            "On the structures relaxed with both methods: ΔE (ΔH) from DFT minus that from the "
+            "force field, structure by structure (meV/atom), with the t-interval of the mean "
+            "difference; how many structures DFT puts farther from their minimum, with the "
+            "two-sided sign test; Spearman's ρ says whether the force field orders the "
+            "structures as DFT does.",
+            "",
+            markdown_table(tables["method_agreement"]),
+            "",
+        ]
     lines += [
         "## S.U.N.",
         "",
@@ -541,7 +589,8 @@ def report_tables(
     Returns
     -------
     tuple
-        ``({"summary", "structure", "comparison", "sun", "dft_cost"}, power statements)``.
+        ``({"summary", "structure", "comparison", "sun", "dft_cost", "method_agreement"},
+        power statements)``.
     """
     quantity = parts.get("energy_quantity") or {}
     labels = quantity_labels(quantity.get("force_field", "E"), quantity.get("dft", "E"))
@@ -551,5 +600,8 @@ def report_tables(
         "comparison": comparison_table(parts["comparisons"], labels),
         "sun": sun_table({k: v for k, v in sun.items() if "error" not in v}),
         "dft_cost": dft_cost_table(parts.get("dft_cost") or []),
+        "method_agreement": method_agreement_table(
+            parts.get("method_agreement") or [], quantity.get("dft", "E")
+        ),
     }
     return tables, power_statements(parts["comparisons"], labels)

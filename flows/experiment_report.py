@@ -19,6 +19,7 @@ ARTIFACT_KINDS: tuple[str, ...] = (
     "structure",
     "comparison",
     "sun",
+    "dft-vs-force-field",
     "per-structure",
     "plots",
 )
@@ -40,8 +41,9 @@ def publish_experiment_artifacts(
 
     Keys: ``<prefix>-summary`` (per-model table, paper column), ``<prefix>-structure`` (match
     rates, ΔV_rms, space groups, carbon bonding), ``<prefix>-comparison`` (model differences
-    beside the paper's figure), ``<prefix>-sun``, ``<prefix>-per-structure`` and
-    ``<prefix>-plots`` (markdown with the PNGs embedded).
+    beside the paper's figure), ``<prefix>-sun``, ``<prefix>-dft-vs-force-field`` (the two
+    methods' ΔE on the same structures), ``<prefix>-per-structure`` and ``<prefix>-plots``
+    (markdown with the PNGs embedded).
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -69,6 +71,12 @@ def publish_experiment_artifacts(
         tables["sun"] or [{"model / energies": "not computed"}],
         key=keys["sun"],
         description="S.U.N. rates (MatterGen definition; thresholds in summary.json)",
+    )
+    create_table_artifact(
+        tables.get("method_agreement") or [{"model": "no structure relaxed with both methods"}],
+        key=keys["dft-vs-force-field"],
+        description="DFT against the force field on the same structures: ΔE (ΔH) difference, "
+        "sign test, Spearman's rho",
     )
     create_table_artifact(
         [{c: _cell(public_row(r).get(c)) for c in ROW_COLUMNS} for r in rows],

@@ -106,6 +106,7 @@ def test_experiment_flow_end_to_end_then_rerun_skips(
         "structure",
         "comparison",
         "sun",
+        "dft-vs-force-field",
         "per-structure",
         "plots",
     }

@@ -1,0 +1,91 @@
+"""DFT against the force field on the same structures: hand-computed paired statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from analysis.method_agreement import dft_vs_force_field
+from analysis.stability_report import method_agreement_table
+
+
+def _row(model: str, ff: float | None, dft: float | None) -> dict:
+    return {"model": model, "delta_e_mev_per_atom": ff, "dft_delta_e_mev_per_atom": dft}
+
+
+ROWS = [
+    _row("a", 100.0, 150.0),  # +50
+    _row("a", 200.0, 230.0),  # +30
+    _row("a", 300.0, 310.0),  # +10
+    _row("a", 400.0, 390.0),  # -10
+    _row("a", 500.0, None),  # no DFT: not a pair
+    _row("b", 10.0, 10.0),  # the only pair of b, no difference
+    _row("c", None, 5.0),  # no force-field value: c has no pair
+]
+
+
+def test_paired_statistics_equal_a_hand_computation() -> None:
+    a, b = dft_vs_force_field(ROWS, ["a", "b", "c"])
+    assert a["model"] == "a" and a["n"] == 4
+    assert a["mean_force_field"] == pytest.approx(250.0)
+    assert a["mean_dft"] == pytest.approx(270.0)
+    # differences 50, 30, 10, -10: mean 20, s = sqrt(((30² + 10² + 10² + 30²) / 3)) = 25.82
+    assert a["mean_difference"] == pytest.approx(20.0)
+    half = 3.182446305284263 * math.sqrt(2000.0 / 3.0) / 2.0  # t_{0.975, 3} s / sqrt(4)
+    assert a["t_low"] == pytest.approx(20.0 - half)
+    assert a["t_high"] == pytest.approx(20.0 + half)
+    assert (a["n_dft_larger"], a["n_dft_smaller"]) == (3, 1)
+    # two-sided sign test, 3 of 4: P(X <= 1) + P(X >= 3) = (1 + 4 + 4 + 1) / 16
+    assert a["sign_test_p"] == pytest.approx(10 / 16)
+    # ranks of the force field 1 2 3 4 and of DFT 1 2 3 4: rho = 1
+    assert a["spearman"] == pytest.approx(1.0)
+    # b: one pair, equal values: no interval, no sign test, no correlation
+    assert b["n"] == 1 and b["t_low"] is None
+    assert (b["n_dft_larger"], b["n_dft_smaller"], b["sign_test_p"]) == (0, 0, None)
+    assert b["spearman"] is None
+
+
+def test_every_structure_above_gives_the_sign_test_of_all_heads() -> None:
+    rows = [_row("m", float(i), float(i) + 40.0 + i) for i in range(7)]
+    [m] = dft_vs_force_field(rows, ["m"])
+    assert m["n_dft_larger"] == 7
+    assert m["sign_test_p"] == pytest.approx(2 / 2**7)
+
+
+def test_table_names_the_energy_quantity() -> None:
+    [row] = method_agreement_table(dft_vs_force_field(ROWS, ["a"]), "H")
+    assert row["mean ΔH DFT"] == 270.0
+    assert row["DFT − force field"] == 20.0
+    assert row["DFT larger"] == "3 of 4"
+    assert row["p (sign test)"] == 0.62
+
+
+def test_report_has_the_section_only_where_structures_have_both_values() -> None:
+    from analysis.stability_experiment import summarise_rows
+    from analysis.stability_report import render_report, report_tables
+
+    def report(rows: list[dict]) -> str:
+        parts = summarise_rows(rows, ["a", "b"], seed=0)
+        tables, power = report_tables(parts, {})
+        summary = {
+            "run": "r",
+            "dataset": "carbon_24",
+            "models": ["a", "b"],
+            "n": 4,
+            "seed": 0,
+            "relaxer": "chgnet",
+            "dft": "espresso",
+            "dft_per_model": 4,
+            "dft_selection": "stratified",
+            **parts,
+            "power": power,
+            "plots": {},
+        }
+        return render_report(summary, tables)
+
+    text = report(ROWS)
+    assert "## DFT against the force field" in text
+    assert "| a | 4 | 250.0 | 270.0 | 20.0 |" in text
+    without_dft = [{**r, "dft_delta_e_mev_per_atom": None} for r in ROWS]
+    assert "## DFT against the force field" not in report(without_dft)

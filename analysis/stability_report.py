@@ -358,7 +358,9 @@ def method_agreement_table(
             "DFT − force field": _num(a["mean_difference"], 1),
             "ci95_t": _interval(a.get("t_low"), a.get("t_high")),
             "DFT larger": f"{a['n_dft_larger']} of {a['n']}",
-            "p (sign test)": _num(a.get("sign_test_p"), 2),
+            "p (sign test)": None
+            if a.get("sign_test_p") is None
+            else float(f"{a['sign_test_p']:.2g}"),
             "Spearman ρ": _num(a.get("spearman"), 2),
         }
         for a in agreement

@@ -59,6 +59,9 @@ def test_table_names_the_energy_quantity() -> None:
     assert row["DFT − force field"] == 20.0
     assert row["DFT larger"] == "3 of 4"
     assert row["p (sign test)"] == 0.62
+    # a small p keeps two significant digits: 9 of 9 above, 2 / 2**9 = 0.0039
+    nine = [_row("m", float(i), float(i) + 100.0) for i in range(9)]
+    assert method_agreement_table(dft_vs_force_field(nine, ["m"]))[0]["p (sign test)"] == 0.0039
 
 
 def test_report_has_the_section_only_where_structures_have_both_values() -> None:

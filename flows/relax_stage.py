@@ -259,7 +259,8 @@ def run_relax_queue(
                 break
             future = next(iter(as_completed(list(running))))
             group, chunk, submitted_at = running.pop(future)
-            outcome.seconds[group.name] += time.perf_counter() - submitted_at
+            elapsed = time.perf_counter() - submitted_at
+            outcome.seconds[group.name] += elapsed
             summary = outcome.summaries[group.name]
             label = _label(relaxer, group.name)
             try:
@@ -282,7 +283,7 @@ def run_relax_queue(
             with ResultStore(home=home) as store:
                 store.put_relaxations(entries, provenances[group.name])
             summary.n_stored += len(entries)
-            chunk_seconds.append(time.perf_counter() - submitted_at)
+            chunk_seconds.append(elapsed)
             logger.info(
                 "%s: stored %d/%d structures (%s, %.1f min); %s",
                 label,

@@ -35,25 +35,38 @@ def _model_run(model: str, ids: list[str]) -> ModelRun:
     return mr
 
 
-def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
-    runs = {"cdvae": _model_run("cdvae", ["0-0", "0-1"]), "dpcdvae": _model_run("dpcdvae", ["0-3"])}
-    stages: dict = {}
-    timings: dict = {"cdvae": {}, "dpcdvae": {}}
-    errors: dict = {}
-    # a zero budget is used up before the first relaxation: nothing may be submitted
+def _queue(
+    runs: dict[str, ModelRun],
+    home: Path,
+    stages: dict,
+    timings: dict,
+    errors: dict,
+    workers: int = 1,
+    max_minutes: float | None = None,
+) -> None:
+    """The experiment's DFT phase with pw.x's two-stage relaxer on a local cluster."""
     dft_queue(
         runs,
         ("chgnet+espresso", {}),
-        1,
-        str(tmp_path),
+        workers,
+        str(home),
         "local",
         None,
         False,
         stages,
         timings,
         errors,
-        max_minutes=0.0,
+        max_minutes=max_minutes,
     )
+
+
+def test_spent_budget_starts_no_dft_and_rows_say_why(tmp_path: Path) -> None:
+    runs = {"cdvae": _model_run("cdvae", ["0-0", "0-1"]), "dpcdvae": _model_run("dpcdvae", ["0-3"])}
+    stages: dict = {}
+    timings: dict = {"cdvae": {}, "dpcdvae": {}}
+    errors: dict = {}
+    # a zero budget is used up before the first relaxation: nothing may be submitted
+    _queue(runs, tmp_path, stages, timings, errors, max_minutes=0.0)
     assert errors == {}
     assert {k: v["n_submitted"] for k, v in stages.items()} == {
         "cdvae:chgnet+espresso": 0,
@@ -93,19 +106,7 @@ def test_stored_result_is_reported_not_listed_as_not_started(tmp_path: Path) -> 
     with ResultStore(home=str(tmp_path)) as store:
         store.put_relaxations([(mr.hashes["0-0"], doc)], Provenance(model="cdvae"))
     # a rerun whose budget is spent: the stored structure is not among those "not started"
-    dft_queue(
-        {"cdvae": mr},
-        ("chgnet+espresso", {}),
-        1,
-        str(tmp_path),
-        "local",
-        None,
-        False,
-        {},
-        {"cdvae": {}},
-        {},
-        max_minutes=0.0,
-    )
+    _queue({"cdvae": mr}, tmp_path, {}, {"cdvae": {}}, {}, max_minutes=0.0)
     assert set(mr.dft_not_started) == {"0-1"}
     add_dft_fields(mr, settings_hash, str(tmp_path))
     done, waiting = mr.rows
@@ -158,17 +159,6 @@ def test_without_budget_a_finished_phase_lists_nothing_as_not_started(tmp_path: 
     with ResultStore(home=str(tmp_path)) as store:
         store.put_relaxations([(mr.hashes["0-0"], doc)], Provenance(model="cdvae"))
     stages: dict = {}
-    dft_queue(
-        {"cdvae": mr},
-        ("chgnet+espresso", {}),
-        2,
-        str(tmp_path),
-        "local",
-        None,
-        False,
-        stages,
-        {"cdvae": {}},
-        {},
-    )
+    _queue({"cdvae": mr}, tmp_path, stages, {"cdvae": {}}, {}, workers=2)
     assert mr.dft_not_started == {}
     assert stages["cdvae:chgnet+espresso"]["n_skipped"] == 1

@@ -17,6 +17,14 @@ Definitions (per row label, over the structures with both values)
 ``spearman``
     Spearman rank correlation of the two values: whether the force field orders the structures
     as DFT does (``None`` below three pairs or with a constant column).
+``scale``
+    Slope of the least-squares line through the origin of the force-field values against the
+    DFT values, ``Σ ΔE_ff ΔE_DFT / Σ ΔE_DFT²``, with a percentile-bootstrap interval over the
+    pairs (:func:`analysis.stability.bootstrap_interval`, seeded). 1 means the force field
+    gives DFT's values; below 1 its energy surface is softer than DFT's, every ΔE scaled down
+    alike, the "PES softening" of universal force fields (Deng et al., npj Comput.
+    Mater. (2025), doi:10.1038/s41524-024-01500-6). A scale, unlike a constant offset, does not
+    cancel in the difference between two rows: it multiplies that difference as well.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from analysis.stability import bootstrap_interval
 from analysis.stability_stats import t_interval
 
 FORCE_FIELD_KEY = "delta_e_mev_per_atom"
@@ -38,8 +47,36 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(float(value))
 
 
+def _through_origin_slope(
+    ff: np.ndarray, dft: np.ndarray, confidence: float, seed: int
+) -> dict[str, Any]:
+    """``scale`` of ``ff`` against ``dft`` with its bootstrap interval over the pairs.
+
+    Pairs with ``ΔE_DFT = 0`` add nothing to either sum of the slope; they are left out so that
+    every resample has a slope.
+    """
+    keep = dft != 0
+    ff, dft = ff[keep], dft[keep]
+    if not len(dft):
+        return {"scale": None, "scale_low": None, "scale_high": None}
+
+    def slope(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        i = np.asarray(indices, dtype=int)
+        return (ff[i] * dft[i]).sum(axis=axis) / (dft[i] ** 2).sum(axis=axis)
+
+    low = high = None
+    if len(dft) >= 2:
+        low, high = bootstrap_interval(
+            np.arange(len(dft), dtype=float), slope, confidence=confidence, seed=seed
+        )
+    return {"scale": float(slope(np.arange(len(dft)))), "scale_low": low, "scale_high": high}
+
+
 def dft_vs_force_field(
-    rows: Sequence[Mapping[str, Any]], models: Sequence[str], confidence: float = 0.95
+    rows: Sequence[Mapping[str, Any]],
+    models: Sequence[str],
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Paired comparison of the DFT and force-field ΔE (ΔH) per row label.
 
@@ -51,7 +88,10 @@ def dft_vs_force_field(
     models
         Row labels in report order; labels without a pair are left out.
     confidence
-        Coverage of the t-interval of the mean difference.
+        Coverage of the t-interval of the mean difference and of the scale's bootstrap
+        interval.
+    seed
+        Seed of the scale's bootstrap.
 
     Returns
     -------
@@ -59,7 +99,8 @@ def dft_vs_force_field(
         Per label: ``model``, ``n`` (pairs), ``mean_force_field``, ``mean_dft``,
         ``mean_difference`` (DFT − force field, meV/atom), ``t_low``/``t_high`` (``None``
         below two pairs), ``n_dft_larger``, ``n_dft_smaller``, ``sign_test_p`` (``None`` when
-        no pair differs) and ``spearman``.
+        no pair differs), ``spearman``, and ``scale`` with ``scale_low``/``scale_high``
+        (``None`` without a non-zero DFT value; no interval below two).
     """
     out = []
     for model in models:
@@ -97,6 +138,7 @@ def dft_vs_force_field(
                 "n_dft_smaller": smaller,
                 "sign_test_p": sign_p,
                 "spearman": spearman,
+                **_through_origin_slope(ff, dft, confidence, seed),
             }
         )
     return out

@@ -423,6 +423,6 @@ def summarise_rows(
         },
         "pressures_gpa": {"force_field": pressures(rows), "dft": pressures(rows, "dft_")},
         "dft_cost": dft_cost_by_size(rows),
-        "method_agreement": dft_vs_force_field(rows, present),
+        "method_agreement": dft_vs_force_field(rows, present, seed=seed),
         "counts": row_counts(rows, models),
     }

@@ -346,7 +346,8 @@ def method_agreement_table(
     -------
     list of dict
         Per row label: pairs, the two means, the mean difference with its t-interval, how many
-        structures DFT puts higher, the sign test and Spearman's ρ.
+        structures DFT puts higher, the sign test, Spearman's ρ and the force field's scale
+        against DFT with its bootstrap interval.
     """
     d = f"Δ{quantity}"
     return [
@@ -362,6 +363,8 @@ def method_agreement_table(
             if a.get("sign_test_p") is None
             else float(f"{a['sign_test_p']:.2g}"),
             "Spearman ρ": _num(a.get("spearman"), 2),
+            "scale force field / DFT": _num(a.get("scale"), 2),
+            "scale ci95_bootstrap": _interval(a.get("scale_low"), a.get("scale_high"), 2),
         }
         for a in agreement
     ]
@@ -511,7 +514,11 @@ def render_report(
             "force field, structure by structure (meV/atom), with the t-interval of the mean "
             "difference; how many structures DFT puts farther from their minimum, with the "
             "two-sided sign test; Spearman's ρ says whether the force field orders the "
-            "structures as DFT does.",
+            "structures as DFT does. The scale is the slope of the force field's values "
+            "against DFT's through the origin (Σ ff·DFT / Σ DFT², 95 % percentile bootstrap "
+            "over the pairs): 1 means the force field gives DFT's values, below 1 a softer "
+            "energy surface that scales every difference down alike, differences between "
+            "rows included.",
             "",
             markdown_table(tables["method_agreement"]),
             "",

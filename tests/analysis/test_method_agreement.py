@@ -92,3 +92,24 @@ def test_report_has_the_section_only_where_structures_have_both_values() -> None
     assert "| a | 4 | 250.0 | 270.0 | 20.0 |" in text
     without_dft = [{**r, "dft_delta_e_mev_per_atom": None} for r in ROWS]
     assert "## DFT against the force field" not in report(without_dft)
+
+
+def test_scale_is_the_slope_through_the_origin_with_its_bootstrap_interval() -> None:
+    # DFT 1 and 2, force field 1 and 1: slope = (1·1 + 1·2) / (1² + 2²) = 3/5.
+    rows = [_row("m", 1.0, 1.0), _row("m", 1.0, 2.0), _row("m", 7.0, 0.0)]
+    [m] = dft_vs_force_field(rows, ["m"])
+    assert m["scale"] == pytest.approx(0.6)
+    # the pair with ΔE_DFT = 0 adds to neither sum; of the other two, resamples draw
+    # pair 1 twice (slope 1, p = 1/4), pair 2 twice (1/2, p = 1/4) or both (3/5, p = 1/2):
+    # the 2.5 % and 97.5 % quantiles are 1/2 and 1.
+    assert (m["scale_low"], m["scale_high"]) == pytest.approx((0.5, 1.0))
+
+
+def test_a_force_field_scaled_by_a_constant_gives_that_constant() -> None:
+    rows = [_row("m", 0.8 * d, d) for d in (100.0, 350.0, 900.0, 20.0)]
+    rows.append(_row("z", 5.0, 0.0))  # no non-zero DFT value: no scale
+    m, z = dft_vs_force_field(rows, ["m", "z"])
+    assert (m["scale"], m["scale_low"], m["scale_high"]) == pytest.approx((0.8, 0.8, 0.8))
+    assert (z["scale"], z["scale_low"], z["scale_high"]) == (None, None, None)
+    [row] = method_agreement_table([m])
+    assert (row["scale force field / DFT"], row["scale ci95_bootstrap"]) == (0.8, "[0.8, 0.8]")

@@ -207,6 +207,35 @@ def sun_by_model(
     return rates
 
 
+def comparison_pairs(
+    rows: Sequence[Mapping[str, Any]], models: Sequence[str], floor: str | None = DATASET_LABEL
+) -> list[tuple[str, str]]:
+    """The ``(a, b)`` label pairs compared as ``a − b``.
+
+    Every model against the first model, then every model against the floor when the rows hold
+    it.
+
+    Parameters
+    ----------
+    rows
+        Rows of every model.
+    models
+        Labels in report order (the floor may be among them).
+    floor
+        Label of the dataset's floor rows (``None``: no floor pairs).
+
+    Returns
+    -------
+    list of tuple
+        ``(a, b)`` pairs.
+    """
+    generators = [m for m in models if m != floor]
+    pairs = [(other, generators[0]) for other in generators[1:]]
+    if floor is not None and any(r.get("model") == floor for r in rows):
+        pairs += [(m, floor) for m in generators]
+    return pairs
+
+
 def model_comparisons(
     rows: Sequence[Mapping[str, Any]],
     models: Sequence[str],
@@ -237,12 +266,8 @@ def model_comparisons(
         ``{"a", "b", "key", "result"}`` with ``result`` from
         :func:`analysis.stability.compare_models` (``a - b``).
     """
-    generators = [m for m in models if m != floor]
-    pairs = [(other, generators[0]) for other in generators[1:]]
-    if floor is not None and any(r.get("model") == floor for r in rows):
-        pairs += [(m, floor) for m in generators]
     out = []
-    for a_model, b_model in pairs:
+    for a_model, b_model in comparison_pairs(rows, models, floor):
         for key in keys:
             a = values_of(rows_of(rows, a_model), key)
             b = values_of(rows_of(rows, b_model), key)
@@ -384,7 +409,11 @@ def dft_cost_by_size(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summarise_rows(
-    rows: Sequence[Mapping[str, Any]], models: Sequence[str], seed: int = 0
+    rows: Sequence[Mapping[str, Any]],
+    models: Sequence[str],
+    seed: int = 0,
+    dft_max_sites: int | None = None,
+    dft_selection: str = "stratified",
 ) -> dict[str, Any]:
     """Everything the report says about the rows, without the S.U.N. rates and the hull.
 
@@ -396,6 +425,9 @@ def summarise_rows(
         Model labels in report order (the test split last when present).
     seed
         Seed of the bootstraps and permutations.
+    dft_max_sites, dft_selection
+        The DFT subset's cell-size cap and selection: the ratio estimate extends DFT over the
+        cells under the cap, for a random selection only.
 
     Returns
     -------
@@ -404,10 +436,12 @@ def summarise_rows(
         :data:`SUMMARY_KEYS`), ``structures`` (:func:`structure_summary`), ``comparisons``
         (:func:`model_comparisons`), ``energy_quantity`` and ``pressures_gpa`` per method
         (``"force_field"``, ``"dft"``), ``dft_cost`` (:func:`dft_cost_by_size`),
-        ``method_agreement`` (:func:`analysis.method_agreement.dft_vs_force_field`) and ``counts``
-        (:func:`analysis.stability_limitations.row_counts`: structures, failures and DFT outcomes
-        per row).
+        ``method_agreement`` (:func:`analysis.method_agreement.dft_vs_force_field`),
+        ``dft_ratio_estimate`` (:func:`analysis.dft_ratio_estimate.dft_ratio_estimates`) and
+        ``counts`` (:func:`analysis.stability_limitations.row_counts`: structures, failures and
+        DFT outcomes per row).
     """
+    from analysis.dft_ratio_estimate import dft_ratio_estimates
     from analysis.method_agreement import dft_vs_force_field
     from analysis.stability import summarize_by_model
 
@@ -424,5 +458,8 @@ def summarise_rows(
         "pressures_gpa": {"force_field": pressures(rows), "dft": pressures(rows, "dft_")},
         "dft_cost": dft_cost_by_size(rows),
         "method_agreement": dft_vs_force_field(rows, present, seed=seed),
+        "dft_ratio_estimate": dft_ratio_estimates(
+            rows, present, comparison_pairs(rows, present), dft_max_sites, dft_selection
+        ),
         "counts": row_counts(rows, models),
     }

@@ -370,6 +370,81 @@ def method_agreement_table(
     ]
 
 
+def ratio_estimate_tables(
+    estimate: Mapping[str, Any], quantity: str = "E"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of the report's two ratio-estimate tables: per row label, and their differences.
+
+    Parameters
+    ----------
+    estimate
+        Output of :func:`analysis.dft_ratio_estimate.dft_ratio_estimates`.
+    quantity
+        ``"E"`` or ``"H"``: the energy quantity.
+
+    Returns
+    -------
+    tuple of list of dict
+        Per label: eligible structures, DFT pairs, the force-field mean over the eligible ones,
+        the ratio, the DFT estimate with its standard error and t-interval; per pair of labels:
+        the difference of the estimates, its Welch t-interval, degrees of freedom and p.
+    """
+    d = f"Δ{quantity}"
+    per_row = [
+        {
+            "model": e["model"],
+            "N eligible": e["N"],
+            "n DFT": e["n"],
+            f"mean {d} force field (eligible)": _num(e["mean_force_field"], 1),
+            "ratio DFT / force field": _num(e["ratio"], 3),
+            f"{d} DFT estimate": _num(e["estimate"], 1),
+            "se": _num(e["se"], 1),
+            "ci95_t": _interval(e["t_low"], e["t_high"]),
+        }
+        for e in estimate.get("rows") or []
+    ]
+    differences = [
+        {
+            "difference": f"{c['a']} − {c['b']}",
+            f"{d} DFT estimate": _num(c["difference"], 1),
+            "ci95_t": _interval(c["t_low"], c["t_high"]),
+            "df": _num(c["df"], 1),
+            "p_value": float(f"{c['p_value']:.2g}"),
+        }
+        for c in estimate.get("differences") or []
+    ]
+    return per_row, differences
+
+
+def _ratio_estimate_lines(tables: Mapping[str, Any], estimate: Mapping[str, Any]) -> list[str]:
+    """The report section of the ratio estimate (none without a DFT subset)."""
+    title = "## DFT over the eligible structures (ratio estimate)"
+    if estimate.get("skipped"):
+        return [title, "", f"Not estimated: {estimate['skipped']}.", ""]
+    if not tables.get("dft_ratio_estimate"):
+        return []
+    max_sites = estimate.get("max_sites")
+    cells = f"cells of at most {max_sites} atoms" if max_sites else "all cells"
+    return [
+        title,
+        "",
+        "The DFT mean of every row over all structures eligible for its DFT subset "
+        f"({cells} with a force-field value), from the force field on all of them and DFT on "
+        "the subset: two-phase sampling with the ratio estimator (Cochran, Sampling "
+        "Techniques, 1977, ch. 12), estimate = (mean DFT / mean force field on the pairs) × "
+        "mean force field over the eligible structures; t-interval with n − 1 degrees of "
+        "freedom, Welch for differences. It holds where DFT is proportional to the force "
+        "field over the eligible structures (see the scale and ρ above) and the subset is a "
+        "random draw of them; structures whose DFT failed are assumed missing at random. It "
+        "says nothing of larger cells.",
+        "",
+        markdown_table(tables["dft_ratio_estimate"]),
+        "",
+        markdown_table(tables.get("dft_ratio_difference") or []),
+        "",
+    ]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render table rows as a markdown table (empty string for no rows)."""
     if not rows:
@@ -523,6 +598,7 @@ def render_report(
             markdown_table(tables["method_agreement"]),
             "",
         ]
+    lines += _ratio_estimate_lines(tables, s.get("dft_ratio_estimate") or {})
     lines += [
         "## S.U.N.",
         "",
@@ -598,8 +674,8 @@ def report_tables(
     Returns
     -------
     tuple
-        ``({"summary", "structure", "comparison", "sun", "dft_cost", "method_agreement"},
-        power statements)``.
+        ``({"summary", "structure", "comparison", "sun", "dft_cost", "method_agreement",
+        "dft_ratio_estimate", "dft_ratio_difference"}, power statements)``.
     """
     quantity = parts.get("energy_quantity") or {}
     labels = quantity_labels(quantity.get("force_field", "E"), quantity.get("dft", "E"))
@@ -613,4 +689,7 @@ def report_tables(
             parts.get("method_agreement") or [], quantity.get("dft", "E")
         ),
     }
+    tables["dft_ratio_estimate"], tables["dft_ratio_difference"] = ratio_estimate_tables(
+        parts.get("dft_ratio_estimate") or {}, quantity.get("dft", "E")
+    )
     return tables, power_statements(parts["comparisons"], labels)

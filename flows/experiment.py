@@ -238,13 +238,18 @@ def hull_and_sun_task(
 
 @task(cache_policy=NO_CACHE, task_run_name="summarise")
 def summarise_task(
-    rows: list[dict[str, Any]], models: list[str], seed: int, sun_rates: dict[str, Any]
+    rows: list[dict[str, Any]],
+    models: list[str],
+    seed: int,
+    sun_rates: dict[str, Any],
+    dft_max_sites: int | None = None,
+    dft_selection: str = "stratified",
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[str]]:
     """Step 7: summaries, comparisons, structure statistics, tables and power statements."""
     from analysis.stability_experiment import summarise_rows
     from analysis.stability_report import report_tables
 
-    parts = summarise_rows(rows, models, seed)
+    parts = summarise_rows(rows, models, seed, dft_max_sites, dft_selection)
     tables, power = report_tables(parts, sun_rates)
     return parts, tables, power
 
@@ -525,7 +530,9 @@ def stability_experiment(
     )
     timings["sun"] = {"sun_s": time.perf_counter() - start}
     # 7. summaries, comparisons, structure statistics, tables
-    parts, tables, power = summarise_task(rows, report_models, seed, sun_rates)
+    parts, tables, power = summarise_task(
+        rows, report_models, seed, sun_rates, dft_max_sites, dft_selection
+    )
     summary = {
         **meta,
         "models_in_report": [m for m in report_models if m in runs],

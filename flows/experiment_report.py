@@ -11,7 +11,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from analysis.stability_report import PAPER_SOURCE, ROW_COLUMNS
+from analysis.stability_report import PAPER_SOURCE, ROW_COLUMNS, markdown_table
 from analysis.stability_rows import public_row
 
 ARTIFACT_KINDS: tuple[str, ...] = (
@@ -20,6 +20,7 @@ ARTIFACT_KINDS: tuple[str, ...] = (
     "comparison",
     "sun",
     "dft-vs-force-field",
+    "dft-ratio-estimate",
     "per-structure",
     "plots",
 )
@@ -42,7 +43,9 @@ def publish_experiment_artifacts(
     Keys: ``<prefix>-summary`` (per-model table, paper column), ``<prefix>-structure`` (match
     rates, ΔV_rms, space groups, carbon bonding), ``<prefix>-comparison`` (model differences
     beside the paper's figure), ``<prefix>-sun``, ``<prefix>-dft-vs-force-field`` (the two
-    methods' ΔE on the same structures), ``<prefix>-per-structure`` and ``<prefix>-plots``
+    methods' ΔE on the same structures), ``<prefix>-dft-ratio-estimate`` (each row's DFT mean
+    over the eligible structures and the differences), ``<prefix>-per-structure`` and
+    ``<prefix>-plots``
     (markdown with the PNGs embedded).
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -77,6 +80,19 @@ def publish_experiment_artifacts(
         key=keys["dft-vs-force-field"],
         description="DFT against the force field on the same structures: ΔE (ΔH) difference, "
         "sign test, Spearman's rho",
+    )
+    create_markdown_artifact(
+        "\n\n".join(
+            [
+                "### DFT over the structures eligible for DFT (ratio estimate)",
+                markdown_table(tables.get("dft_ratio_estimate") or [])
+                or "(no row with two DFT values)",
+                markdown_table(tables.get("dft_ratio_difference") or []),
+            ]
+        ),
+        key=keys["dft-ratio-estimate"],
+        description="Each row's DFT mean from the force field on all eligible structures and "
+        "DFT on the subset (ratio estimator); differences between rows (Welch t)",
     )
     create_table_artifact(
         [{c: _cell(public_row(r).get(c)) for c in ROW_COLUMNS} for r in rows],

@@ -64,12 +64,12 @@ def test_table_names_the_energy_quantity() -> None:
     assert method_agreement_table(dft_vs_force_field(nine, ["m"]))[0]["p (sign test)"] == 0.0039
 
 
-def test_report_has_the_section_only_where_structures_have_both_values() -> None:
+def test_report_has_the_sections_only_where_structures_have_both_values() -> None:
     from analysis.stability_experiment import summarise_rows
     from analysis.stability_report import render_report, report_tables
 
-    def report(rows: list[dict]) -> str:
-        parts = summarise_rows(rows, ["a", "b"], seed=0)
+    def report(rows: list[dict], selection: str = "stratified") -> str:
+        parts = summarise_rows(rows, ["a", "b"], seed=0, dft_selection=selection)
         tables, power = report_tables(parts, {})
         summary = {
             "run": "r",
@@ -90,8 +90,17 @@ def test_report_has_the_section_only_where_structures_have_both_values() -> None
     text = report(ROWS)
     assert "## DFT against the force field" in text
     assert "| a | 4 | 250.0 | 270.0 | 20.0 |" in text
+    # ratio estimate of a: 270 / 250 × the mean of all five force-field values (300) = 324;
+    # b has one pair: no estimate, so no difference either
+    assert "## DFT over the eligible structures (ratio estimate)" in text
+    assert "| a | 5 | 4 | 300.0 | 1.08 | 324.0 |" in text
+    assert "| b | 1 |" not in text.split("(ratio estimate)")[1].split("## S.U.N.")[0]
     without_dft = [{**r, "dft_delta_e_mev_per_atom": None} for r in ROWS]
     assert "## DFT against the force field" not in report(without_dft)
+    assert "(ratio estimate)" not in report(without_dft)
+    smallest = report(ROWS, "smallest")
+    assert "Not estimated: DFT selection 'smallest' is not a random draw" in smallest
+    assert "| a | 5 | 4 |" not in smallest
 
 
 def test_scale_is_the_slope_through_the_origin_with_its_bootstrap_interval() -> None:

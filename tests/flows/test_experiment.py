@@ -107,6 +107,7 @@ def test_experiment_flow_end_to_end_then_rerun_skips(
         "comparison",
         "sun",
         "dft-vs-force-field",
+        "dft-ratio-estimate",
         "per-structure",
         "plots",
     }

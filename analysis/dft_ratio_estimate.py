@@ -27,8 +27,8 @@ differences
 Assumptions, which the report states: the DFT subset is a random draw of the eligible
 structures with equal chances (random or stratified by cell size in equal-count groups);
 DFT and force field are proportional through the origin over the eligible structures, not only
-on the subset; structures whose DFT relaxation failed are missing at random. The estimate says
-nothing of cells above the cap.
+on the subset; chosen structures without a DFT value (failed, or not yet run) are missing at
+random. The estimate says nothing of cells above the cap.
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ def dft_ratio_estimates(
     Returns
     -------
     dict
-        ``max_sites``, ``selection``, ``rows`` (per label: ``model`` and the fields of
-        :func:`ratio_estimate`), ``differences`` (per pair with two estimates: ``a``, ``b``,
+        ``max_sites``, ``selection``, ``rows`` (per label: ``model``, the fields of
+        :func:`ratio_estimate` and ``n_chosen``, the eligible structures chosen for DFT, of
+        which ``n`` have a value), ``differences`` (per pair with two estimates: ``a``, ``b``,
         ``difference``, ``t_low``, ``t_high``, ``df``, ``p_value``) and, for DFT values from
         a selection that is not random, ``skipped`` (why; no rows).
     """
@@ -159,7 +160,8 @@ def dft_ratio_estimates(
         ]
         found = ratio_estimate([_value(r, FORCE_FIELD_KEY) for r in eligible], both, confidence)
         if found is not None:
-            estimates.append({"model": model, **found})
+            n_chosen = sum(1 for r in eligible if r.get("dft_selected"))
+            estimates.append({"model": model, **found, "n_chosen": max(n_chosen, found["n"])})
     by_label = {e["model"]: e for e in estimates}
     differences = []
     for a_label, b_label in pairs:

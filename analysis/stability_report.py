@@ -394,7 +394,7 @@ def ratio_estimate_tables(
         {
             "model": e["model"],
             "N eligible": e["N"],
-            "n DFT": e["n"],
+            "n DFT": f"{e['n']} of {e.get('n_chosen', e['n'])} chosen",
             f"mean {d} force field (eligible)": _num(e["mean_force_field"], 1),
             "ratio DFT / force field": _num(e["ratio"], 3),
             f"{d} DFT estimate": _num(e["estimate"], 1),
@@ -425,7 +425,7 @@ def _ratio_estimate_lines(tables: Mapping[str, Any], estimate: Mapping[str, Any]
         return []
     max_sites = estimate.get("max_sites")
     cells = f"cells of at most {max_sites} atoms" if max_sites else "all cells"
-    return [
+    lines = [
         title,
         "",
         "The DFT mean of every row over all structures eligible for its DFT subset "
@@ -443,6 +443,18 @@ def _ratio_estimate_lines(tables: Mapping[str, Any], estimate: Mapping[str, Any]
         markdown_table(tables.get("dft_ratio_difference") or []),
         "",
     ]
+    incomplete = [
+        e["model"] for e in estimate.get("rows") or [] if e["n"] < e.get("n_chosen", e["n"])
+    ]
+    if incomplete:
+        lines += [
+            f"Not every chosen structure has a DFT value yet ({', '.join(incomplete)}): the "
+            "estimate treats the missing ones as like those done. The DFT queue runs the "
+            "smaller cells of a stratified draw first, so until it completes the ratio comes "
+            "mostly from the smaller cells.",
+            "",
+        ]
+    return lines
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

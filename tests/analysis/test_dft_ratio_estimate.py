@@ -52,6 +52,7 @@ def test_rows_use_the_eligible_cells_and_differences_use_welch() -> None:
     assert out["max_sites"] == 8
     a, b = out["rows"]
     assert (a["model"], a["N"], a["estimate"]) == ("a", 4, pytest.approx(318.75))
+    assert a["n_chosen"] == 2  # no row is flagged dft_selected: the pairs count
     # b: R = 21/20, phase-1 mean 20: estimate 21
     assert (b["model"], b["N"], b["n"], b["estimate"]) == ("b", 3, 2, pytest.approx(21.0))
     [d] = out["differences"]  # c has no estimate: no c − b

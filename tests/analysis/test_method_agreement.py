@@ -93,11 +93,17 @@ def test_report_has_the_sections_only_where_structures_have_both_values() -> Non
     # ratio estimate of a: 270 / 250 × the mean of all five force-field values (300) = 324;
     # b has one pair: no estimate, so no difference either
     assert "## DFT over the eligible structures (ratio estimate)" in text
-    assert "| a | 5 | 4 | 300.0 | 1.08 | 324.0 |" in text
+    assert "| a | 5 | 4 of 4 chosen | 300.0 | 1.08 | 324.0 |" in text
+    assert "Not every chosen structure has a DFT value yet" not in text
     assert "| b | 1 |" not in text.split("(ratio estimate)")[1].split("## S.U.N.")[0]
     without_dft = [{**r, "dft_delta_e_mev_per_atom": None} for r in ROWS]
     assert "## DFT against the force field" not in report(without_dft)
     assert "(ratio estimate)" not in report(without_dft)
+    # the fifth structure of a was chosen too but has no DFT value yet: the report says so
+    pending = [{**r, "dft_selected": r["model"] == "a"} for r in ROWS]
+    text = report(pending)
+    assert "| a | 5 | 4 of 5 chosen |" in text
+    assert "Not every chosen structure has a DFT value yet (a)" in text
     smallest = report(ROWS, "smallest")
     assert "Not estimated: DFT selection 'smallest' is not a random draw" in smallest
     assert "| a | 5 | 4 |" not in smallest

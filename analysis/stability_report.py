@@ -435,8 +435,8 @@ def _ratio_estimate_lines(tables: Mapping[str, Any], estimate: Mapping[str, Any]
         "mean force field over the eligible structures; t-interval with n − 1 degrees of "
         "freedom, Welch for differences. It holds where DFT is proportional to the force "
         "field over the eligible structures (see the scale and ρ above) and the subset is a "
-        "random draw of them; structures whose DFT failed are assumed missing at random. It "
-        "says nothing of larger cells.",
+        "random draw of them; chosen structures without a DFT value (failed, or not run yet) "
+        "are assumed missing at random. It says nothing of larger cells.",
         "",
         markdown_table(tables["dft_ratio_estimate"]),
         "",

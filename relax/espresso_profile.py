@@ -27,12 +27,20 @@ class EspressoTimeout(RuntimeError):
 
 
 class EspressoRunError(RuntimeError):
-    """pw.x exited with a non-zero status."""
+    """pw.x exited with a non-zero status (``code``)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class EspressoInterrupted(RuntimeError):
     """pw.x was stopped from outside (SIGTERM, SIGINT or SIGHUP): interrupted, not failed."""
 
+
+#: Signals of a crash of the process itself (invalid memory access), which pw.x shows now and
+#: then on a run that completes when started again (:func:`crashed`).
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS})
 
 #: Signals by which a job is asked to stop (a batch system, a machine shutdown, Ctrl-C), as
 #: opposed to a crash of the code itself (SIGSEGV, SIGABRT) or the kernel's OOM kill (SIGKILL).
@@ -44,8 +52,19 @@ def stopped_from_outside(code: int) -> bool:
 
     ``subprocess`` reports a signal as ``-signum``; mpirun and shells exit with ``128 + signum``.
     """
-    signum = -code if code < 0 else code - 128 if code > 128 else 0
-    return signum in STOP_SIGNALS
+    return _signal_of(code) in STOP_SIGNALS
+
+
+def _signal_of(code: int) -> int:
+    return -code if code < 0 else code - 128 if code > 128 else 0
+
+
+def crashed(code: int) -> bool:
+    """Whether an exit status means "crashed by SIGSEGV or SIGBUS".
+
+    Signals as in :func:`stopped_from_outside`: ``-signum`` or ``128 + signum``.
+    """
+    return _signal_of(code) in CRASH_SIGNALS
 
 
 def find_pw(pw_command: str = "pw.x") -> str | None:
@@ -197,7 +216,7 @@ class TimedEspressoProfile(EspressoProfile):
                 f"pw.x was stopped from outside (exit status {code}) before it finished"
             )
         if code != 0:
-            raise EspressoRunError(f"pw.x exited with status {code} ({' '.join(argv)})")
+            raise EspressoRunError(f"pw.x exited with status {code} ({' '.join(argv)})", code)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

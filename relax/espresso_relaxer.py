@@ -39,6 +39,7 @@ from relax.espresso_profile import (
     EspressoMachine,
     EspressoRunError,
     EspressoTimeout,
+    crashed,
 )
 from relax.protocol import RY_PER_BOHR_IN_EV_PER_A, ProtocolSpec
 
@@ -507,8 +508,8 @@ class EspressoRelaxer(Relaxer):
             record: dict[str, Any] = {"attempt": k + 1, "overrides": overrides}
             attempts.append(record)
             try:
-                images, text, run_error = self._run_pw(
-                    current, attempt_dir, calculation, overrides, remaining
+                images, text, run_error = self._run_pw_once_more_after_a_crash(
+                    current, attempt_dir, calculation, overrides, deadline, record
                 )
             except EspressoTimeout as exc:
                 record["outcome"] = "timeout"
@@ -553,6 +554,34 @@ class EspressoRelaxer(Relaxer):
             f"({'; '.join(str(a['overrides'] or 'defaults') for a in attempts)})",
         )
 
+    def _run_pw_once_more_after_a_crash(
+        self,
+        structure: Structure,
+        directory: Path,
+        calculation: Calculation,
+        overrides: dict[str, Any],
+        deadline: float,
+        record: dict[str, Any],
+    ) -> tuple[list[Atoms], str, str | None]:
+        """:meth:`_run_pw`, and once more in ``<directory>-rerun`` when pw.x crashed.
+
+        A crash by SIGSEGV or SIGBUS (:func:`relax.espresso_profile.crashed`) need not come from
+        the input: a pw.x run that crashed in its first SCF iteration has completed with the
+        same input when started again. The rerun uses the same input; the crash stays in
+        ``record["crash"]``. A second crash is a failure like any other.
+        """
+        images, text, run_error, crash = self._run_pw(
+            structure, directory, calculation, overrides, deadline - time.perf_counter()
+        )
+        remaining = deadline - time.perf_counter()
+        if crash and remaining > 0:
+            record["crash"] = run_error
+            rerun = directory.with_name(directory.name + "-rerun")
+            images, text, run_error, _ = self._run_pw(
+                structure, rerun, calculation, overrides, remaining
+            )
+        return images, text, run_error
+
     def _run_pw(
         self,
         structure: Structure,
@@ -560,18 +589,22 @@ class EspressoRelaxer(Relaxer):
         calculation: Calculation,
         overrides: dict[str, Any],
         timeout_s: float,
-    ) -> tuple[list[Atoms], str, str | None]:
-        """Write the input, run pw.x, parse every configuration with results."""
+    ) -> tuple[list[Atoms], str, str | None, bool]:
+        """Write the input, run pw.x, parse every configuration with results.
+
+        Returns the configurations, the output text, the error (``None`` on success) and
+        whether pw.x crashed (:func:`relax.espresso_profile.crashed`).
+        """
         inp = self.write_input(structure, directory, calculation, overrides)
         params = self.parameters(structure, calculation, overrides)
         pools = self.machine.choose_pools(len(structure), int(np.prod(params["kpts"])))
         profile = self.machine.profile(self.library.directory, pools, timeout_s=timeout_s)
         output = directory / "espresso.pwo"
-        run_error = None
+        run_error, crash = None, False
         try:
             profile.run(directory, inp.name, output.name, errorfile="espresso.err")
         except EspressoRunError as exc:
-            run_error = str(exc)
+            run_error, crash = str(exc), crashed(exc.code)
         text = output.read_text(errors="replace") if output.exists() else ""
         images: list[Atoms] = []
         if "!    total energy" in text:
@@ -579,7 +612,7 @@ class EspressoRelaxer(Relaxer):
                 images = list(ase_read(output, index=":", format="espresso-out"))
             except Exception as exc:
                 run_error = run_error or f"could not parse pw.x output: {exc}"
-        return images, text, run_error
+        return images, text, run_error, crash
 
     def _success(
         self,

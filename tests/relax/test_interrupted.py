@@ -13,7 +13,7 @@ import pytest
 from flows.hashing import structure_hash
 from flows.store import Provenance, ResultStore
 from relax import get_relaxer
-from relax.espresso_profile import stopped_from_outside
+from relax.espresso_profile import crashed, stopped_from_outside
 from relax.prototypes import diamond
 
 
@@ -81,3 +81,51 @@ def test_two_stage_result_is_interrupted_when_the_single_point_was_stopped(
     (result,) = relaxer.relax([("d", diamond())])
     assert result.status == "interrupted"
     assert "stopped from outside" in result.error
+
+
+@pytest.mark.parametrize(
+    ("code", "crash"),
+    [
+        (-signal.SIGSEGV, True),  # subprocess: a segmentation fault
+        (128 + signal.SIGBUS, True),  # mpirun / a shell: 135
+        (-signal.SIGTERM, False),  # stopped from outside, not a crash
+        (-signal.SIGKILL, False),  # the OOM killer
+        (3, False),
+    ],
+)
+def test_crashes_are_told_from_other_exits(code: int, crash: bool) -> None:
+    assert crashed(code) is crash
+
+
+def test_a_crashed_pw_runs_once_more_with_the_same_input(tmp_path: Path, pseudo_dir: Path) -> None:
+    """The stand-in crashes with SIGSEGV on its first call and then runs the real pw.x."""
+    flag = tmp_path / "crashed-once"
+    pw = stand_in_pw(
+        tmp_path, f'[ -e {flag} ] || {{ touch {flag}; kill -SEGV $$; }}\nexec pw.x "$@"'
+    )
+    options = {"pseudo_dir": pseudo_dir, "kspacing": 0.5, "scratch_dir": tmp_path / "s"}
+    (result,) = get_relaxer("espresso", pw_command=pw, keep_scratch=True, **options).single_point(
+        [("d", diamond())]
+    )
+    assert result.status == "ok", result.error
+    [attempt] = result.extra["attempts"]
+    assert "exited with status -11" in attempt["crash"] and attempt["outcome"] == "ok"
+    scratch = Path(result.extra["scratch_dir"])
+    assert (scratch / "attempt-1" / "espresso.pwi").read_text() == (
+        scratch / "attempt-1-rerun" / "espresso.pwi"
+    ).read_text()
+    # the same energy as a run that never crashed
+    (plain,) = get_relaxer("espresso", **options).single_point([("d", diamond())])
+    assert result.final_energy_eV == pytest.approx(plain.final_energy_eV, abs=1e-8)
+
+
+def test_a_second_crash_is_a_failure(tmp_path: Path, pseudo_dir: Path) -> None:
+    pw = stand_in_pw(tmp_path, "kill -SEGV $$")
+    relaxer = get_relaxer(
+        "espresso", pw_command=pw, pseudo_dir=pseudo_dir, scratch_dir=tmp_path / "scratch"
+    )
+    (result,) = relaxer.single_point([("d", diamond())])
+    assert result.status == "failed"
+    assert "exited with status -11" in result.error
+    [attempt] = result.extra["attempts"]
+    assert "exited with status -11" in attempt["crash"]

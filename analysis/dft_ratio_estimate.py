@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from analysis.method_agreement import DFT_KEY, FORCE_FIELD_KEY
+from analysis.stability_stats import welch_satterthwaite_df
+
 RANDOM_SELECTIONS: tuple[str, ...] = ("stratified", "random")
 """DFT selections (:mod:`analysis.dft_subset`) that draw with equal chances."""
-
-FORCE_FIELD_KEY = "delta_e_mev_per_atom"
-DFT_KEY = "dft_delta_e_mev_per_atom"
 
 
 def _value(row: Mapping[str, Any], key: str) -> float | None:
@@ -171,7 +171,7 @@ def dft_ratio_estimates(
         va, vb = a["se"] ** 2, b["se"] ** 2
         if va + vb == 0:
             continue
-        df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+        df = welch_satterthwaite_df(va, vb, a["n"], b["n"])
         difference = a["estimate"] - b["estimate"]
         se = math.sqrt(va + vb)
         half = float(stats.t.ppf((1.0 + confidence) / 2.0, df)) * se

@@ -394,7 +394,7 @@ def ratio_estimate_tables(
         {
             "model": e["model"],
             "N eligible": e["N"],
-            "n DFT": f"{e['n']} of {e.get('n_chosen', e['n'])} chosen",
+            "n DFT": f"{e['n']} of {e['n_chosen']} chosen",
             f"mean {d} force field (eligible)": _num(e["mean_force_field"], 1),
             "ratio DFT / force field": _num(e["ratio"], 3),
             f"{d} DFT estimate": _num(e["estimate"], 1),
@@ -443,9 +443,7 @@ def _ratio_estimate_lines(tables: Mapping[str, Any], estimate: Mapping[str, Any]
         markdown_table(tables.get("dft_ratio_difference") or []),
         "",
     ]
-    incomplete = [
-        e["model"] for e in estimate.get("rows") or [] if e["n"] < e.get("n_chosen", e["n"])
-    ]
+    incomplete = [e["model"] for e in estimate.get("rows") or [] if e["n"] < e["n_chosen"]]
     if incomplete:
         lines += [
             f"Not every chosen structure has a DFT value yet ({', '.join(incomplete)}): the "

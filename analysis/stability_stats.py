@@ -62,6 +62,24 @@ def t_interval(
     return float(data.mean() - half), float(data.mean() + half)
 
 
+def welch_satterthwaite_df(var_a: float, var_b: float, n_a: int, n_b: int) -> float:
+    """Welch–Satterthwaite degrees of freedom of a difference of two independent means.
+
+    Parameters
+    ----------
+    var_a, var_b
+        Squared standard errors of the two means (``s²/n``), not both zero.
+    n_a, n_b
+        Sample sizes (at least two each).
+
+    Returns
+    -------
+    float
+        ``(v_a + v_b)² / (v_a²/(n_a − 1) + v_b²/(n_b − 1))``.
+    """
+    return (var_a + var_b) ** 2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
+
+
 def welch_interval(
     values_a: Sequence[float | None],
     values_b: Sequence[float | None],
@@ -89,7 +107,7 @@ def welch_interval(
     se = math.sqrt(va + vb)
     if se == 0:
         return None, None
-    nu = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    nu = welch_satterthwaite_df(va, vb, a.size, b.size)
     half = stats.t.ppf((1 + confidence) / 2, nu) * se
     diff = float(a.mean() - b.mean())
     return float(diff - half), float(diff + half)
